@@ -1,0 +1,46 @@
+#!/bin/busybox sh
+# /init of the emulated arm64 board (ci/board/run copies this into the initramfs).
+# Prints board facts, runs /pinvmm/cmd.sh in /results, then sends the exit code and a
+# base64 tar.gz of /results to the host between @@PINVMM markers, and powers off.
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin HOME=/results
+mkdir -p /proc /sys /dev /tmp /results
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+
+up() { cut -d' ' -f1 /proc/uptime; }
+fact() { echo "@@PINVMM fact $1=$2"; }
+fact init_uptime "$(up)"
+fact kernel "$(uname -r)"
+fact cmdline "$(cat /proc/cmdline)"
+fact kvm_mode "$(dmesg | grep -E 'kvm \[[0-9]+\]: .*(mode initialized|error|disabled|not available)' | head -1 | sed 's/.*kvm \[[0-9]*\]: //')"
+fact dev_kvm "$([ -c /dev/kvm ] && echo yes || echo no)"
+fact movable_mib "$(awk '/^Node/ {z = $4} z == "Movable" && $1 == "present" {print int($2 / 256); exit}' /proc/zoneinfo)"
+fact cma_total "$(awk '/^CmaTotal/ {print $2 " " $3}' /proc/meminfo)"
+fact mem_total "$(awk '/^MemTotal/ {print $2 " " $3}' /proc/meminfo)"
+fact nproc "$(nproc)"
+fact io_uring_disabled "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo n/a)"
+fact tracefs "$([ -e /sys/kernel/tracing/trace ] && echo yes || echo no)"
+
+cd /results
+fact cmd_start_uptime "$(up)"
+echo "@@PINVMM cmd-begin"
+sh /pinvmm/cmd.sh
+rc=$?
+fact cmd_end_uptime "$(up)"
+echo "@@PINVMM cmd-end rc=$rc"
+
+# Only emergencies on the console from here on, so no kernel line lands inside the base64.
+echo 1 > /proc/sys/kernel/printk
+cd /
+echo "@@PINVMM results-begin"
+tar -c -f - -C /results . | gzip | base64
+echo "@@PINVMM results-end"
+echo "@@PINVMM rc=$rc"
+sync
+poweroff -f
+sleep 5
+echo o > /proc/sysrq-trigger

@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Bare guest payloads, assembled by the host's own toolchain with `global_asm!` and copied
+//! into guest memory by the VMM. Each is position independent and takes its parameters in
+//! registers (see [`PayloadArgs`] and the arch module for which register holds what).
+//!
+//! Payloads report through the test device (devices::testdev) and end by writing its EXIT
+//! register; they never rely on HLT (on x86 they run at CPL3, where HLT faults).
+
+use serde::Serialize;
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+use x86_64 as arch;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+use aarch64 as arch;
+
+/// The payloads this build carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Payload {
+    /// Writes `passes` times to one u64 at the start of every `stride`-th page of a range,
+    /// then reads it all back, checks each value and reports the sum and the error count.
+    Memtouch,
+    /// Prints a line on the serial port and exits with status 0.
+    Hello,
+    /// Loops forever without exiting: for timeouts and the stop path.
+    Spin,
+    /// Executes an undefined instruction: a guest crash.
+    Crash,
+}
+
+impl Payload {
+    /// All payloads, for `--help` and tests.
+    pub const ALL: [Payload; 4] = [
+        Payload::Memtouch,
+        Payload::Hello,
+        Payload::Spin,
+        Payload::Crash,
+    ];
+
+    /// The payload's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Payload::Memtouch => "memtouch",
+            Payload::Hello => "hello",
+            Payload::Spin => "spin",
+            Payload::Crash => "crash",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn from_name(name: &str) -> Option<Payload> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The payload's machine code for this host's architecture.
+    pub fn code(self) -> &'static [u8] {
+        arch::code(self)
+    }
+}
+
+/// What the VMM tells a payload, whatever the architecture.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PayloadArgs {
+    /// First guest-physical address of the range to touch.
+    pub start: u64,
+    /// Number of pages to touch.
+    pub pages: u64,
+    /// Bytes between touched addresses (a multiple of the page size).
+    pub stride: u64,
+    /// Write passes over the range (at least 1).
+    pub passes: u64,
+    /// Seed mixed into every value.
+    pub seed: u64,
+    /// Address of the test device (a port on x86_64, MMIO on aarch64).
+    pub testdev: u64,
+    /// Address of the serial port's data register.
+    pub serial: u64,
+}
+
+impl PayloadArgs {
+    /// The value memtouch leaves at `addr` after its last pass.
+    pub fn memtouch_value(&self, addr: u64) -> u64 {
+        (addr ^ self.seed).wrapping_add(1)
+    }
+
+    /// Addresses memtouch touches.
+    pub fn memtouch_addrs(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.pages).map(move |i| self.start + i * self.stride)
+    }
+
+    /// The checksum a correct memtouch run reports.
+    pub fn memtouch_checksum(&self) -> u64 {
+        self.memtouch_addrs()
+            .fold(0u64, |s, a| s.wrapping_add(self.memtouch_value(a)))
+    }
+}
+
+/// Text the `hello` payload prints.
+pub const HELLO_LINE: &str = "Hello from the pinvmm guest!\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_code_is_present() {
+        for p in Payload::ALL {
+            assert_eq!(Payload::from_name(p.name()), Some(p));
+            assert!(!p.code().is_empty(), "{} has no code", p.name());
+            assert!(p.code().len() < 4096, "{} does not fit in a page", p.name());
+        }
+        assert_eq!(Payload::from_name("nope"), None);
+    }
+
+    #[test]
+    fn checksum_matches_values() {
+        let a = PayloadArgs {
+            start: 0x10_0000,
+            pages: 3,
+            stride: 4096,
+            passes: 2,
+            seed: 5,
+            ..Default::default()
+        };
+        let want = (0x10_0000u64 ^ 5) + 1 + (0x10_1000 ^ 5) + 1 + (0x10_2000 ^ 5) + 1;
+        assert_eq!(a.memtouch_checksum(), want);
+    }
+
+    #[test]
+    fn hello_code_carries_the_line() {
+        let code = Payload::Hello.code();
+        let line = HELLO_LINE.as_bytes();
+        assert!(code.windows(line.len()).any(|w| w == line));
+    }
+}

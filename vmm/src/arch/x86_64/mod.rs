@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! x86_64: bare payloads in 64-bit long mode at CPL3.
+//!
+//! Why CPL3: on hosts whose /dev/kvm is the PVM backend (no VMX/SVM, as on pinvmm's
+//! development machine), guest code at CPL0 is emulated instruction by instruction (~1 µs
+//! each) while real mode and long mode at CPL3 run natively. So payloads run at CPL3: the U bit
+//! on every page-table level, 2 MiB pages (this CPUID offers no 1 GiB pages), IOPL=3 so `out`
+//! exits to the VMM, and no `hlt` (it faults at CPL3). The same setup runs on VMX/SVM hosts.
+
+use guest::PayloadArgs;
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+
+use super::{ArchError, DeviceAddr};
+use crate::memory::GuestMemory;
+
+/// Guest RAM starts at 0.
+pub const RAM_START: u64 = 0;
+/// Smallest guest: boot structures + payload below 1 MiB, then data.
+pub const MIN_MEM: u64 = 2 << 20;
+/// Largest guest the identity map covers (one page directory per GiB).
+pub const MAX_MEM: u64 = MAX_PDS << 30;
+/// memtouch's range starts here.
+pub const DATA_START: u64 = 1 << 20;
+
+const GDT: u64 = 0x1000;
+const PML4: u64 = 0x2000;
+const PDPT: u64 = 0x3000;
+const PD: u64 = 0x4000;
+const MAX_PDS: u64 = 16;
+const PAYLOAD: u64 = 0x20000;
+const PAYLOAD_MAX: u64 = 0x10000;
+const STACK_TOP: u64 = 0x40000;
+
+/// Test device ports.
+pub const TESTDEV: DeviceAddr = DeviceAddr::Pio(0xf0);
+/// COM1.
+pub const SERIAL: DeviceAddr = DeviceAddr::Pio(0x3f8);
+
+const PTE_P: u64 = 1;
+const PTE_RW: u64 = 1 << 1;
+const PTE_US: u64 = 1 << 2;
+const PTE_PS: u64 = 1 << 7;
+
+/// Nothing to do on x86_64 for bare payloads (no irqchip: payloads poll).
+pub fn setup_vm(_vm: &VmFd) -> Result<(), ArchError> {
+    Ok(())
+}
+
+/// Writes the GDT, the identity-mapped page tables and the payload; returns the entry point.
+pub fn load_boot_image(mem: &GuestMemory, code: &[u8]) -> Result<u64, ArchError> {
+    if code.len() as u64 > PAYLOAD_MAX {
+        return Err(ArchError::PayloadTooLarge {
+            len: code.len(),
+            max: PAYLOAD_MAX,
+        });
+    }
+    // null, 64-bit code DPL3, data DPL3.
+    let gdt: [u64; 3] = [0, 0x00af_fb00_0000_ffff, 0x00cf_f300_0000_ffff];
+    let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|e| e.to_le_bytes()).collect();
+    mem.load(GDT, &gdt_bytes)?;
+
+    let user = PTE_P | PTE_RW | PTE_US;
+    let pds = mem.size().div_ceil(1 << 30).min(MAX_PDS);
+    mem.load(PML4, &(PDPT | user).to_le_bytes())?;
+    for i in 0..pds {
+        let pd = PD + i * 0x1000;
+        mem.load(PDPT + i * 8, &(pd | user).to_le_bytes())?;
+        let entries: Vec<u8> = (0..512u64)
+            .flat_map(|j| (((i << 30) + (j << 21)) | user | PTE_PS).to_le_bytes())
+            .collect();
+        mem.load(pd, &entries)?;
+    }
+    mem.load(PAYLOAD, code)?;
+    Ok(PAYLOAD)
+}
+
+fn segment(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: selector | 3,
+        type_: if code { 11 } else { 3 },
+        present: 1,
+        dpl: 3,
+        db: u8::from(!code),
+        s: 1,
+        l: u8::from(code),
+        g: 1,
+        ..Default::default()
+    }
+}
+
+/// Puts the vCPU in 64-bit long mode at CPL3 at `entry`, with the payload's arguments.
+pub fn configure_vcpu(
+    kvm: &Kvm,
+    vcpu: &VcpuFd,
+    entry: u64,
+    args: &PayloadArgs,
+) -> Result<(), ArchError> {
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|err| ArchError::Get {
+            what: "supported CPUID",
+            err,
+        })?;
+    vcpu.set_cpuid2(&cpuid)
+        .map_err(|err| ArchError::Set { what: "CPUID", err })?;
+
+    let mut sregs = vcpu.get_sregs().map_err(|err| ArchError::Get {
+        what: "special registers",
+        err,
+    })?;
+    sregs.gdt.base = GDT;
+    sregs.gdt.limit = 3 * 8 - 1;
+    sregs.cs = segment(0x8, true);
+    let data = segment(0x10, false);
+    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+    sregs.cr3 = PML4;
+    sregs.cr4 = 1 << 5; // PAE
+    sregs.cr0 = 0x8005_0033; // PG | AM | WP | NE | ET | MP | PE
+    sregs.efer = 0x500; // LME | LMA
+    vcpu.set_sregs(&sregs).map_err(|err| ArchError::Set {
+        what: "special registers",
+        err,
+    })?;
+
+    let regs = kvm_regs {
+        rip: entry,
+        rsp: STACK_TOP,
+        rflags: 0x2 | 0x3000, // IOPL=3: `out` from CPL3 exits instead of faulting
+        rsi: args.start,
+        r9: args.pages,
+        r10: args.stride,
+        r11: args.passes,
+        r12: args.seed,
+        r13: args.testdev,
+        r14: args.serial,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(|err| ArchError::Set {
+        what: "registers",
+        err,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Backing;
+
+    #[test]
+    fn identity_map_is_user_accessible_2m_pages() {
+        let mem = GuestMemory::new(Backing::Shmem, 0, 4 << 20).unwrap();
+        let entry = load_boot_image(&mem, &[0x90; 16]).unwrap();
+        assert_eq!(entry, PAYLOAD);
+        assert_eq!(mem.read_u64(PML4).unwrap(), PDPT | 7);
+        assert_eq!(mem.read_u64(PDPT).unwrap(), PD | 7);
+        assert_eq!(mem.read_u64(PD + 8).unwrap(), (2 << 20) | 0x87);
+        assert_eq!(mem.read_u64(PAYLOAD).unwrap(), 0x9090_9090_9090_9090);
+        assert!(load_boot_image(&mem, &vec![0; 0x10001]).is_err());
+    }
+}

@@ -1,0 +1,427 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! What a VM is asked to be: plain data, validated once before anything is built.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use guest::Payload;
+use serde::Serialize;
+
+use crate::drain::DrainPolicy;
+use crate::sys::PAGE_SIZE;
+
+/// How guest memory is backed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backing {
+    /// memfd (shmem), mapped twice: guest view and mlocked pin view, as crosvm does.
+    Shmem,
+    /// Private anonymous memory, one mlocked mapping (shows Hugh Dickins' point in the seed).
+    Anon,
+}
+
+/// Who faults a page into the mlocked pin view before the long-term pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultIn {
+    /// An ordinary fault through the pin view first, then the drain policy, then the pin.
+    Touch,
+    /// The long-term pin faults the page in itself (pKVM-exact).
+    Pin,
+}
+
+/// How the guest's stage-2 faults are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage2 {
+    /// userfaultfd + long-term pin per faulting page (the subject of pinvmm).
+    Pin,
+    /// userfaultfd without pins: the cost of the round trip alone.
+    Uffd,
+    /// KVM's own fault path: no userfaultfd, no pins (the performance floor).
+    Kernel,
+    /// Every guest page faulted in and pinned before the first instruction.
+    Eager,
+}
+
+/// A forced pin failure, for testing the termination path on hosts that cannot fail naturally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct InjectPinFailure {
+    /// The 1-based index of the pin attempt that fails.
+    pub nth: u64,
+    /// The errno it fails with.
+    pub errno: i32,
+}
+
+impl FromStr for InjectPinFailure {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (n, e) = s.split_once(':').unwrap_or((s, "ENOMEM"));
+        let nth: u64 = n
+            .parse()
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| format!("'{n}' is not a pin number (1, 2, ...)"))?;
+        let errno = errno_from_name(e).ok_or_else(|| {
+            format!("'{e}' is not an errno (use a name like ENOMEM, EFAULT, EAGAIN or a number)")
+        })?;
+        Ok(Self { nth, errno })
+    }
+}
+
+fn errno_from_name(s: &str) -> Option<i32> {
+    let named = [
+        ("ENOMEM", libc::ENOMEM),
+        ("EFAULT", libc::EFAULT),
+        ("EAGAIN", libc::EAGAIN),
+        ("EBUSY", libc::EBUSY),
+        ("EINVAL", libc::EINVAL),
+        ("EPERM", libc::EPERM),
+        ("ENOSPC", libc::ENOSPC),
+        ("EIO", libc::EIO),
+    ];
+    named
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(s))
+        .map(|(_, v)| *v)
+        .or_else(|| s.parse().ok().filter(|&v: &i32| v > 0 && v < 4096))
+}
+
+/// Parses sizes like `64M`, `1G`, `4096`, `16K` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("'{s}': unknown unit '{c}' (use K, M or G)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (examples: 64M, 1G, 65536)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Parameters of the memtouch payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TouchParams {
+    /// Touch every `stride_pages`-th page.
+    pub stride_pages: u64,
+    /// Write passes.
+    pub passes: u64,
+    /// Seed mixed into every value.
+    pub seed: u64,
+}
+
+impl Default for TouchParams {
+    fn default() -> Self {
+        Self {
+            stride_pages: 1,
+            passes: 1,
+            seed: 0x5eed_0f_9a6e,
+        }
+    }
+}
+
+/// Where the resolver's two halves run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CpuPlacement {
+    /// CPU of the fault-in thread (and of the targeted drain).
+    pub fault_cpu: usize,
+    /// CPU of the pin thread.
+    pub pin_cpu: usize,
+}
+
+/// Everything needed to build and run one VM.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmConfig {
+    pub payload: Payload,
+    pub mem_size: u64,
+    pub vcpus: u8,
+    pub backing: Backing,
+    pub policy: DrainPolicy,
+    pub fault_in: FaultIn,
+    pub stage2: Stage2,
+    pub cpus: CpuPlacement,
+    /// Fresh not-mlocked shmem pages written on the fault CPU between fault-in and pin.
+    pub noise_pages: u32,
+    /// Percent of guest memory written through the loader view before boot.
+    pub prefill_pct: u8,
+    pub touch: TouchParams,
+    #[serde(serialize_with = "ser_secs")]
+    pub timeout: Duration,
+    pub inject_pin_failure: Option<InjectPinFailure>,
+    /// Echo the guest's console to stderr as it arrives.
+    #[serde(skip)]
+    pub echo_console: bool,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Invalid configurations, each naming the bad value and what to do.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "guest memory size {0} bytes is not a multiple of the {PAGE_SIZE}-byte page; round it (e.g. 64M)"
+    )]
+    MemNotPageAligned(u64),
+    #[error(
+        "guest memory size {size} bytes is too small: this architecture needs at least {min} bytes"
+    )]
+    MemTooSmall { size: u64, min: u64 },
+    #[error(
+        "guest memory size {size} bytes is above what pinvmm maps on this architecture ({max} bytes)"
+    )]
+    MemTooLarge { size: u64, max: u64 },
+    #[error("guest memory size {size} bytes is more than this host's RAM ({ram} bytes)")]
+    MemAboveRam { size: u64, ram: u64 },
+    #[error(
+        "guest memory size {size} bytes is above RLIMIT_MEMLOCK ({limit} bytes) and the process lacks CAP_IPC_LOCK: raise the limit (ulimit -l) or run as root"
+    )]
+    MemAboveMemlock { size: u64, limit: u64 },
+    #[error("vCPU count {0} is out of range: use 1 to {max}", max = MAX_VCPUS)]
+    VcpuCount(u64),
+    #[error("prefill {0}% is out of range: use 0 to 100")]
+    Prefill(u64),
+    #[error(
+        "memtouch stride {0} pages is out of range: use 1 or more, smaller than the data range"
+    )]
+    Stride(u64),
+    #[error("memtouch passes {0} is out of range: use 1 to 1000")]
+    Passes(u64),
+    #[error("CPU {cpu} is not one this process may run on (allowed: {allowed:?})")]
+    Cpu { cpu: usize, allowed: Vec<usize> },
+    #[error("timeout must be more than 0 seconds")]
+    Timeout,
+    #[error(
+        "the anon backing has a single mapping: --stage2 {0} is not meaningful with it (use shmem)"
+    )]
+    AnonStage2(String),
+}
+
+/// Largest vCPU count accepted.
+pub const MAX_VCPUS: u64 = 64;
+
+/// Host facts validation needs (kept separate so tests can pass their own).
+#[derive(Debug, Clone)]
+pub struct HostLimits {
+    pub ram: u64,
+    pub memlock: Option<u64>,
+    pub cap_ipc_lock: bool,
+    pub allowed_cpus: Vec<usize>,
+}
+
+impl HostLimits {
+    /// Reads this host's limits.
+    pub fn probe() -> Self {
+        Self {
+            ram: crate::hostinfo::mem_total_bytes().unwrap_or(u64::MAX),
+            memlock: crate::sys::memlock_limit(),
+            cap_ipc_lock: crate::sys::has_cap_ipc_lock(),
+            allowed_cpus: crate::sys::allowed_cpus(),
+        }
+    }
+
+    /// Default placement: two different CPUs when the host has them (fault-in and pin on
+    /// different CPUs is the case that fails on unfixed kernels), else one.
+    pub fn default_placement(&self) -> CpuPlacement {
+        let f = self.allowed_cpus.first().copied().unwrap_or(0);
+        let p = self.allowed_cpus.get(1).copied().unwrap_or(f);
+        CpuPlacement {
+            fault_cpu: f,
+            pin_cpu: p,
+        }
+    }
+}
+
+impl VmConfig {
+    /// A default memtouch VM of `mem_size` bytes; callers adjust fields, then [`Self::validate`].
+    pub fn new(payload: Payload, mem_size: u64, cpus: CpuPlacement) -> Self {
+        Self {
+            payload,
+            mem_size,
+            vcpus: 1,
+            backing: Backing::Shmem,
+            policy: DrainPolicy::None,
+            fault_in: FaultIn::Touch,
+            stage2: Stage2::Pin,
+            cpus,
+            noise_pages: 0,
+            prefill_pct: 0,
+            touch: TouchParams::default(),
+            timeout: Duration::from_secs(60),
+            inject_pin_failure: None,
+            echo_console: false,
+        }
+    }
+
+    /// Checks every field against the architecture and the host.
+    pub fn validate(&self, host: &HostLimits) -> Result<(), ConfigError> {
+        let size = self.mem_size;
+        if size % PAGE_SIZE as u64 != 0 {
+            return Err(ConfigError::MemNotPageAligned(size));
+        }
+        let (min, max) = (crate::arch::MIN_MEM, crate::arch::MAX_MEM);
+        if size < min {
+            return Err(ConfigError::MemTooSmall { size, min });
+        }
+        if size > max {
+            return Err(ConfigError::MemTooLarge { size, max });
+        }
+        if size > host.ram {
+            return Err(ConfigError::MemAboveRam {
+                size,
+                ram: host.ram,
+            });
+        }
+        if let (Some(limit), false) = (host.memlock, host.cap_ipc_lock) {
+            if size > limit {
+                return Err(ConfigError::MemAboveMemlock { size, limit });
+            }
+        }
+        if self.vcpus == 0 || u64::from(self.vcpus) > MAX_VCPUS {
+            return Err(ConfigError::VcpuCount(self.vcpus.into()));
+        }
+        if self.prefill_pct > 100 {
+            return Err(ConfigError::Prefill(self.prefill_pct.into()));
+        }
+        let data_pages = crate::arch::data_pages(size);
+        if self.touch.stride_pages == 0 || self.touch.stride_pages >= data_pages.max(2) {
+            return Err(ConfigError::Stride(self.touch.stride_pages));
+        }
+        if self.touch.passes == 0 || self.touch.passes > 1000 {
+            return Err(ConfigError::Passes(self.touch.passes));
+        }
+        for cpu in [self.cpus.fault_cpu, self.cpus.pin_cpu] {
+            if !host.allowed_cpus.contains(&cpu) {
+                return Err(ConfigError::Cpu {
+                    cpu,
+                    allowed: host.allowed_cpus.clone(),
+                });
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::Timeout);
+        }
+        if self.backing == Backing::Anon && self.stage2 == Stage2::Uffd {
+            return Err(ConfigError::AnonStage2("uffd".into()));
+        }
+        Ok(())
+    }
+
+    /// Number of guest pages.
+    pub fn pages(&self) -> u64 {
+        self.mem_size / PAGE_SIZE as u64
+    }
+}
+
+impl fmt::Display for Backing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backing::Shmem => "shmem",
+            Backing::Anon => "anon",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostLimits {
+        HostLimits {
+            ram: 8 << 30,
+            memlock: Some(64 << 10),
+            cap_ipc_lock: false,
+            allowed_cpus: vec![0, 1],
+        }
+    }
+
+    fn cfg(size: u64) -> VmConfig {
+        VmConfig::new(
+            Payload::Memtouch,
+            size,
+            CpuPlacement {
+                fault_cpu: 0,
+                pin_cpu: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12Q").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("lots").is_err());
+        assert!(
+            parse_size("99999999999G")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn injection_parses() {
+        assert_eq!(
+            "3".parse(),
+            Ok(InjectPinFailure {
+                nth: 3,
+                errno: libc::ENOMEM
+            })
+        );
+        assert_eq!(
+            "5:EFAULT".parse(),
+            Ok(InjectPinFailure {
+                nth: 5,
+                errno: libc::EFAULT
+            })
+        );
+        assert_eq!("5:11".parse(), Ok(InjectPinFailure { nth: 5, errno: 11 }));
+        assert!("0".parse::<InjectPinFailure>().is_err());
+        assert!("2:EWHAT".parse::<InjectPinFailure>().is_err());
+    }
+
+    #[test]
+    fn validation_names_the_bad_value() {
+        let mut h = host();
+        h.cap_ipc_lock = true;
+        assert_eq!(cfg(64 << 20).validate(&h), Ok(()));
+        assert_eq!(
+            cfg((64 << 20) + 1).validate(&h),
+            Err(ConfigError::MemNotPageAligned((64 << 20) + 1))
+        );
+        assert!(matches!(
+            cfg(4096).validate(&h),
+            Err(ConfigError::MemTooSmall { .. })
+        ));
+        assert!(matches!(
+            cfg(16 << 30).validate(&h),
+            Err(ConfigError::MemAboveRam { .. }) | Err(ConfigError::MemTooLarge { .. })
+        ));
+        assert!(matches!(
+            cfg(64 << 20).validate(&host()),
+            Err(ConfigError::MemAboveMemlock { .. })
+        ));
+        let mut c = cfg(64 << 20);
+        c.vcpus = 0;
+        assert_eq!(c.validate(&h), Err(ConfigError::VcpuCount(0)));
+        let mut c = cfg(64 << 20);
+        c.cpus.pin_cpu = 7;
+        assert!(c.validate(&h).unwrap_err().to_string().contains("CPU 7"));
+        let mut c = cfg(64 << 20);
+        c.prefill_pct = 101;
+        assert_eq!(c.validate(&h), Err(ConfigError::Prefill(101)));
+    }
+}

@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Pre-migration drain policies: what the resolver does between faulting a page into the
+//! mlocked pin view and taking the long-term pin, so that no per-CPU batch still holds a
+//! reference to the folio when the pin tries to migrate it (shared/DESIGN.md §1, §3, §7).
+//!
+//! Userspace has no call that drains only the mlock batch. What it has:
+//! - a *local* `lru_add_drain()` (which also runs `mlock_drain_local()`): `madvise(MADV_COLD)`
+//!   on a private, touched, not-mlocked scratch page, on the CPU to drain;
+//! - an *all-CPU* `lru_add_drain_all()`: `migrate_pages(2)` on ourselves with equal node masks
+//!   (the kernel calls `lru_cache_disable()` first).
+
+use std::io;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::sys::{self, Mapping, PAGE_SIZE};
+
+/// The policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainPolicy {
+    /// Nothing (the status quo of crosvm on pKVM).
+    None,
+    /// Drain every CPU's LRU and mlock batches before each pin (`lru_add_drain_all()`).
+    LruAddDrain,
+    /// Drain only the batches of the CPU that faulted the page in, right after the fault-in.
+    MlockDrain,
+    /// No drain up front; when a pin fails, drain every CPU and pin once more.
+    Retry,
+}
+
+impl DrainPolicy {
+    pub const ALL: [DrainPolicy; 4] = [
+        DrainPolicy::None,
+        DrainPolicy::LruAddDrain,
+        DrainPolicy::MlockDrain,
+        DrainPolicy::Retry,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DrainPolicy::None => "none",
+            DrainPolicy::LruAddDrain => "lru-add-drain",
+            DrainPolicy::MlockDrain => "mlock-drain",
+            DrainPolicy::Retry => "retry",
+        }
+    }
+}
+
+/// Failures of a drain call.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("cannot map the drain scratch page: {0}")]
+    Scratch(io::Error),
+    #[error("local drain (madvise MADV_COLD on the scratch page) failed: {0}")]
+    Local(io::Error),
+    #[error("all-CPU drain (migrate_pages on self) failed: {0}; does the kernel have CONFIG_NUMA?")]
+    All(io::Error),
+}
+
+/// Counts and time spent draining, per resolver thread.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct DrainStats {
+    pub local_drains: u64,
+    pub all_drains: u64,
+    pub total_ns: u64,
+    /// Local drains that ran on another CPU than the one asked for (the thread moved).
+    pub cpu_mismatches: u64,
+}
+
+impl DrainStats {
+    pub fn merge(&mut self, o: &DrainStats) {
+        self.local_drains += o.local_drains;
+        self.all_drains += o.all_drains;
+        self.total_ns += o.total_ns;
+        self.cpu_mismatches += o.cpu_mismatches;
+    }
+}
+
+/// One thread's drainer: owns its scratch page and its statistics.
+#[derive(Debug)]
+pub struct Drainer {
+    policy: DrainPolicy,
+    scratch: Mapping,
+    pub stats: DrainStats,
+}
+
+impl Drainer {
+    pub fn new(policy: DrainPolicy) -> Result<Self, DrainError> {
+        let scratch = Mapping::anonymous(PAGE_SIZE).map_err(DrainError::Scratch)?;
+        // SAFETY: offset 0 is inside the fresh one-page mapping; the write faults it in, as
+        // MADV_COLD only drains when it finds a present page.
+        unsafe { scratch.at(0).write_volatile(1) };
+        Ok(Self {
+            policy,
+            scratch,
+            stats: DrainStats::default(),
+        })
+    }
+
+    pub fn policy(&self) -> DrainPolicy {
+        self.policy
+    }
+
+    /// Runs on the fault-in thread right after the fault-in, on `fault_cpu`.
+    pub fn after_fault_in(&mut self, fault_cpu: usize) -> Result<(), DrainError> {
+        if self.policy == DrainPolicy::MlockDrain {
+            self.drain_local(fault_cpu)?;
+        }
+        Ok(())
+    }
+
+    /// Runs on the pin thread just before the pin.
+    pub fn before_pin(&mut self) -> Result<(), DrainError> {
+        if self.policy == DrainPolicy::LruAddDrain {
+            self.drain_all()?;
+        }
+        Ok(())
+    }
+
+    /// Runs after a failed pin; true if the policy wants the pin tried again.
+    pub fn after_failed_pin(&mut self) -> Result<bool, DrainError> {
+        if self.policy != DrainPolicy::Retry {
+            return Ok(false);
+        }
+        self.drain_all()?;
+        Ok(true)
+    }
+
+    /// `lru_add_drain()` on the calling thread's CPU.
+    pub fn drain_local(&mut self, expect_cpu: usize) -> Result<(), DrainError> {
+        let t = Instant::now();
+        if sys::current_cpu() != Some(expect_cpu) {
+            self.stats.cpu_mismatches += 1;
+        }
+        sys::madvise(self.scratch.as_ptr(), PAGE_SIZE, libc::MADV_COLD)
+            .map_err(DrainError::Local)?;
+        // Re-touch so the next MADV_COLD finds the page present again.
+        // SAFETY: offset 0 is inside the one-page scratch mapping.
+        unsafe { self.scratch.at(0).write_volatile(1) };
+        self.stats.local_drains += 1;
+        self.stats.total_ns += t.elapsed().as_nanos() as u64;
+        Ok(())
+    }
+
+    /// `lru_add_drain_all()`.
+    pub fn drain_all(&mut self) -> Result<(), DrainError> {
+        let t = Instant::now();
+        sys::migrate_pages_to_self().map_err(DrainError::All)?;
+        self.stats.all_drains += 1;
+        self.stats.total_ns += t.elapsed().as_nanos() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_call_the_right_drain() {
+        let cpu = sys::current_cpu().unwrap();
+        let mut none = Drainer::new(DrainPolicy::None).unwrap();
+        none.after_fault_in(cpu).unwrap();
+        none.before_pin().unwrap();
+        assert!(!none.after_failed_pin().unwrap());
+        assert_eq!(none.stats, DrainStats::default());
+
+        let mut m = Drainer::new(DrainPolicy::MlockDrain).unwrap();
+        m.after_fault_in(cpu).unwrap();
+        m.before_pin().unwrap();
+        assert_eq!((m.stats.local_drains, m.stats.all_drains), (1, 0));
+    }
+
+    #[test]
+    fn names_are_the_cli_names() {
+        use clap::ValueEnum;
+        for p in DrainPolicy::ALL {
+            assert_eq!(p.to_possible_value().unwrap().get_name(), p.name());
+        }
+    }
+}

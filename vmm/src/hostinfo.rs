@@ -1,0 +1,250 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Facts about the host, read from /proc and /sys: kernel, memory zones, counters.
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use serde::Serialize;
+
+/// /proc/vmstat counters that tell whether a pin's migration failed, and why.
+pub const VMSTAT_KEYS: &[&str] = &[
+    "pgmigrate_success",
+    "pgmigrate_fail",
+    "thp_migration_success",
+    "thp_migration_fail",
+    "thp_migration_split",
+    "unevictable_pgs_mlocked",
+    "unevictable_pgs_munlocked",
+    "unevictable_pgs_cleared",
+    "unevictable_pgs_culled",
+    "compact_isolated",
+];
+
+/// A snapshot of the interesting /proc/vmstat counters.
+pub fn vmstat() -> BTreeMap<String, i64> {
+    let text = fs::read_to_string("/proc/vmstat").unwrap_or_default();
+    parse_vmstat(&text)
+}
+
+fn parse_vmstat(text: &str) -> BTreeMap<String, i64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            VMSTAT_KEYS
+                .contains(&k)
+                .then(|| Some((k.to_owned(), v.trim().parse().ok()?)))?
+        })
+        .collect()
+}
+
+/// `after - before` for every key present in both.
+pub fn vmstat_delta(
+    before: &BTreeMap<String, i64>,
+    after: &BTreeMap<String, i64>,
+) -> BTreeMap<String, i64> {
+    after
+        .iter()
+        .filter_map(|(k, a)| Some((k.clone(), a - before.get(k)?)))
+        .collect()
+}
+
+/// A `/proc/self/status` value in KiB (VmPin, VmLck, VmRSS, ...).
+pub fn status_kb(key: &str) -> Option<u64> {
+    let s = fs::read_to_string("/proc/self/status").ok()?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?;
+    line[key.len() + 1..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// MemTotal in bytes.
+pub fn mem_total_bytes() -> Option<u64> {
+    meminfo_kb("MemTotal").map(|k| k * 1024)
+}
+
+fn meminfo_kb(key: &str) -> Option<u64> {
+    let s = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?;
+    line[key.len() + 1..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Pages present in ZONE_MOVABLE, over all nodes.
+pub fn movable_pages() -> u64 {
+    parse_movable(&fs::read_to_string("/proc/zoneinfo").unwrap_or_default())
+}
+
+fn parse_movable(text: &str) -> u64 {
+    let mut in_movable = false;
+    let mut total = 0;
+    for l in text.lines() {
+        if l.starts_with("Node ") {
+            in_movable = l.trim_end().ends_with("zone  Movable")
+                || l.split_whitespace().last() == Some("Movable");
+        } else if in_movable {
+            if let Some(v) = l.trim().strip_prefix("present ") {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// CMA size in bytes (CmaTotal), if the kernel has CMA.
+pub fn cma_total_bytes() -> Option<u64> {
+    meminfo_kb("CmaTotal").map(|k| k * 1024)
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The upstream version of the running kernel: Debian's `uname -r` is an ABI name
+/// (6.1.0-56-arm64) while /proc/version carries the real one ("Debian 6.1.192-1").
+pub fn kernel_version() -> String {
+    let release = kernel_release();
+    let version = fs::read_to_string("/proc/version").unwrap_or_default();
+    upstream_version(&version, &release)
+}
+
+fn upstream_version(proc_version: &str, release: &str) -> String {
+    proc_version
+        .split_once(" Debian ")
+        .and_then(|(_, rest)| rest.split(|c: char| c == '-' || c.is_whitespace()).next())
+        .filter(|v| v.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| release.to_owned())
+}
+
+/// CPU model name.
+pub fn cpu_model() -> String {
+    let s = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    s.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            matches!(k.trim(), "model name" | "CPU part" | "Hardware").then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Which KVM implementation serves /dev/kvm.
+pub fn kvm_backend() -> String {
+    let has = |m: &str| std::path::Path::new(&format!("/sys/module/{m}")).exists();
+    if cfg!(target_arch = "aarch64") {
+        return arm64_kvm_mode()
+            .unwrap_or_else(|| "arm64 (mode unknown: dmesg not readable)".into());
+    }
+    if has("kvm_pvm") {
+        "pvm (no VMX/SVM: guest CPL0 is emulated, CPL3 runs natively)".into()
+    } else if has("kvm_intel") {
+        "vmx (kvm_intel)".into()
+    } else if has("kvm_amd") {
+        "svm (kvm_amd)".into()
+    } else if has("kvm") {
+        "kvm (backend module unknown)".into()
+    } else {
+        "none".into()
+    }
+}
+
+/// arm64 KVM mode from the kernel log ("Hyp nVHE mode", "Protected nVHE mode", "VHE mode").
+fn arm64_kvm_mode() -> Option<String> {
+    let out = std::process::Command::new("dmesg").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().rev().find_map(|l| {
+        let i = l.find("kvm [")?;
+        let rest = &l[i..];
+        let msg = rest.split_once("]: ")?.1;
+        msg.contains(" mode").then(|| msg.trim().to_owned())
+    })
+}
+
+/// Whether the running kernel carries the upstream GUP fix ("mm: better GUP pin
+/// lru_add_drain_all()", Hugh Dickins, 2025): a heuristic by version. Kernels built with the fix
+/// reverted are not detected: `pinvmm gup-check` measures instead of guessing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GupFix {
+    Fixed,
+    NotFixed,
+    Unknown,
+}
+
+/// Versions (major, minor, first fixed patch) per stable branch (shared/DESIGN.md §5).
+const FIXED_FROM: &[(u32, u32, u32)] = &[(6, 16, 9), (6, 12, 49), (6, 6, 109), (6, 1, 155)];
+
+pub fn gup_fix_status(release: &str) -> GupFix {
+    let nums: Vec<u32> = release
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .map(|s| s.parse().unwrap_or(0))
+        .collect();
+    let (maj, min, patch) = match nums.as_slice() {
+        [a, b, c] => (*a, *b, *c),
+        [a, b] => (*a, *b, 0),
+        _ => return GupFix::Unknown,
+    };
+    if (maj, min) >= (6, 17) {
+        return GupFix::Fixed;
+    }
+    match FIXED_FROM.iter().find(|(a, b, _)| (*a, *b) == (maj, min)) {
+        Some((_, _, p)) if patch >= *p => GupFix::Fixed,
+        Some(_) => GupFix::NotFixed,
+        // The bug came with the batched mlock (v5.18); older branches never had it.
+        None if (maj, min) < (5, 18) => GupFix::Fixed,
+        None => GupFix::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fix_heuristic() {
+        assert_eq!(gup_fix_status("6.12.43+deb12-arm64"), GupFix::NotFixed);
+        assert_eq!(gup_fix_status("6.12.118+deb13-arm64"), GupFix::Fixed);
+        assert_eq!(gup_fix_status("6.1.192"), GupFix::Fixed);
+        assert_eq!(gup_fix_status("6.1.150"), GupFix::NotFixed);
+        assert_eq!(gup_fix_status("7.3.4+deb13-arm64"), GupFix::Fixed);
+        assert_eq!(gup_fix_status("6.18.44-fc"), GupFix::Fixed);
+        assert_eq!(gup_fix_status("6.8.0"), GupFix::Unknown);
+        assert_eq!(gup_fix_status("5.10.0"), GupFix::Fixed);
+        assert_eq!(gup_fix_status("garbage"), GupFix::Unknown);
+    }
+
+    #[test]
+    fn debian_abi_names_resolve_to_the_upstream_version() {
+        let v = "Linux version 6.1.0-56-arm64 (debian-kernel@lists.debian.org) (gcc 12) #1 SMP Debian 6.1.192-1 (2025-10-01)";
+        assert_eq!(upstream_version(v, "6.1.0-56-arm64"), "6.1.192");
+        assert_eq!(
+            upstream_version("Linux version 6.18.44-fc", "6.18.44-fc"),
+            "6.18.44-fc"
+        );
+    }
+
+    #[test]
+    fn parses_proc_files() {
+        let z = "Node 0, zone   Normal\n  pages free 3\n        present  100\nNode 0, zone  Movable\n  pages free 1\n        present  131072\n";
+        assert_eq!(parse_movable(z), 131072);
+        let v = parse_vmstat("pgmigrate_fail 3\nnr_free_pages 9\npgmigrate_success 10\n");
+        assert_eq!(v.len(), 2);
+        let mut after = v.clone();
+        *after.get_mut("pgmigrate_fail").unwrap() += 2;
+        assert_eq!(vmstat_delta(&v, &after)["pgmigrate_fail"], 2);
+    }
+}

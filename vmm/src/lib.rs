@@ -1,0 +1,26 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! pinvmm: a minimal KVM VMM whose guest memory is mlocked on fault and whose every stage-2
+//! fault is resolved by a long-term pin of the guest page, as pKVM resolves a protected
+//! guest's faults — so the effect of a pre-migration drain policy on whether the VM survives
+//! can be measured on any KVM host. See shared/DESIGN.md and README.md.
+
+pub mod arch;
+pub mod config;
+pub mod control;
+pub mod drain;
+pub mod exit_code;
+pub mod hostinfo;
+pub mod memory;
+pub mod pin;
+pub mod probe;
+pub mod report;
+pub mod stage2;
+pub mod stats;
+pub mod sys;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::{Backing, FaultIn, HostLimits, Stage2, VmConfig};
+pub use drain::DrainPolicy;
+pub use exit_code::ExitCode;
+pub use report::{Outcome, Report};

@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The `pinvmm` command line: parse, validate, run, report, map to an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode as ProcessExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use guest::Payload;
+use vmm::config::{CpuPlacement, InjectPinFailure, TouchParams, parse_size};
+use vmm::{Backing, DrainPolicy, ExitCode, FaultIn, HostLimits, Stage2, VmConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pinvmm",
+    version,
+    about = "A KVM VMM whose stage-2 faults are resolved by long-term pins of mlocked guest memory, as pKVM does",
+    long_about = "pinvmm runs small VMs whose guest memory is mlock2(MLOCK_ONFAULT)ed and whose every stage-2 \
+fault is resolved by a FOLL_LONGTERM pin of the page (io_uring fixed buffers), the way pKVM resolves a \
+protected guest's faults. A failed pin terminates the VM, as on pKVM. Drain policies decide what runs \
+between fault-in and pin.\n\nStart with `pinvmm probe`, then `pinvmm run --policy mlock-drain`.",
+    after_help = ExitCode::TABLE
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one VM and report (human summary on stdout, JSON with --json).
+    #[command(after_help = ExitCode::TABLE)]
+    Run(RunArgs),
+    /// Show what this host can do: KVM backend, userfaultfd, io_uring, drains, movable memory.
+    Probe {
+        /// Also write the findings as JSON to FILE ("-" for stdout).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Guest payload: memtouch (write+verify every page), hello (serial line), spin (never ends), crash.
+    #[arg(long, default_value = "memtouch", value_parser = parse_payload)]
+    guest: Payload,
+    /// Guest memory size (K, M, G suffixes; a multiple of 4 KiB).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    mem: u64,
+    /// Number of vCPUs; memtouch splits its range between them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
+    vcpus: u8,
+    /// Guest memory backing.
+    #[arg(long, value_enum, default_value = "shmem")]
+    backing: Backing,
+    /// Drain policy run between fault-in and the long-term pin.
+    #[arg(long, value_enum, default_value = "none")]
+    policy: DrainPolicy,
+    /// Who faults the page into the mlocked pin view: an ordinary touch, or the pin itself.
+    #[arg(long, value_enum, default_value = "touch")]
+    fault_in: FaultIn,
+    /// Stage-2 path: pin (userfaultfd + pins), uffd (no pins), kernel (KVM's own), eager (pin all first).
+    #[arg(long, value_enum, default_value = "pin")]
+    stage2: Stage2,
+    /// CPU of the fault-in thread (default: the first usable CPU).
+    #[arg(long, value_name = "N")]
+    fault_cpu: Option<usize>,
+    /// CPU of the pin thread, or `same` (default: the second usable CPU, so fault-in and pin run on different CPUs).
+    #[arg(long, value_name = "N|same")]
+    pin_cpu: Option<String>,
+    /// Fresh not-mlocked shmem pages written on the fault CPU between fault-in and pin (LRU noise).
+    #[arg(long, default_value_t = 0, value_name = "PAGES")]
+    noise: u32,
+    /// Percent of guest memory written through the not-mlocked loader view before boot (0-100).
+    #[arg(long, default_value_t = 0, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    prefill: u8,
+    /// memtouch: touch every N-th page.
+    #[arg(long, default_value_t = 1, value_name = "PAGES")]
+    stride: u64,
+    /// memtouch: write passes over the range.
+    #[arg(long, default_value_t = 1)]
+    passes: u64,
+    /// memtouch: seed mixed into every value.
+    #[arg(long, default_value_t = TouchParams::default().seed)]
+    seed: u64,
+    /// Stop the VM after this many seconds (outcome `timeout`).
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    timeout: f64,
+    /// Force the N-th pin attempt to fail (optionally with ERRNO, default ENOMEM): tests the termination path.
+    #[arg(long, value_name = "N[:ERRNO]")]
+    inject_pin_failure: Option<InjectPinFailure>,
+    /// Write the JSON report to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Echo the guest's serial console to stderr as it arrives.
+    #[arg(long)]
+    console: bool,
+    /// Print nothing on stdout but errors (use with --json).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_payload(s: &str) -> Result<Payload, String> {
+    Payload::from_name(s).ok_or_else(|| {
+        let names: Vec<_> = Payload::ALL.iter().map(|p| p.name()).collect();
+        format!("unknown guest '{s}' (choose from: {})", names.join(", "))
+    })
+}
+
+fn build_config(a: &RunArgs, host: &HostLimits) -> Result<VmConfig, String> {
+    let def = host.default_placement();
+    let fault_cpu = a.fault_cpu.unwrap_or(def.fault_cpu);
+    let pin_cpu = match a.pin_cpu.as_deref() {
+        None => {
+            if a.fault_cpu.is_some() {
+                host.allowed_cpus
+                    .iter()
+                    .copied()
+                    .find(|&c| c != fault_cpu)
+                    .unwrap_or(fault_cpu)
+            } else {
+                def.pin_cpu
+            }
+        }
+        Some("same") => fault_cpu,
+        Some(n) => n
+            .parse()
+            .map_err(|_| format!("--pin-cpu '{n}' is neither a CPU number nor 'same'"))?,
+    };
+    if !a.timeout.is_finite() || a.timeout <= 0.0 || a.timeout > 86_400.0 {
+        return Err(format!(
+            "--timeout {} is out of range: use more than 0 and at most 86400 seconds",
+            a.timeout
+        ));
+    }
+    let mut c = VmConfig::new(a.guest, a.mem, CpuPlacement { fault_cpu, pin_cpu });
+    c.vcpus = a.vcpus;
+    c.backing = a.backing;
+    c.policy = a.policy;
+    c.fault_in = a.fault_in;
+    c.stage2 = a.stage2;
+    c.noise_pages = a.noise;
+    c.prefill_pct = a.prefill;
+    c.touch = TouchParams {
+        stride_pages: a.stride,
+        passes: a.passes,
+        seed: a.seed,
+    };
+    c.timeout = Duration::from_secs_f64(a.timeout);
+    c.inject_pin_failure = a.inject_pin_failure;
+    c.echo_console = a.console;
+    c.validate(host).map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+fn write_json<T: serde::Serialize>(path: &PathBuf, v: &T) -> Result<(), String> {
+    let text =
+        serde_json::to_string_pretty(v).map_err(|e| format!("cannot encode the report: {e}"))?;
+    if path.as_os_str() == "-" {
+        println!("{text}");
+        return Ok(());
+    }
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn run(a: RunArgs) -> ExitCode {
+    let host = HostLimits::probe();
+    let cfg = match build_config(&a, &host) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pinvmm: bad input: {e}");
+            return ExitCode::BadInput;
+        }
+    };
+    let report = match vmm::vm::run(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pinvmm: {e}");
+            return if e.is_host_unsupported() {
+                ExitCode::HostUnsupported
+            } else {
+                ExitCode::VmmError
+            };
+        }
+    };
+    if !a.quiet {
+        print!("{}", report.human());
+    }
+    if let Some(p) = &a.json {
+        if let Err(e) = write_json(p, &report) {
+            eprintln!("pinvmm: {e}");
+            return ExitCode::BadInput;
+        }
+    }
+    report.outcome.exit_code()
+}
+
+fn main() -> ProcessExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                ExitCode::BadInput
+            } else {
+                ExitCode::Ok
+            };
+            let _ = e.print();
+            return code.into();
+        }
+    };
+    match cli.cmd {
+        Command::Run(a) => run(a).into(),
+        Command::Probe { json } => {
+            let p = vmm::probe::probe();
+            print!("{}", p.human());
+            if let Some(path) = json {
+                if let Err(e) = write_json(&path, &p) {
+                    eprintln!("pinvmm: {e}");
+                    return ExitCode::BadInput.into();
+                }
+            }
+            if p.can_run {
+                ExitCode::Ok
+            } else {
+                ExitCode::HostUnsupported
+            }
+            .into()
+        }
+    }
+}

@@ -1,0 +1,270 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Guest memory and its views (shared/DESIGN.md §2).
+//!
+//! shmem backing (default, as crosvm): one memfd mapped three times, MAP_SHARED:
+//! - the *guest view*, given to KVM and armed with userfaultfd;
+//! - the *pin view*, `mlock2(MLOCK_ONFAULT)`ed: what the resolver faults in and long-term pins
+//!   (the mapping pKVM pins in crosvm);
+//! - the *loader view* (vm-memory), not mlocked: how the VMM writes the payload and prefill,
+//!   leaving those pages in the page cache and on the LRU before the guest touches them.
+//!
+//! anon backing: one private anonymous mapping is both the guest view and the pin view
+//! (mlocked on fault). The loader writes into a private *staging* area instead; the resolver
+//! copies a staged page in (UFFDIO_COPY) when the guest first faults on it.
+
+use std::fs::File;
+use std::io;
+
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap};
+
+use crate::config::Backing;
+use crate::sys::{self, Mapping, PAGE_SIZE};
+
+/// Failures setting up guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot create the {size}-byte memfd for guest memory: {err}")]
+    Memfd { size: u64, err: io::Error },
+    #[error("cannot map the {view} view ({size} bytes): {err}")]
+    Map {
+        view: &'static str,
+        size: u64,
+        err: io::Error,
+    },
+    #[error(
+        "mlock2(MLOCK_ONFAULT) of the pin view ({size} bytes) failed: {err}; raise RLIMIT_MEMLOCK or run with CAP_IPC_LOCK"
+    )]
+    Mlock { size: u64, err: io::Error },
+    #[error("cannot set up the loader view: {0}")]
+    Loader(String),
+    #[error("cannot write {len} bytes at guest address {gpa:#x}: {err}")]
+    Write { gpa: u64, len: usize, err: String },
+    #[error("cannot read guest address {gpa:#x}: {err}")]
+    Read { gpa: u64, err: String },
+}
+
+/// Guest RAM: one contiguous range at `base`.
+#[derive(Debug)]
+pub struct GuestMemory {
+    backing: Backing,
+    base: u64,
+    size: u64,
+    guest_view: Mapping,
+    /// shmem only: the mlocked second mapping. anon: the guest view is also the pin view.
+    pin_view: Option<Mapping>,
+    loader: GuestMemoryMmap,
+    /// Keeps the memfd alive for the loader view's FileOffset (shmem).
+    _memfd: Option<File>,
+}
+
+impl GuestMemory {
+    /// Creates guest memory of `size` bytes at guest-physical `base`.
+    pub fn new(backing: Backing, base: u64, size: u64) -> Result<Self, MemoryError> {
+        let len = size as usize;
+        let map_err = |view| move |err| MemoryError::Map { view, size, err };
+        let (guest_view, pin_view, loader, memfd) = match backing {
+            Backing::Shmem => {
+                let fd = sys::memfd("pinvmm-guest", size)
+                    .map_err(|err| MemoryError::Memfd { size, err })?;
+                let guest = Mapping::shared(&fd, len).map_err(map_err("guest"))?;
+                let pin = Mapping::shared(&fd, len).map_err(map_err("pin"))?;
+                pin.mlock_onfault()
+                    .map_err(|err| MemoryError::Mlock { size, err })?;
+                let off = FileOffset::new(fd.try_clone().map_err(map_err("loader"))?, 0);
+                let loader =
+                    GuestMemoryMmap::from_ranges_with_files([(GuestAddress(base), len, Some(off))])
+                        .map_err(|e| MemoryError::Loader(e.to_string()))?;
+                (guest, Some(pin), loader, Some(fd))
+            }
+            Backing::Anon => {
+                let guest = Mapping::anonymous(len).map_err(map_err("guest"))?;
+                guest
+                    .mlock_onfault()
+                    .map_err(|err| MemoryError::Mlock { size, err })?;
+                let loader = GuestMemoryMmap::from_ranges(&[(GuestAddress(base), len)])
+                    .map_err(|e| MemoryError::Loader(e.to_string()))?;
+                (guest, None, loader, None)
+            }
+        };
+        // 4 KiB granule: transparent huge pages would pin 2 MiB per fault and hide the effect.
+        guest_view.no_huge_pages().map_err(map_err("guest"))?;
+        if let Some(p) = &pin_view {
+            p.no_huge_pages().map_err(map_err("pin"))?;
+        }
+        Ok(Self {
+            backing,
+            base,
+            size,
+            guest_view,
+            pin_view,
+            loader,
+            _memfd: memfd,
+        })
+    }
+
+    pub fn backing(&self) -> Backing {
+        self.backing
+    }
+
+    /// First guest-physical address.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn pages(&self) -> u64 {
+        self.size / PAGE_SIZE as u64
+    }
+
+    /// The mapping KVM uses.
+    pub fn guest_view(&self) -> &Mapping {
+        &self.guest_view
+    }
+
+    /// The mlocked mapping that is faulted in and pinned.
+    pub fn pin_view(&self) -> &Mapping {
+        self.pin_view.as_ref().unwrap_or(&self.guest_view)
+    }
+
+    /// Where the VMM writes images before boot (vm-memory, for linux-loader and friends).
+    pub fn loader(&self) -> &GuestMemoryMmap {
+        &self.loader
+    }
+
+    /// Writes `data` at guest-physical `gpa` through the loader view.
+    pub fn load(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+        self.loader
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|e| MemoryError::Write {
+                gpa,
+                len: data.len(),
+                err: e.to_string(),
+            })
+    }
+
+    /// Reads a u64 at `gpa` without faulting pages into the guest or pin views (shmem: the
+    /// loader view; anon: the guest view, to be called only once userfaultfd is gone).
+    pub fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
+        let err = |e: String| MemoryError::Read { gpa, err: e };
+        match self.backing {
+            Backing::Shmem => self
+                .loader
+                .read_obj(GuestAddress(gpa))
+                .map_err(|e| err(e.to_string())),
+            Backing::Anon => {
+                let off = gpa
+                    .checked_sub(self.base)
+                    .filter(|o| o + 8 <= self.size)
+                    .ok_or_else(|| err("outside guest RAM".into()))?;
+                // SAFETY: off + 8 is inside the guest view, which lives as long as &self.
+                Ok(unsafe {
+                    self.guest_view
+                        .at(off as usize)
+                        .cast::<u64>()
+                        .read_volatile()
+                })
+            }
+        }
+    }
+
+    /// Guest page index of a guest-view host address.
+    pub fn page_of_guest_hva(&self, hva: u64) -> Option<u64> {
+        let off = hva.checked_sub(self.guest_view.addr())?;
+        (off < self.size).then_some(off / PAGE_SIZE as u64)
+    }
+
+    /// Writes a marker into `pct` percent of guest pages through the loader view, spread
+    /// evenly, so they sit in the page cache (shmem) or staging (anon) before boot, as a
+    /// crosvm kernel/initramfs load leaves them. Returns the number of pages written.
+    pub fn prefill(&self, pct: u8, skip: impl Fn(u64) -> bool) -> Result<u64, MemoryError> {
+        let mut n = 0;
+        for page in 0..self.pages() {
+            if (page * u64::from(pct)) % 100 < u64::from(pct) && !skip(page) {
+                let gpa = self.base + page * PAGE_SIZE as u64;
+                // Offset 8: memtouch writes offset 0, so prefill never changes its result.
+                self.load(gpa + 8, &0x0b0b_0b0b_0b0b_0b0bu64.to_le_bytes())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Pages of the staging area the loader wrote (anon backing); empty for shmem.
+    pub fn staged_pages(&self) -> io::Result<Vec<bool>> {
+        if self.backing != Backing::Anon {
+            return Ok(Vec::new());
+        }
+        let region = self
+            .loader
+            .iter()
+            .next()
+            .ok_or_else(|| io::Error::other("no loader region"))?;
+        let host = region.as_ptr();
+        let len = self.size as usize;
+        let mut v = vec![0u8; len / PAGE_SIZE];
+        // SAFETY: host..host+len is the loader's private anonymous region, alive with &self;
+        // v has one byte per page as mincore requires.
+        let r = unsafe { libc::mincore(host.cast(), len, v.as_mut_ptr()) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(v.into_iter().map(|b| b & 1 == 1).collect())
+    }
+
+    /// Host address of a staged (anon) page's contents in the loader's region.
+    pub fn staged_page_addr(&self, page: u64) -> Option<*const u8> {
+        let region = self.loader.iter().next()?;
+        (page < self.pages()).then(|| {
+            region
+                .as_ptr()
+                .wrapping_add(page as usize * PAGE_SIZE)
+                .cast_const()
+        })
+    }
+
+    /// Copies every staged page into the guest view (anon backing without userfaultfd).
+    pub fn copy_staged_into_guest_view(&self) -> io::Result<u64> {
+        let staged = self.staged_pages()?;
+        let mut n = 0;
+        for (page, _) in staged.iter().enumerate().filter(|(_, s)| **s) {
+            let src = self.staged_page_addr(page as u64).expect("page in range");
+            // SAFETY: both ranges are one page inside live mappings of the same size, and
+            // they are distinct mappings, so they do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src, self.guest_view.at(page * PAGE_SIZE), PAGE_SIZE)
+            };
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shmem_views_see_the_loader() {
+        let m = GuestMemory::new(Backing::Shmem, 0x1000_0000, 16 * PAGE_SIZE as u64).unwrap();
+        m.load(0x1000_1000, &7u64.to_le_bytes()).unwrap();
+        assert_eq!(m.read_u64(0x1000_1000).unwrap(), 7);
+        assert_eq!(m.pin_view().touch_read(PAGE_SIZE), 7);
+        assert_eq!(m.page_of_guest_hva(m.guest_view().addr() + 5000), Some(1));
+        assert_eq!(m.page_of_guest_hva(m.guest_view().addr() + 16 * 4096), None);
+        assert!(m.load(0x1000_0000 + 16 * 4096 - 4, &[0; 8]).is_err());
+    }
+
+    #[test]
+    fn anon_stages_then_copies() {
+        let m = GuestMemory::new(Backing::Anon, 0, 8 * PAGE_SIZE as u64).unwrap();
+        assert_eq!(m.prefill(50, |_| false).unwrap(), 4);
+        let staged = m.staged_pages().unwrap();
+        assert_eq!(staged.iter().filter(|s| **s).count(), 4);
+        assert_eq!(m.copy_staged_into_guest_view().unwrap(), 4);
+        assert_eq!(m.read_u64(8).unwrap(), 0x0b0b_0b0b_0b0b_0b0b);
+        assert_eq!(m.read_u64(4096 + 8).unwrap(), 0);
+    }
+}

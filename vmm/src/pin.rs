@@ -1,0 +1,190 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Long-term pins of guest pages through io_uring fixed buffers.
+//!
+//! `IORING_REGISTER_BUFFERS_UPDATE` on a sparse table calls
+//! `pin_user_pages_fast(FOLL_WRITE | FOLL_LONGTERM)` on the page: the same kernel path pKVM
+//! takes on a protected guest's stage-2 fault, including the migration out of ZONE_MOVABLE/CMA
+//! that fails when a stray reference (a per-CPU mlock batch) holds the folio. Each slot of the
+//! table is one guest page; pins are released when the rings are dropped (VM teardown).
+
+use std::io;
+
+use io_uring::IoUring;
+use serde::Serialize;
+
+use crate::config::InjectPinFailure;
+use crate::sys::PAGE_SIZE;
+
+/// io_uring accepts at most this many registered buffers per ring (IORING_MAX_REG_BUFFERS).
+pub const SLOTS_PER_RING: u64 = 1 << 14;
+
+/// A failed pin.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("cannot create the io_uring for pins: {0} (is kernel.io_uring_disabled set?)")]
+    Ring(io::Error),
+    #[error("cannot register a sparse buffer table of {slots} slots: {err}")]
+    Table { slots: u64, err: io::Error },
+    #[error("long-term pin of guest page {page} (host address {hva:#x}) failed: {err}{injected}",
+        injected = if *.injected { " [injected]" } else { "" })]
+    Pin {
+        page: u64,
+        hva: u64,
+        err: io::Error,
+        injected: bool,
+    },
+}
+
+impl PinError {
+    /// The errno of the failure, for reports.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            PinError::Ring(e) | PinError::Table { err: e, .. } | PinError::Pin { err: e, .. } => {
+                e.raw_os_error()
+            }
+        }
+    }
+}
+
+/// Pin counters.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct PinStats {
+    pub attempted: u64,
+    pub ok: u64,
+    pub failed: u64,
+    /// Requests for a page that was already pinned (another vCPU's fault, a retry).
+    pub already_pinned: u64,
+}
+
+/// The guest's pin table.
+pub struct PinTable {
+    rings: Vec<Option<IoUring>>,
+    pinned: Vec<bool>,
+    inject: Option<InjectPinFailure>,
+    pub stats: PinStats,
+}
+
+impl std::fmt::Debug for PinTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinTable")
+            .field("rings", &self.rings.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl PinTable {
+    /// A table for `pages` guest pages; rings are created as pages need them.
+    pub fn new(pages: u64, inject: Option<InjectPinFailure>) -> Self {
+        let rings = pages.div_ceil(SLOTS_PER_RING) as usize;
+        Self {
+            rings: (0..rings).map(|_| None).collect(),
+            pinned: vec![false; pages as usize],
+            inject,
+            stats: PinStats::default(),
+        }
+    }
+
+    fn ring(&mut self, idx: usize, slots: u64) -> Result<&IoUring, PinError> {
+        if self.rings[idx].is_none() {
+            let ring = IoUring::new(2).map_err(PinError::Ring)?;
+            ring.submitter()
+                .register_buffers_sparse(slots as u32)
+                .map_err(|err| PinError::Table { slots, err })?;
+            self.rings[idx] = Some(ring);
+        }
+        Ok(self.rings[idx].as_ref().expect("ring created above"))
+    }
+
+    /// Whether `page` holds a pin.
+    pub fn is_pinned(&self, page: u64) -> bool {
+        self.pinned.get(page as usize).copied().unwrap_or(false)
+    }
+
+    /// Takes the long-term pin of guest page `page`, whose pin-view address is `hva`.
+    pub fn pin(&mut self, page: u64, hva: u64) -> Result<(), PinError> {
+        if self.is_pinned(page) {
+            self.stats.already_pinned += 1;
+            return Ok(());
+        }
+        self.stats.attempted += 1;
+        if let Some(inj) = self.inject.filter(|i| i.nth == self.stats.attempted) {
+            self.stats.failed += 1;
+            let err = io::Error::from_raw_os_error(inj.errno);
+            return Err(PinError::Pin {
+                page,
+                hva,
+                err,
+                injected: true,
+            });
+        }
+        let ring_idx = (page / SLOTS_PER_RING) as usize;
+        let total = self.pinned.len() as u64;
+        let slots = (total - ring_idx as u64 * SLOTS_PER_RING).min(SLOTS_PER_RING);
+        let slot = (page % SLOTS_PER_RING) as u32;
+        let iov = libc::iovec {
+            iov_base: hva as *mut libc::c_void,
+            iov_len: PAGE_SIZE,
+        };
+        let ring = self.ring(ring_idx, slots)?;
+        // SAFETY: hva is a page of the pin view, which stays mapped until after this table
+        // (and its rings) are dropped: GuestMemory outlives the resolver that owns the table.
+        let r = unsafe { ring.submitter().register_buffers_update(slot, &[iov], None) };
+        match r {
+            Ok(()) => {
+                self.pinned[page as usize] = true;
+                self.stats.ok += 1;
+                Ok(())
+            }
+            Err(err) => {
+                self.stats.failed += 1;
+                Err(PinError::Pin {
+                    page,
+                    hva,
+                    err,
+                    injected: false,
+                })
+            }
+        }
+    }
+
+    /// Pages currently pinned.
+    pub fn pinned_pages(&self) -> u64 {
+        self.stats.ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::{Mapping, memfd};
+
+    #[test]
+    fn pins_pages_and_injects_failures() {
+        let f = memfd("pintest", 8 * PAGE_SIZE as u64).unwrap();
+        let view = Mapping::shared(&f, 8 * PAGE_SIZE).unwrap();
+        let inject = Some(InjectPinFailure {
+            nth: 3,
+            errno: libc::ENOMEM,
+        });
+        let mut t = PinTable::new(8, inject);
+        let hva = |p: u64| view.addr() + p * PAGE_SIZE as u64;
+        t.pin(0, hva(0)).unwrap();
+        t.pin(0, hva(0)).unwrap();
+        t.pin(1, hva(1)).unwrap();
+        let e = t.pin(2, hva(2)).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::ENOMEM));
+        assert!(e.to_string().contains("[injected]"), "{e}");
+        t.pin(3, hva(3)).unwrap();
+        assert_eq!(
+            t.stats,
+            PinStats {
+                attempted: 4,
+                ok: 3,
+                failed: 1,
+                already_pinned: 1
+            }
+        );
+        assert!(t.is_pinned(3) && !t.is_pinned(2));
+    }
+}

@@ -1,0 +1,250 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The run report: JSON for programs, a short summary for people.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::config::VmConfig;
+use crate::control::Termination;
+use crate::exit_code::ExitCode;
+use crate::hostinfo::{self, GupFix};
+use crate::stage2::ResolverReport;
+use crate::vcpu::{ExitCounts, VcpuOutcome};
+
+/// How the VM ended, from the user's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Completed,
+    GuestFailed,
+    Terminated,
+    Timeout,
+    VmmError,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            Outcome::Completed => ExitCode::Ok,
+            Outcome::GuestFailed => ExitCode::GuestFailed,
+            Outcome::Terminated => ExitCode::PinTerminated,
+            Outcome::Timeout => ExitCode::Timeout,
+            Outcome::VmmError => ExitCode::VmmError,
+        }
+    }
+}
+
+/// Facts about the host the VM ran on.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostFacts {
+    pub kernel_release: String,
+    pub kernel_version: String,
+    pub gup_fix: GupFix,
+    pub cpu: String,
+    pub online_cpus: usize,
+    pub kvm_backend: String,
+    pub movable_bytes: u64,
+    pub cma_bytes: u64,
+}
+
+impl HostFacts {
+    pub fn probe() -> Self {
+        let version = hostinfo::kernel_version();
+        Self {
+            kernel_release: hostinfo::kernel_release(),
+            gup_fix: hostinfo::gup_fix_status(&version),
+            kernel_version: version,
+            cpu: hostinfo::cpu_model(),
+            online_cpus: crate::sys::allowed_cpus().len(),
+            kvm_backend: hostinfo::kvm_backend(),
+            movable_bytes: hostinfo::movable_pages() * crate::sys::PAGE_SIZE as u64,
+            cma_bytes: hostinfo::cma_total_bytes().unwrap_or(0),
+        }
+    }
+
+    /// Whether a pin can need a migration at all here.
+    pub fn has_unpinnable_memory(&self) -> bool {
+        self.movable_bytes > 0 || self.cma_bytes > 0
+    }
+}
+
+/// One vCPU's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct VcpuResult {
+    pub id: u8,
+    pub outcome: VcpuOutcome,
+    pub result: u64,
+    /// What a correct guest reports (memtouch checksum); None when there is nothing to check.
+    pub expected: Option<u64>,
+    pub errors: u64,
+    pub touched_pages: u64,
+    pub exits: ExitCounts,
+    pub bad_device_writes: u64,
+}
+
+/// /proc/self/status values (KiB) around the run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct MemAccounting {
+    pub vm_pin_kb_before: u64,
+    pub vm_pin_kb_running: u64,
+    pub vm_pin_kb_after: u64,
+    pub vm_lck_kb_before: u64,
+    pub vm_lck_kb_running: u64,
+    pub vm_lck_kb_after: u64,
+    pub open_fds_before: usize,
+    pub open_fds_after: usize,
+}
+
+/// Timings in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timing {
+    pub setup_ms: f64,
+    pub guest_ms: f64,
+    pub teardown_ms: f64,
+    pub wall_ms: f64,
+    /// Guest time divided by the pages the guest touched (µs).
+    pub guest_us_per_touched_page: f64,
+}
+
+/// Everything about one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub pinvmm_version: &'static str,
+    pub outcome: Outcome,
+    pub exit_code: u8,
+    pub summary: String,
+    pub config: VmConfig,
+    pub host: HostFacts,
+    pub vcpus: Vec<VcpuResult>,
+    /// Pages whose final value the host found wrong, reading guest memory itself.
+    pub host_check_bad_pages: u64,
+    pub host_check_pages: u64,
+    pub termination: Option<Termination>,
+    pub resolver: Option<ResolverReport>,
+    /// Pins taken before boot (`--stage2 eager`).
+    pub eager_pins: u64,
+    pub prefilled_pages: u64,
+    pub guest_pages: u64,
+    pub vmstat_delta: BTreeMap<String, i64>,
+    pub memory: MemAccounting,
+    pub timing: Timing,
+    pub console: String,
+    pub console_bytes: u64,
+    pub error: Option<String>,
+}
+
+impl Report {
+    /// A few lines for a terminal.
+    pub fn human(&self) -> String {
+        let c = &self.config;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "pinvmm: {} — {}",
+            outcome_word(self.outcome),
+            self.summary
+        );
+        let _ = writeln!(
+            s,
+            "  guest {} | {} MiB {} | stage2 {:?} | policy {} | fault-in {:?} | fault CPU {} / pin CPU {} | vCPUs {}",
+            c.payload.name(),
+            c.mem_size >> 20,
+            c.backing,
+            c.stage2,
+            c.policy.name(),
+            c.fault_in,
+            c.cpus.fault_cpu,
+            c.cpus.pin_cpu,
+            c.vcpus
+        );
+        for v in &self.vcpus {
+            let check = match v.expected {
+                Some(e) if e == v.result => "verified".to_owned(),
+                Some(e) => format!("WRONG (expected {e:#x})"),
+                None => "-".to_owned(),
+            };
+            let _ = writeln!(
+                s,
+                "  vCPU {}: {:?}, result {:#x} {check}, {} pages touched, {} errors",
+                v.id, v.outcome, v.result, v.touched_pages, v.errors
+            );
+        }
+        if let Some(r) = &self.resolver {
+            let _ = writeln!(
+                s,
+                "  faults {} (minor {}, missing {}) | pins ok {} failed {} retried {} | fault p50 {:.1} µs p99 {:.1} µs | pin p50 {:.1} µs p99 {:.1} µs",
+                r.faults,
+                r.minor_faults,
+                r.missing_faults,
+                r.pins.ok,
+                r.pins.failed,
+                r.retried_pins,
+                r.fault_latency.p50_us,
+                r.fault_latency.p99_us,
+                r.pin_latency.p50_us,
+                r.pin_latency.p99_us
+            );
+            let _ = writeln!(
+                s,
+                "  drains: local {} all {} ({:.1} ms total) | noise pages {}",
+                r.drain.local_drains,
+                r.drain.all_drains,
+                r.drain.total_ns as f64 / 1e6,
+                r.noise_pages_written
+            );
+        }
+        if let Some(t) = &self.termination {
+            let _ = writeln!(
+                s,
+                "  TERMINATED: pin of GPA {:#x} (host {:#x}) failed with {} after {} successful pins{}",
+                t.gpa,
+                t.hva,
+                t.errno_name,
+                t.pins_ok_before,
+                if t.injected { " [injected]" } else { "" }
+            );
+        }
+        let mig: Vec<String> = self
+            .vmstat_delta
+            .iter()
+            .filter(|(k, v)| **v != 0 && k.contains("migrat"))
+            .map(|(k, v)| format!("{k} {v:+}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  vmstat: {} | VmPin {} kB while running | setup {:.1} ms, guest {:.1} ms ({:.2} µs/page), teardown {:.1} ms",
+            if mig.is_empty() {
+                "no migrations".to_owned()
+            } else {
+                mig.join(", ")
+            },
+            self.memory.vm_pin_kb_running,
+            self.timing.setup_ms,
+            self.timing.guest_ms,
+            self.timing.guest_us_per_touched_page,
+            self.timing.teardown_ms
+        );
+        if !self.host.has_unpinnable_memory() {
+            let _ = writeln!(
+                s,
+                "  note: no ZONE_MOVABLE or CMA on this host: pins never need to migrate, so natural pin failures cannot happen here"
+            );
+        }
+        if let Some(e) = &self.error {
+            let _ = writeln!(s, "  error: {e}");
+        }
+        s
+    }
+}
+
+fn outcome_word(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Completed => "OK",
+        Outcome::GuestFailed => "GUEST FAILED",
+        Outcome::Terminated => "VM TERMINATED",
+        Outcome::Timeout => "TIMEOUT",
+        Outcome::VmmError => "VMM ERROR",
+    }
+}

@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Small safe wrappers over the host calls no rust-vmm crate offers: memfd mappings, mlock2,
+//! madvise, migrate_pages, CPU affinity. Every `unsafe` in the VMM's memory path lives here.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::ptr::NonNull;
+
+/// Host page size pinvmm works in.
+pub const PAGE_SIZE: usize = 4096;
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Creates a memfd (shmem file) of `size` bytes.
+pub fn memfd(name: &str, size: u64) -> io::Result<File> {
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: cname is a valid NUL-terminated string; the returned fd is checked and owned below.
+    let fd =
+        check(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: fd was just created by memfd_create and is owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd as i32) };
+    file.set_len(size)?;
+    Ok(file)
+}
+
+/// An mmap'ed area, unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; concurrent access is governed by its users (the guest,
+// the resolver), exactly as for the memory KVM itself maps.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; the struct itself is immutable after creation.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `file` shared, read-write.
+    pub fn shared(file: &File, len: usize) -> io::Result<Self> {
+        Self::map(len, libc::MAP_SHARED, file.as_raw_fd())
+    }
+
+    /// Maps `len` bytes of private anonymous memory (no swap reservation).
+    pub fn anonymous(len: usize) -> io::Result<Self> {
+        Self::map(
+            len,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+        )
+    }
+
+    fn map(len: usize, flags: i32, fd: i32) -> io::Result<Self> {
+        // SAFETY: a fresh mapping chosen by the kernel (addr = NULL) overlaps nothing we own.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
+        Ok(Self { ptr, len })
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Host address of byte `offset`.
+    pub fn at(&self, offset: usize) -> *mut u8 {
+        debug_assert!(offset < self.len);
+        self.ptr.as_ptr().wrapping_add(offset)
+    }
+
+    /// `mlock2(MLOCK_ONFAULT)`: pages are locked as they are faulted in, as crosvm does.
+    pub fn mlock_onfault(&self) -> io::Result<()> {
+        // SAFETY: the range is exactly this mapping.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_mlock2,
+                self.as_ptr(),
+                self.len,
+                libc::MLOCK_ONFAULT,
+            )
+        })
+        .map(drop)
+    }
+
+    /// Disables transparent huge pages on the range (4 KiB granule, as the experiment needs).
+    pub fn no_huge_pages(&self) -> io::Result<()> {
+        madvise(self.as_ptr(), self.len, libc::MADV_NOHUGEPAGE)
+    }
+
+    /// Reads one byte through the mapping (a fault-in "touch").
+    pub fn touch_read(&self, offset: usize) -> u8 {
+        assert!(offset < self.len, "touch beyond mapping");
+        // SAFETY: offset is inside the mapping, which stays mapped while &self lives; a
+        // volatile read is what makes the page fault happen.
+        unsafe { std::ptr::read_volatile(self.at(offset)) }
+    }
+
+    /// Whether each page of `[offset, offset+len)` is resident (mincore).
+    pub fn resident_pages(&self) -> io::Result<Vec<bool>> {
+        let pages = self.len.div_ceil(PAGE_SIZE);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: vec has one byte per page of the mapping, as mincore requires.
+        check(
+            unsafe { libc::mincore(self.as_ptr().cast(), self.len, vec.as_mut_ptr()) }
+                as libc::c_long,
+        )?;
+        Ok(vec.into_iter().map(|b| b & 1 == 1).collect())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the range this struct mapped; nobody uses it after drop.
+        unsafe { libc::munmap(self.as_ptr().cast(), self.len) };
+    }
+}
+
+/// madvise on a raw range.
+pub fn madvise(addr: *mut u8, len: usize, advice: i32) -> io::Result<()> {
+    // SAFETY: madvise does not touch memory contents for the advices we use (COLD, NOHUGEPAGE);
+    // an invalid range is reported as an error.
+    check(unsafe { libc::madvise(addr.cast(), len, advice) } as libc::c_long).map(drop)
+}
+
+/// `migrate_pages(2)` on this process with identical old and new node masks: migrates nothing,
+/// but the kernel runs `lru_add_drain_all()` (via lru_cache_disable()) on the way.
+pub fn migrate_pages_to_self() -> io::Result<()> {
+    let mask: libc::c_ulong = 1; // node 0
+    let maxnode = 8 * std::mem::size_of::<libc::c_ulong>() as libc::c_ulong;
+    // SAFETY: both masks point at a valid c_ulong of maxnode bits; pid 0 is this process.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_migrate_pages,
+            0,
+            maxnode,
+            &mask as *const _,
+            &mask as *const _,
+        )
+    })
+    .map(drop)
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_thread_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes inside the set; cpu is bounds-checked by the macro's callers below.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: set is a valid cpu_set_t of the size passed; 0 = calling thread.
+    check(
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) }
+            as libc::c_long,
+    )
+    .map(drop)
+}
+
+/// The CPU the calling thread runs on now.
+pub fn current_cpu() -> Option<usize> {
+    // SAFETY: sched_getcpu has no arguments and no memory effects.
+    let c = unsafe { libc::sched_getcpu() };
+    usize::try_from(c).ok()
+}
+
+/// CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: zeroed cpu_set_t is valid; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid buffer of the size given.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return vec![0];
+    }
+    // SAFETY: CPU_ISSET only reads the set.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// RLIMIT_MEMLOCK (soft) in bytes; None = unlimited.
+pub fn memlock_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: r is a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0
+        || r.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(r.rlim_cur)
+}
+
+const CAP_IPC_LOCK: u64 = 14; // include/uapi/linux/capability.h
+
+/// Whether the process holds CAP_IPC_LOCK (then mlock and pins ignore RLIMIT_MEMLOCK).
+pub fn has_cap_ipc_lock() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("CapEff:"))?.to_owned();
+            u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// Number of open file descriptors of this process (leak checks).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memfd_views_share_pages() {
+        let f = memfd("t", 2 * PAGE_SIZE as u64).unwrap();
+        let a = Mapping::shared(&f, 2 * PAGE_SIZE).unwrap();
+        let b = Mapping::shared(&f, 2 * PAGE_SIZE).unwrap();
+        // SAFETY: in bounds of a live mapping.
+        unsafe { a.at(PAGE_SIZE).write_volatile(42) };
+        assert_eq!(b.touch_read(PAGE_SIZE), 42);
+        assert_eq!(b.resident_pages().unwrap(), vec![false, true]);
+    }
+
+    #[test]
+    fn affinity_round_trip() {
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty());
+        std::thread::spawn(move || {
+            pin_thread_to_cpu(cpus[0]).unwrap();
+            assert_eq!(current_cpu(), Some(cpus[0]));
+        })
+        .join()
+        .unwrap();
+    }
+}

@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The vCPU run loop. Exit handling is a pure function over `Result<VcpuExit, Error>` (as in
+//! Firecracker's `handle_kvm_exit`), so every exit, including synthetic errors, is unit-tested
+//! without a guest.
+
+use std::sync::Arc;
+use std::sync::Once;
+
+use devices::bus::Access;
+use devices::{Bus, StopRequest};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::Serialize;
+use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
+
+use crate::control::{VmControl, VmEvent, errno_name};
+
+/// How a vCPU's run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum VcpuOutcome {
+    /// The guest wrote the test device's EXIT register.
+    Exited { status: u32 },
+    /// HLT (Linux guests; payloads do not use it).
+    Halted,
+    /// The guest crashed (triple fault, failed entry, internal error).
+    Crashed { reason: String },
+    /// Stopped by the VMM (pin failure elsewhere, timeout).
+    Stopped,
+    /// KVM_RUN failed with an errno the VMM does not handle.
+    RunFailed { errno: i32, errno_name: String },
+}
+
+/// Exits seen, for reports and hostile-guest checks.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct ExitCounts {
+    pub pio: u64,
+    pub mmio: u64,
+    pub unmapped: u64,
+    pub interrupted: u64,
+}
+
+/// The buses a vCPU dispatches to (its own clones).
+#[derive(Debug, Clone, Default)]
+pub struct Buses {
+    pub pio: Bus,
+    pub mmio: Bus,
+}
+
+/// What the loop does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Stop(VcpuOutcome),
+}
+
+fn account(a: Access, counts: &mut ExitCounts) -> Action {
+    match a {
+        Access::Handled(Some(StopRequest::GuestExit(status))) => {
+            Action::Stop(VcpuOutcome::Exited { status })
+        }
+        Access::Handled(None) => Action::Continue,
+        Access::Unmapped => {
+            counts.unmapped += 1;
+            Action::Continue
+        }
+    }
+}
+
+/// Handles one KVM_RUN result.
+pub fn handle_exit(
+    r: Result<VcpuExit<'_>, kvm_ioctls::Error>,
+    buses: &Buses,
+    counts: &mut ExitCounts,
+) -> Action {
+    match r {
+        Ok(VcpuExit::IoOut(port, data)) => {
+            counts.pio += 1;
+            account(buses.pio.write(port.into(), data), counts)
+        }
+        Ok(VcpuExit::IoIn(port, data)) => {
+            counts.pio += 1;
+            account(buses.pio.read(port.into(), data), counts)
+        }
+        Ok(VcpuExit::MmioWrite(addr, data)) => {
+            counts.mmio += 1;
+            account(buses.mmio.write(addr, data), counts)
+        }
+        Ok(VcpuExit::MmioRead(addr, data)) => {
+            counts.mmio += 1;
+            account(buses.mmio.read(addr, data), counts)
+        }
+        Ok(VcpuExit::Hlt) => Action::Stop(VcpuOutcome::Halted),
+        Ok(VcpuExit::Shutdown) => Action::Stop(VcpuOutcome::Crashed {
+            reason: "shutdown exit (x86: triple fault)".into(),
+        }),
+        Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => {
+                Action::Stop(VcpuOutcome::Exited { status: 0 })
+            }
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => Action::Stop(VcpuOutcome::Crashed {
+                reason: "guest asked for a reset".into(),
+            }),
+            other => Action::Stop(VcpuOutcome::Crashed {
+                reason: format!("system event {other}"),
+            }),
+        },
+        Ok(VcpuExit::FailEntry(reason, cpu)) => Action::Stop(VcpuOutcome::Crashed {
+            reason: format!("KVM entry failed: hardware reason {reason:#x} on CPU {cpu}"),
+        }),
+        Ok(VcpuExit::InternalError) => Action::Stop(VcpuOutcome::Crashed {
+            reason: "KVM internal error".into(),
+        }),
+        Ok(VcpuExit::Intr) => {
+            counts.interrupted += 1;
+            Action::Continue
+        }
+        Ok(other) => Action::Stop(VcpuOutcome::Crashed {
+            reason: format!("unexpected exit {other:?}"),
+        }),
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+            counts.interrupted += 1;
+            Action::Continue
+        }
+        Err(e) => Action::Stop(VcpuOutcome::RunFailed {
+            errno: e.errno(),
+            errno_name: errno_name(e.errno()),
+        }),
+    }
+}
+
+/// Signal used to kick a vCPU out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick handler once per process: its only job is to make KVM_RUN
+/// return EINTR.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    static ONCE: Once = Once::new();
+    let mut r = Ok(());
+    ONCE.call_once(|| r = register_signal_handler(kick_signal(), noop_handler));
+    r
+}
+
+/// Runs a vCPU until its guest exits or the VM is stopped; reports to the main thread.
+pub fn run_loop(id: u8, mut fd: VcpuFd, buses: Buses, ctl: Arc<VmControl>) -> ExitCounts {
+    let mut counts = ExitCounts::default();
+    let outcome = loop {
+        if ctl.stopping() {
+            break VcpuOutcome::Stopped;
+        }
+        match handle_exit(fd.run(), &buses, &mut counts) {
+            Action::Continue => {}
+            Action::Stop(o) => break o,
+        }
+    };
+    ctl.send(VmEvent::VcpuDone { id, outcome });
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use devices::TestDevice;
+
+    use super::*;
+
+    fn buses() -> Buses {
+        let mut b = Buses::default();
+        b.pio
+            .insert(
+                0xf0,
+                TestDevice::LEN,
+                Arc::new(Mutex::new(TestDevice::new())),
+            )
+            .unwrap();
+        b
+    }
+
+    #[test]
+    fn exit_register_stops_with_status() {
+        let b = buses();
+        let mut c = ExitCounts::default();
+        let data = 3u32.to_le_bytes();
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::IoOut(0xf0 + 0xc, &data)), &b, &mut c),
+            Action::Stop(VcpuOutcome::Exited { status: 3 })
+        );
+        assert_eq!(c.pio, 1);
+    }
+
+    #[test]
+    fn unmapped_accesses_are_counted_and_survived() {
+        let b = buses();
+        let mut c = ExitCounts::default();
+        let mut d = [0u8; 4];
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::IoIn(0x80, &mut d)), &b, &mut c),
+            Action::Continue
+        );
+        assert_eq!(d, [0xff; 4]);
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::MmioWrite(0xdead_0000, &[1])), &b, &mut c),
+            Action::Continue
+        );
+        assert_eq!((c.unmapped, c.mmio), (2, 1));
+    }
+
+    #[test]
+    fn errors_and_crashes() {
+        let b = buses();
+        let mut c = ExitCounts::default();
+        let eintr = kvm_ioctls::Error::new(libc::EINTR);
+        assert_eq!(handle_exit(Err(eintr), &b, &mut c), Action::Continue);
+        let efault = kvm_ioctls::Error::new(libc::EFAULT);
+        assert_eq!(
+            handle_exit(Err(efault), &b, &mut c),
+            Action::Stop(VcpuOutcome::RunFailed {
+                errno: libc::EFAULT,
+                errno_name: "EFAULT".into()
+            })
+        );
+        assert!(matches!(
+            handle_exit(Ok(VcpuExit::Shutdown), &b, &mut c),
+            Action::Stop(VcpuOutcome::Crashed { .. })
+        ));
+        assert!(matches!(
+            handle_exit(Ok(VcpuExit::FailEntry(5, 1)), &b, &mut c),
+            Action::Stop(VcpuOutcome::Crashed { .. })
+        ));
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::Hlt), &b, &mut c),
+            Action::Stop(VcpuOutcome::Halted)
+        );
+    }
+}

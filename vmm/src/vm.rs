@@ -1,0 +1,473 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Building and running one VM: a linear script (Firecracker's `build_microvm_for_boot` shape)
+//! from a validated [`VmConfig`] to a [`Report`].
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::{ConsoleSink, SerialDevice, TestDevice};
+use guest::{Payload, PayloadArgs};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::signal::Killable;
+
+use crate::arch::{self, DeviceAddr};
+use crate::config::{Stage2, VmConfig};
+use crate::control::{Termination, VmControl, VmEvent};
+use crate::hostinfo;
+use crate::memory::GuestMemory;
+use crate::report::{HostFacts, MemAccounting, Outcome, Report, Timing, VcpuResult};
+use crate::stage2::{self, Resolver, ResolverConfig};
+use crate::sys::{self, PAGE_SIZE};
+use crate::vcpu::{self, Buses, ExitCounts, VcpuOutcome};
+
+/// Failures that stop a VM from being built (as opposed to outcomes of a run).
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is KVM available and are you allowed to use it?)")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("KVM lacks a capability pinvmm needs: {0}")]
+    KvmCap(&'static str),
+    #[error("cannot create the VM: {0}")]
+    CreateVm(kvm_ioctls::Error),
+    #[error("cannot create vCPU {id}: {err}")]
+    CreateVcpu { id: u8, err: kvm_ioctls::Error },
+    #[error("cannot register guest memory with KVM (GPA {gpa:#x}, {size} bytes): {err}")]
+    MemoryRegion {
+        gpa: u64,
+        size: u64,
+        err: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error(transparent)]
+    Arch(#[from] arch::ArchError),
+    #[error(transparent)]
+    Resolver(#[from] stage2::ResolverError),
+    #[error("cannot place a device on the bus: {0}")]
+    Bus(#[from] devices::BusError),
+    #[error("cannot start a VM thread: {0}")]
+    Thread(std::io::Error),
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    #[error("eager pinning before boot failed: {0}")]
+    EagerPin(String),
+}
+
+impl VmError {
+    /// Whether the failure means "this host cannot do it" rather than a VMM bug.
+    pub fn is_host_unsupported(&self) -> bool {
+        matches!(
+            self,
+            VmError::KvmOpen(_)
+                | VmError::KvmCap(_)
+                | VmError::Resolver(stage2::ResolverError::Create(_))
+        )
+    }
+}
+
+struct VcpuThread {
+    handle: JoinHandle<ExitCounts>,
+    testdev: Arc<Mutex<TestDevice>>,
+    args: PayloadArgs,
+}
+
+/// Builds the VM described by `cfg`, runs it to its end, tears it down and reports.
+/// `cfg` must have been validated.
+pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
+    let t_start = Instant::now();
+    let acct_before = (
+        hostinfo::status_kb("VmPin"),
+        hostinfo::status_kb("VmLck"),
+        sys::open_fds(),
+    );
+    let vmstat_before = hostinfo::vmstat();
+    vcpu::install_kick_handler().map_err(VmError::Signal)?;
+
+    let kvm = Kvm::new().map_err(VmError::KvmOpen)?;
+    if !kvm.check_extension(kvm_ioctls::Cap::UserMemory) {
+        return Err(VmError::KvmCap("KVM_CAP_USER_MEMORY"));
+    }
+
+    // Memory and the boot image, written through the loader view (page cache / staging).
+    let mem = GuestMemory::new(cfg.backing, arch::RAM_START, cfg.mem_size)?;
+    let entry = arch::load_boot_image(&mem, cfg.payload.code())?;
+    let boot_pages = (arch::DATA_START - arch::RAM_START) / PAGE_SIZE as u64;
+    let prefilled = mem.prefill(cfg.prefill_pct, |page| page < boot_pages)?;
+
+    let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
+    arch::setup_vm(&vm)?;
+
+    // Stage 2: arm userfaultfd (pin/uffd), or pin everything now (eager), or nothing (kernel).
+    let mut eager_pins = None;
+    let mut eager_pins_count = 0;
+    let uffd = match cfg.stage2 {
+        Stage2::Pin | Stage2::Uffd => Some(stage2::arm(&mem)?),
+        Stage2::Eager => {
+            mem.copy_staged_into_guest_view()
+                .map_err(|e| VmError::EagerPin(e.to_string()))?;
+            let pins = stage2::pin_all_eagerly(&mem, cfg.policy, cfg.inject_pin_failure)
+                .map_err(|e| VmError::EagerPin(e.to_string()))?;
+            eager_pins_count = pins.0.pinned_pages();
+            eager_pins = Some(pins);
+            None
+        }
+        Stage2::Kernel => {
+            mem.copy_staged_into_guest_view()
+                .map_err(|e| VmError::EagerPin(e.to_string()))?;
+            None
+        }
+    };
+    register_memory(&vm, &mem)?;
+
+    let mem = Arc::new(mem);
+    let (ctl, events) = VmControl::new();
+    let resolver = match &uffd {
+        Some(u) => Some(Resolver::start(
+            resolver_config(cfg),
+            mem.clone(),
+            u.clone(),
+            ctl.clone(),
+        )?),
+        None => None,
+    };
+
+    // Devices: one shared serial port, one test device per vCPU.
+    let console = ConsoleSink::new(64 << 10, cfg.echo_console);
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::Thread)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console.clone())));
+    let mut shared = Buses::default();
+    place(&mut shared, arch::SERIAL, SerialDevice::LEN, serial)?;
+
+    let base_args = PayloadArgs {
+        stride: cfg.touch.stride_pages * PAGE_SIZE as u64,
+        passes: cfg.touch.passes,
+        seed: cfg.touch.seed,
+        testdev: arch::TESTDEV.addr(),
+        serial: arch::SERIAL.addr(),
+        ..Default::default()
+    };
+    let per_vcpu = arch::split_touch_range(cfg.mem_size, cfg.vcpus, base_args);
+    let mut threads = Vec::with_capacity(per_vcpu.len());
+    let t_guest = Instant::now();
+    let setup_ms = ms(t_start.elapsed());
+    for (id, args) in per_vcpu.into_iter().enumerate() {
+        let id = id as u8;
+        let fd = vm
+            .create_vcpu(id.into())
+            .map_err(|err| VmError::CreateVcpu { id, err })?;
+        arch::configure_vcpu(&kvm, &fd, entry, &args)?;
+        let testdev = Arc::new(Mutex::new(TestDevice::new()));
+        let mut buses = shared.clone();
+        place(&mut buses, arch::TESTDEV, TestDevice::LEN, testdev.clone())?;
+        let c = ctl.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("pinvmm-vcpu{id}"))
+            .spawn(move || vcpu::run_loop(id, fd, buses, c))
+            .map_err(VmError::Thread)?;
+        threads.push(VcpuThread {
+            handle,
+            testdev,
+            args,
+        });
+    }
+
+    // Wait for every vCPU, a pin failure, a resolver failure, or the timeout.
+    let deadline = t_guest + cfg.timeout;
+    let mut outcomes: Vec<Option<VcpuOutcome>> = vec![None; threads.len()];
+    let mut termination: Option<Termination> = None;
+    let mut error: Option<String> = None;
+    let mut timed_out = false;
+    while outcomes.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(VmEvent::VcpuDone { id, outcome }) => outcomes[id as usize] = Some(outcome),
+            Ok(VmEvent::PinFailed(t)) => {
+                termination.get_or_insert(t);
+                break;
+            }
+            Ok(VmEvent::ResolverFailed(msg)) => {
+                error.get_or_insert(msg);
+                break;
+            }
+            Err(_) => {
+                timed_out = true;
+                break;
+            }
+        }
+    }
+    let guest_ms = ms(t_guest.elapsed());
+    let acct_running = (hostinfo::status_kb("VmPin"), hostinfo::status_kb("VmLck"));
+
+    // Teardown: stop the resolver (releasing every pin), close userfaultfd (a vCPU stuck on
+    // an unresolved fault is released), then kick the vCPUs out of KVM_RUN.
+    let t_teardown = Instant::now();
+    ctl.request_stop();
+    let resolver_report = resolver.map(Resolver::finish);
+    drop(uffd);
+    let stuck = kick_until_stopped(&threads, &events, &mut outcomes);
+    if !stuck.is_empty() {
+        error.get_or_insert(format!("vCPU threads {stuck:?} did not stop within 5 s"));
+    }
+
+    let mut vcpus = Vec::with_capacity(threads.len());
+    for (id, t) in threads.into_iter().enumerate() {
+        let exits = if stuck.contains(&id) {
+            ExitCounts::default()
+        } else {
+            t.handle.join().unwrap_or_default()
+        };
+        let rep = t
+            .testdev
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .report()
+            .clone();
+        let memtouch = cfg.payload == Payload::Memtouch;
+        vcpus.push(VcpuResult {
+            id: id as u8,
+            outcome: outcomes[id].clone().unwrap_or(VcpuOutcome::Stopped),
+            result: rep.result,
+            expected: memtouch.then(|| t.args.memtouch_checksum()),
+            errors: rep.errors,
+            touched_pages: if memtouch { t.args.pages } else { 0 },
+            exits,
+            bad_device_writes: rep.bad_writes,
+        });
+    }
+    let all_exited_ok = vcpus
+        .iter()
+        .all(|v| v.outcome == VcpuOutcome::Exited { status: 0 });
+    let (host_check_pages, host_check_bad_pages) =
+        if cfg.payload == Payload::Memtouch && all_exited_ok {
+            host_check(&mem, &vcpus, cfg)
+        } else {
+            (0, 0)
+        };
+    drop(vm);
+    drop(eager_pins);
+    let (console, console_bytes) = console.snapshot();
+    drop(mem);
+    let teardown_ms = ms(t_teardown.elapsed());
+
+    let outcome = if termination.is_some() {
+        Outcome::Terminated
+    } else if error.is_some() {
+        Outcome::VmmError
+    } else if timed_out {
+        Outcome::Timeout
+    } else if vcpus
+        .iter()
+        .any(|v| matches!(v.outcome, VcpuOutcome::RunFailed { .. }))
+    {
+        Outcome::VmmError
+    } else if !all_exited_ok
+        || vcpus
+            .iter()
+            .any(|v| v.expected.is_some_and(|e| e != v.result) || v.errors > 0)
+        || host_check_bad_pages > 0
+        || (cfg.payload == Payload::Hello && !console.contains(guest::HELLO_LINE))
+    {
+        Outcome::GuestFailed
+    } else {
+        Outcome::Completed
+    };
+    let touched: u64 = vcpus.iter().map(|v| v.touched_pages).sum();
+    let summary = summarize(
+        outcome,
+        &vcpus,
+        termination.as_ref(),
+        error.as_deref(),
+        cfg,
+        touched,
+    );
+    let kb = |v: Option<u64>| v.unwrap_or(0);
+    Ok(Report {
+        pinvmm_version: env!("CARGO_PKG_VERSION"),
+        outcome,
+        exit_code: outcome.exit_code() as u8,
+        summary,
+        config: cfg.clone(),
+        host: HostFacts::probe(),
+        vcpus,
+        host_check_bad_pages,
+        host_check_pages,
+        termination,
+        resolver: resolver_report,
+        eager_pins: eager_pins_count,
+        prefilled_pages: prefilled,
+        guest_pages: cfg.pages(),
+        vmstat_delta: hostinfo::vmstat_delta(&vmstat_before, &hostinfo::vmstat()),
+        memory: MemAccounting {
+            vm_pin_kb_before: kb(acct_before.0),
+            vm_pin_kb_running: kb(acct_running.0),
+            vm_pin_kb_after: kb(hostinfo::status_kb("VmPin")),
+            vm_lck_kb_before: kb(acct_before.1),
+            vm_lck_kb_running: kb(acct_running.1),
+            vm_lck_kb_after: kb(hostinfo::status_kb("VmLck")),
+            open_fds_before: acct_before.2,
+            open_fds_after: sys::open_fds(),
+        },
+        timing: Timing {
+            setup_ms,
+            guest_ms,
+            teardown_ms,
+            wall_ms: ms(t_start.elapsed()),
+            guest_us_per_touched_page: if touched > 0 {
+                guest_ms * 1e3 / touched as f64
+            } else {
+                0.0
+            },
+        },
+        console,
+        console_bytes,
+        error,
+    })
+}
+
+/// Kicks still-running vCPUs (signal -> KVM_RUN returns EINTR -> the loop sees the stop flag)
+/// until each has reported; returns the ids of those that never did.
+fn kick_until_stopped(
+    threads: &[VcpuThread],
+    events: &std::sync::mpsc::Receiver<VmEvent>,
+    outcomes: &mut [Option<VcpuOutcome>],
+) -> Vec<usize> {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < give_up {
+        let running: Vec<usize> = (0..threads.len())
+            .filter(|&i| outcomes[i].is_none())
+            .collect();
+        if running.is_empty() {
+            return running;
+        }
+        for &i in &running {
+            if !threads[i].handle.is_finished() {
+                let _ = threads[i].handle.kill(vcpu::kick_signal());
+            }
+        }
+        while let Ok(ev) = events.recv_timeout(Duration::from_millis(10)) {
+            if let VmEvent::VcpuDone { id, outcome } = ev {
+                outcomes[id as usize] = Some(outcome);
+            }
+        }
+    }
+    (0..threads.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect()
+}
+
+/// Reads back every page memtouch wrote, from the host side, and counts wrong values.
+fn host_check(mem: &GuestMemory, vcpus: &[VcpuResult], cfg: &VmConfig) -> (u64, u64) {
+    let base = PayloadArgs {
+        stride: cfg.touch.stride_pages * PAGE_SIZE as u64,
+        seed: cfg.touch.seed,
+        ..Default::default()
+    };
+    let parts = arch::split_touch_range(cfg.mem_size, cfg.vcpus, base);
+    let (mut n, mut bad) = (0, 0);
+    for a in parts.iter().take(vcpus.len()) {
+        for addr in a.memtouch_addrs() {
+            n += 1;
+            if mem.read_u64(addr).ok() != Some(a.memtouch_value(addr)) {
+                bad += 1;
+            }
+        }
+    }
+    (n, bad)
+}
+
+fn summarize(
+    outcome: Outcome,
+    vcpus: &[VcpuResult],
+    term: Option<&Termination>,
+    error: Option<&str>,
+    cfg: &VmConfig,
+    touched: u64,
+) -> String {
+    match outcome {
+        Outcome::Completed if cfg.payload == Payload::Memtouch => {
+            format!("memtouch checksum verified on {touched} pages")
+        }
+        Outcome::Completed => format!("{} finished with status 0", cfg.payload.name()),
+        Outcome::Terminated => {
+            let t = term.expect("terminated has a termination");
+            format!(
+                "long-term pin of GPA {:#x} failed ({}): VM terminated as pKVM would",
+                t.gpa, t.errno_name
+            )
+        }
+        Outcome::Timeout => format!(
+            "guest did not finish within {:.0} s",
+            cfg.timeout.as_secs_f64()
+        ),
+        Outcome::VmmError => error.map(str::to_owned).unwrap_or_else(|| {
+            let v = vcpus
+                .iter()
+                .find(|v| matches!(v.outcome, VcpuOutcome::RunFailed { .. }));
+            format!("KVM_RUN failed: {:?}", v.map(|v| &v.outcome))
+        }),
+        Outcome::GuestFailed => {
+            let bad: Vec<String> = vcpus
+                .iter()
+                .filter(|v| {
+                    v.outcome != (VcpuOutcome::Exited { status: 0 })
+                        || v.expected.is_some_and(|e| e != v.result)
+                })
+                .map(|v| format!("vCPU {} {:?}", v.id, v.outcome))
+                .collect();
+            if bad.is_empty() {
+                "guest result did not verify".into()
+            } else {
+                bad.join("; ")
+            }
+        }
+    }
+}
+
+fn resolver_config(cfg: &VmConfig) -> ResolverConfig {
+    ResolverConfig {
+        stage2: cfg.stage2,
+        backing: cfg.backing,
+        fault_in: cfg.fault_in,
+        policy: cfg.policy,
+        fault_cpu: cfg.cpus.fault_cpu,
+        pin_cpu: cfg.cpus.pin_cpu,
+        noise_pages: cfg.noise_pages,
+        inject: cfg.inject_pin_failure,
+    }
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: mem.base(),
+        memory_size: mem.size(),
+        userspace_addr: mem.guest_view().addr(),
+    };
+    // SAFETY: the guest view is a live mapping of exactly memory_size bytes owned by `mem`,
+    // which the caller keeps alive until after the VM fd is closed; slot 0 is the only slot.
+    unsafe { vm.set_user_memory_region(region) }.map_err(|err| VmError::MemoryRegion {
+        gpa: mem.base(),
+        size: mem.size(),
+        err,
+    })
+}
+
+fn place(
+    buses: &mut Buses,
+    at: DeviceAddr,
+    len: u64,
+    dev: Arc<Mutex<dyn devices::BusDevice>>,
+) -> Result<(), devices::BusError> {
+    match at {
+        DeviceAddr::Pio(a) => buses.pio.insert(a, len, dev),
+        DeviceAddr::Mmio(a) => buses.mmio.insert(a, len, dev),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
