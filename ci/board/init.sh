@@ -10,6 +10,10 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+# rootfs was sized at 50% of the RAM present early in boot, before a CMA area is released
+# to the buddy allocator (with cma=1536M only ~200 MB): give /tmp and /results their own tmpfs.
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs tmpfs /results
 
 up() { cut -d' ' -f1 /proc/uptime; }
 fact() { echo "@@PINVMM fact $1=$2"; }

@@ -151,14 +151,18 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
     };
     let per_vcpu = arch::split_touch_range(cfg.mem_size, cfg.vcpus, base_args);
     let mut threads = Vec::with_capacity(per_vcpu.len());
-    let t_guest = Instant::now();
-    let setup_ms = ms(t_start.elapsed());
-    for (id, args) in per_vcpu.into_iter().enumerate() {
+    let mut vcpu_fds = Vec::with_capacity(per_vcpu.len());
+    for (id, args) in per_vcpu.iter().enumerate() {
         let id = id as u8;
         let fd = vm
             .create_vcpu(id.into())
             .map_err(|err| VmError::CreateVcpu { id, err })?;
-        arch::configure_vcpu(&kvm, &fd, entry, &args)?;
+        arch::configure_vcpu(&kvm, &vm, &fd, entry, args)?;
+        vcpu_fds.push(fd);
+    }
+    arch::finish_vcpus(&vm, vcpu_fds.len())?;
+    for (id, (fd, args)) in vcpu_fds.into_iter().zip(per_vcpu).enumerate() {
+        let id = id as u8;
         let testdev = Arc::new(Mutex::new(TestDevice::new()));
         let mut buses = shared.clone();
         place(&mut buses, arch::TESTDEV, TestDevice::LEN, testdev.clone())?;
@@ -173,6 +177,9 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
             args,
         });
     }
+
+    let t_guest = Instant::now();
+    let setup_ms = ms(t_start.elapsed());
 
     // Wait for every vCPU, a pin failure, a resolver failure, or the timeout.
     let deadline = t_guest + cfg.timeout;

@@ -46,16 +46,16 @@ pub enum ArchError {
 pub mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::{
-    DATA_START, MAX_MEM, MIN_MEM, RAM_START, SERIAL, TESTDEV, configure_vcpu, load_boot_image,
-    setup_vm,
+    DATA_START, MAX_MEM, MIN_MEM, RAM_START, SERIAL, TESTDEV, configure_vcpu, finish_vcpus,
+    load_boot_image, setup_vm,
 };
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 #[cfg(target_arch = "aarch64")]
 pub use aarch64::{
-    DATA_START, MAX_MEM, MIN_MEM, RAM_START, SERIAL, TESTDEV, configure_vcpu, load_boot_image,
-    setup_vm,
+    DATA_START, MAX_MEM, MIN_MEM, RAM_START, SERIAL, TESTDEV, configure_vcpu, finish_vcpus,
+    load_boot_image, setup_vm,
 };
 
 /// Guest pages memtouch may use: from DATA_START to the end of RAM.

@@ -47,6 +47,11 @@ pub fn setup_vm(_vm: &VmFd) -> Result<(), ArchError> {
     Ok(())
 }
 
+/// Nothing to finish once the vCPUs exist (x86 bare payloads need no irqchip).
+pub fn finish_vcpus(_vm: &VmFd, _vcpus: usize) -> Result<(), ArchError> {
+    Ok(())
+}
+
 /// Writes the GDT, the identity-mapped page tables and the payload; returns the entry point.
 pub fn load_boot_image(mem: &GuestMemory, code: &[u8]) -> Result<u64, ArchError> {
     if code.len() as u64 > PAYLOAD_MAX {
@@ -94,6 +99,7 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
 /// Puts the vCPU in 64-bit long mode at CPL3 at `entry`, with the payload's arguments.
 pub fn configure_vcpu(
     kvm: &Kvm,
+    _vm: &VmFd,
     vcpu: &VcpuFd,
     entry: u64,
     args: &PayloadArgs,
