@@ -126,7 +126,7 @@ impl Default for TouchParams {
         Self {
             stride_pages: 1,
             passes: 1,
-            seed: 0x5eed_0f_9a6e,
+            seed: 0x005e_ed0f_9a6e,
         }
     }
 }
@@ -268,7 +268,7 @@ impl VmConfig {
     /// Checks every field against the architecture and the host.
     pub fn validate(&self, host: &HostLimits) -> Result<(), ConfigError> {
         let size = self.mem_size;
-        if size % PAGE_SIZE as u64 != 0 {
+        if !size.is_multiple_of(PAGE_SIZE as u64) {
             return Err(ConfigError::MemNotPageAligned(size));
         }
         let (min, max) = (crate::arch::MIN_MEM, crate::arch::MAX_MEM);
@@ -284,10 +284,10 @@ impl VmConfig {
                 ram: host.ram,
             });
         }
-        if let (Some(limit), false) = (host.memlock, host.cap_ipc_lock) {
-            if size > limit {
-                return Err(ConfigError::MemAboveMemlock { size, limit });
-            }
+        if let (Some(limit), false) = (host.memlock, host.cap_ipc_lock)
+            && size > limit
+        {
+            return Err(ConfigError::MemAboveMemlock { size, limit });
         }
         if self.vcpus == 0 || u64::from(self.vcpus) > MAX_VCPUS {
             return Err(ConfigError::VcpuCount(self.vcpus.into()));

@@ -92,10 +92,8 @@ fn parse_movable(text: &str) -> u64 {
         if l.starts_with("Node ") {
             in_movable = l.trim_end().ends_with("zone  Movable")
                 || l.split_whitespace().last() == Some("Movable");
-        } else if in_movable {
-            if let Some(v) = l.trim().strip_prefix("present ") {
-                total += v.trim().parse::<u64>().unwrap_or(0);
-            }
+        } else if in_movable && let Some(v) = l.trim().strip_prefix("present ") {
+            total += v.trim().parse::<u64>().unwrap_or(0);
         }
     }
     total

@@ -172,6 +172,21 @@ fn run(a: RunArgs) -> ExitCode {
             return ExitCode::BadInput;
         }
     };
+    // Check where the report goes before spending time on the VM.
+    if let Some(dir) = a
+        .json
+        .as_ref()
+        .filter(|p| p.as_os_str() != "-")
+        .and_then(|p| p.parent())
+        && !dir.as_os_str().is_empty()
+        && !dir.is_dir()
+    {
+        eprintln!(
+            "pinvmm: bad input: --json: directory {} does not exist",
+            dir.display()
+        );
+        return ExitCode::BadInput;
+    }
     let report = match vmm::vm::run(&cfg) {
         Ok(r) => r,
         Err(e) => {
@@ -186,11 +201,11 @@ fn run(a: RunArgs) -> ExitCode {
     if !a.quiet {
         print!("{}", report.human());
     }
-    if let Some(p) = &a.json {
-        if let Err(e) = write_json(p, &report) {
-            eprintln!("pinvmm: {e}");
-            return ExitCode::BadInput;
-        }
+    if let Some(p) = &a.json
+        && let Err(e) = write_json(p, &report)
+    {
+        eprintln!("pinvmm: {e}");
+        return ExitCode::BadInput;
     }
     report.outcome.exit_code()
 }
@@ -213,11 +228,11 @@ fn main() -> ProcessExitCode {
         Command::Probe { json } => {
             let p = vmm::probe::probe();
             print!("{}", p.human());
-            if let Some(path) = json {
-                if let Err(e) = write_json(&path, &p) {
-                    eprintln!("pinvmm: {e}");
-                    return ExitCode::BadInput.into();
-                }
+            if let Some(path) = json
+                && let Err(e) = write_json(&path, &p)
+            {
+                eprintln!("pinvmm: {e}");
+                return ExitCode::BadInput.into();
             }
             if p.can_run {
                 ExitCode::Ok

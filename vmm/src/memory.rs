@@ -202,16 +202,8 @@ impl GuestMemory {
             .iter()
             .next()
             .ok_or_else(|| io::Error::other("no loader region"))?;
-        let host = region.as_ptr();
-        let len = self.size as usize;
-        let mut v = vec![0u8; len / PAGE_SIZE];
-        // SAFETY: host..host+len is the loader's private anonymous region, alive with &self;
-        // v has one byte per page as mincore requires.
-        let r = unsafe { libc::mincore(host.cast(), len, v.as_mut_ptr()) };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(v.into_iter().map(|b| b & 1 == 1).collect())
+        // SAFETY: the loader's region is mapped for as long as &self lives.
+        unsafe { sys::resident_pages(region.as_ptr(), self.size as usize) }
     }
 
     /// Host address of a staged (anon) page's contents in the loader's region.

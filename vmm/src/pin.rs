@@ -64,6 +64,12 @@ pub struct PinTable {
     pub stats: PinStats,
 }
 
+impl Drop for PinTable {
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}
+
 impl std::fmt::Debug for PinTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PinTable")
@@ -146,6 +152,16 @@ impl PinTable {
                 })
             }
         }
+    }
+
+    /// Releases every pin now. Closing a ring alone would release them too, but from a kernel
+    /// workqueue some time later: VmPin would still count them when the VM is gone.
+    pub fn release_all(&mut self) {
+        for ring in self.rings.iter_mut().filter_map(Option::take) {
+            // A failure leaves the release to the ring's close, which still happens.
+            let _ = ring.submitter().unregister_buffers();
+        }
+        self.pinned.iter_mut().for_each(|p| *p = false);
     }
 
     /// Pages currently pinned.

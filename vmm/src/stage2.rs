@@ -275,10 +275,8 @@ impl FaultSide {
             return;
         }
         if !repeat {
-            if self.cfg.noise_pages > 0 {
-                if let Some(n) = self.noise.as_mut() {
-                    self.report.noise_pages_written += n.write_pages(self.cfg.noise_pages);
-                }
+            if let Some(n) = self.noise.as_mut() {
+                self.report.noise_pages_written += n.write_pages(self.cfg.noise_pages);
             }
             if let Err(e) = self.drainer.after_fault_in(self.cfg.fault_cpu) {
                 self.fail(e.to_string());
@@ -292,11 +290,10 @@ impl FaultSide {
         };
         match self.pin.as_mut() {
             Some(PinHalf::Inline(p)) => p.resolve(w),
-            Some(PinHalf::Thread(tx)) => {
-                if tx.send(w).is_err() {
-                    self.fail("the pin thread is gone".into());
-                }
+            Some(PinHalf::Thread(tx)) if tx.send(w).is_err() => {
+                self.fail("the pin thread is gone".into())
             }
+            Some(PinHalf::Thread(_)) => {}
             None => {}
         }
     }

@@ -127,16 +127,10 @@ impl Mapping {
         unsafe { std::ptr::read_volatile(self.at(offset)) }
     }
 
-    /// Whether each page of `[offset, offset+len)` is resident (mincore).
+    /// Whether each page of the mapping is resident.
     pub fn resident_pages(&self) -> io::Result<Vec<bool>> {
-        let pages = self.len.div_ceil(PAGE_SIZE);
-        let mut vec = vec![0u8; pages];
-        // SAFETY: vec has one byte per page of the mapping, as mincore requires.
-        check(
-            unsafe { libc::mincore(self.as_ptr().cast(), self.len, vec.as_mut_ptr()) }
-                as libc::c_long,
-        )?;
-        Ok(vec.into_iter().map(|b| b & 1 == 1).collect())
+        // SAFETY: the range is exactly this live mapping.
+        unsafe { resident_pages(self.as_ptr(), self.len) }
     }
 }
 
@@ -145,6 +139,19 @@ impl Drop for Mapping {
         // SAFETY: unmaps exactly the range this struct mapped; nobody uses it after drop.
         unsafe { libc::munmap(self.as_ptr().cast(), self.len) };
     }
+}
+
+/// Whether each page of `[addr, addr + len)` is resident (mincore).
+///
+/// # Safety
+/// The range must be mapped for the duration of the call.
+pub unsafe fn resident_pages(addr: *const u8, len: usize) -> io::Result<Vec<bool>> {
+    let mut vec = vec![0u8; len.div_ceil(PAGE_SIZE)];
+    // SAFETY: vec has one byte per page of the range, as mincore requires; the caller
+    // guarantees the range is mapped.
+    let r = unsafe { libc::mincore(addr.cast_mut().cast(), len, vec.as_mut_ptr()) };
+    check(r as libc::c_long)?;
+    Ok(vec.into_iter().map(|b| b & 1 == 1).collect())
 }
 
 /// madvise on a raw range.

@@ -40,6 +40,12 @@ pub enum ArchError {
     PayloadTooLarge { len: usize, max: u64 },
     #[error("{0}")]
     Vm(String),
+    #[cfg(target_arch = "aarch64")]
+    #[error("cannot set up the in-kernel GICv3 ({step}): {err}")]
+    Gic {
+        step: &'static str,
+        err: kvm_ioctls::Error,
+    },
 }
 
 #[cfg(target_arch = "x86_64")]

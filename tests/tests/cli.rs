@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The `pinvmm` binary: documented exit codes, bad input (one clear line naming the value,
+//! never a panic), JSON reports, `probe`, `--help`.
+
+mod common;
+
+use common::{ensure, kvm_test, pinvmm, plain_test};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// Bad inputs and the text the error must contain (the bad value, named).
+const BAD_INPUTS: &[(&[&str], &str)] = &[
+    (&["run", "--policy", "sometimes"], "sometimes"),
+    (&["run", "--backing", "floppy"], "floppy"),
+    (&["run", "--guest", "doom"], "doom"),
+    (&["run", "--mem", "0"], "0 bytes"),
+    (&["run", "--mem", "12345"], "12345"),
+    (&["run", "--mem", "64Q"], "64Q"),
+    (&["run", "--mem", "lots"], "lots"),
+    (&["run", "--mem", "1M"], "too small"),
+    (&["run", "--mem", "99999999999G"], "too large"),
+    (&["run", "--mem", "17G"], "above what pinvmm maps"),
+    (&["run", "--vcpus", "0"], "0"),
+    (&["run", "--vcpus", "1000"], "1000"),
+    (&["run", "--prefill", "101"], "101"),
+    (&["run", "--fault-cpu", "999"], "CPU 999"),
+    (&["run", "--pin-cpu", "sometimes"], "sometimes"),
+    (&["run", "--stride", "0"], "stride 0"),
+    (&["run", "--passes", "0"], "passes 0"),
+    (&["run", "--timeout", "0"], "timeout"),
+    (&["run", "--timeout", "nan"], "timeout"),
+    (&["run", "--inject-pin-failure", "0"], "'0'"),
+    (&["run", "--inject-pin-failure", "3:EWHAT"], "EWHAT"),
+    (&["run", "--stage2", "warp"], "warp"),
+    (&["run", "--fault-in", "magic"], "magic"),
+    (
+        &[
+            "run",
+            "--json",
+            "/nonexistent-dir/x/report.json",
+            "--mem",
+            "4M",
+        ],
+        "/nonexistent-dir",
+    ),
+    (&["frobnicate"], "frobnicate"),
+    (&[], "Usage"),
+];
+
+fn bad_inputs() -> Trial {
+    plain_test("bad_input::corpus_gives_exit_2_and_names_the_value", || {
+        let mut tried = 0;
+        for (args, needle) in BAD_INPUTS {
+            let r = pinvmm(args)?;
+            tried += 1;
+            let text = format!("{}{}", r.stderr, r.stdout);
+            ensure(r.code == 2, || {
+                format!("{args:?}: exit {} (want 2): {text}", r.code)
+            })?;
+            ensure(text.contains(needle), || {
+                format!("{args:?}: message does not name {needle:?}: {text}")
+            })?;
+            ensure(!text.contains("panicked"), || {
+                format!("{args:?} panicked: {text}")
+            })?;
+        }
+        println!(
+            "bad inputs tried: {tried}, all rejected with exit code 2 and a message naming the value"
+        );
+        Ok(())
+    })
+}
+
+fn exit_codes() -> Vec<Trial> {
+    let case = |name: &str, args: &'static [&'static str], code: i32, outcome: &'static str| {
+        kvm_test(name, move || {
+            let r = pinvmm(args)?;
+            ensure(r.code == code, || {
+                format!("exit {} (want {code}): {}{}", r.code, r.stdout, r.stderr)
+            })?;
+            let rep = r.report.ok_or("no JSON report")?;
+            ensure(
+                rep["outcome"] == outcome && rep["exit_code"] == code,
+                || format!("report says {} / {}", rep["outcome"], rep["exit_code"]),
+            )
+        })
+    };
+    vec![
+        case(
+            "exit_code::0_memtouch_ok",
+            &["run", "--mem", "8M", "--policy", "mlock-drain"],
+            0,
+            "completed",
+        ),
+        case(
+            "exit_code::4_guest_crash",
+            &["run", "--mem", "4M", "--guest", "crash"],
+            4,
+            "guest-failed",
+        ),
+        case(
+            "exit_code::5_pin_failure",
+            &["run", "--mem", "8M", "--inject-pin-failure", "20:EFAULT"],
+            5,
+            "terminated",
+        ),
+        case(
+            "exit_code::6_timeout",
+            &["run", "--mem", "4M", "--guest", "spin", "--timeout", "0.5"],
+            6,
+            "timeout",
+        ),
+        kvm_test("report::terminated_json_names_errno_and_gpa", || {
+            let r = pinvmm(&[
+                "run",
+                "--mem",
+                "8M",
+                "--inject-pin-failure",
+                "7:ENOMEM",
+                "--backing",
+                "anon",
+            ])?;
+            let rep = r.report.ok_or("no JSON report")?;
+            let t = &rep["termination"];
+            ensure(
+                t["errno_name"] == "ENOMEM" && t["gpa"].is_u64() && t["pins_ok_before"] == 6,
+                || format!("{t}"),
+            )?;
+            ensure(
+                r.stdout.contains("TERMINATED") && r.stdout.contains("ENOMEM"),
+                || r.stdout.clone(),
+            )
+        }),
+        kvm_test("report::json_has_the_documented_fields", || {
+            let r = pinvmm(&["run", "--mem", "8M", "--policy", "lru-add-drain"])?;
+            let rep = r.report.ok_or("no JSON report")?;
+            for k in [
+                "outcome",
+                "config",
+                "host",
+                "vcpus",
+                "resolver",
+                "vmstat_delta",
+                "memory",
+                "timing",
+            ] {
+                ensure(!rep[k].is_null(), || format!("missing {k}"))?;
+            }
+            let res = &rep["resolver"];
+            for k in [
+                "pins",
+                "pin_latency",
+                "fault_latency",
+                "drain",
+                "fault_cpu",
+                "pin_cpu",
+            ] {
+                ensure(!res[k].is_null(), || format!("missing resolver.{k}"))?;
+            }
+            ensure(rep["vmstat_delta"].get("pgmigrate_fail").is_some(), || {
+                "vmstat_delta lacks pgmigrate_fail".into()
+            })?;
+            ensure(res["drain"]["all_drains"].as_u64() > Some(0), || {
+                format!("{}", res["drain"])
+            })
+        }),
+        kvm_test("probe::reports_host_and_movable_memory", || {
+            let r = pinvmm(&["probe"])?;
+            ensure(
+                r.code == 0 && r.stdout.contains("verdict: pinvmm can run VMs here"),
+                || r.stdout.clone(),
+            )?;
+            let no_movable = r.stdout.contains("0 MiB ZONE_MOVABLE, 0 MiB CMA");
+            ensure(
+                !no_movable || r.stdout.contains("pin failures cannot occur naturally"),
+                || r.stdout.clone(),
+            )
+        }),
+    ]
+}
+
+fn help() -> Trial {
+    plain_test(
+        "help::teaches_policies_and_exit_codes",
+        || -> Result<(), Failed> {
+            let r = pinvmm(&["run", "--help"])?;
+            ensure(r.code == 0, || format!("exit {}", r.code))?;
+            for needle in [
+                "mlock-drain",
+                "lru-add-drain",
+                "--inject-pin-failure",
+                "Exit codes",
+                "5  VM terminated",
+            ] {
+                ensure(r.stdout.contains(needle), || {
+                    format!("--help lacks {needle:?}")
+                })?;
+            }
+            Ok(())
+        },
+    )
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    common::announce();
+    let mut t = vec![bad_inputs(), help()];
+    t.extend(exit_codes());
+    libtest_mimic::run(&args, t).exit();
+}

@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Shared helpers of pinvmm's integration tests.
+//!
+//! Tests that need /dev/kvm are *skipped loudly* where it is missing: they print why and are
+//! counted as "ignored" by the harness, never as passed. With `PINVMM_REQUIRE_KVM=1` (set by
+//! .ci/run on hosts that have /dev/kvm) a missing or unusable /dev/kvm fails them instead.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use libtest_mimic::{Completion, Failed, Trial};
+
+/// Why KVM tests cannot run here, if they cannot.
+pub fn kvm_missing() -> Option<String> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => None,
+        Err(e) => Some(format!("cannot open /dev/kvm: {e}")),
+    }
+}
+
+pub fn kvm_required() -> bool {
+    std::env::var("PINVMM_REQUIRE_KVM").is_ok_and(|v| v == "1")
+}
+
+/// Prints a banner when KVM tests will be skipped.
+pub fn announce() {
+    if let Some(why) = kvm_missing() {
+        if kvm_required() {
+            eprintln!("!!! PINVMM_REQUIRE_KVM=1 but {why}: every KVM test will FAIL");
+        } else {
+            eprintln!(
+                "!!! SKIPPING every KVM test: {why}. They are reported as ignored, not passed."
+            );
+        }
+    }
+}
+
+/// A test that runs real VMs.
+pub fn kvm_test(name: &str, f: impl FnOnce() -> Result<(), Failed> + Send + 'static) -> Trial {
+    let n = name.to_owned();
+    Trial::ignorable_test(name, move || {
+        if let Some(why) = kvm_missing() {
+            if kvm_required() {
+                return Err(format!(
+                    "{n}: /dev/kvm is required here (PINVMM_REQUIRE_KVM=1) but {why}"
+                )
+                .into());
+            }
+            eprintln!("SKIPPED {n}: {why}");
+            return Ok(Completion::ignored_with(format!("no KVM: {why}")));
+        }
+        f().map(|()| Completion::Completed)
+    })
+    .with_kind("kvm")
+}
+
+/// A test that needs no KVM.
+pub fn plain_test(name: &str, f: impl FnOnce() -> Result<(), Failed> + Send + 'static) -> Trial {
+    Trial::test(name, f)
+}
+
+/// The pinvmm binary built next to this test executable.
+pub fn pinvmm_bin() -> Result<PathBuf, Failed> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .ok_or("unexpected test executable location")?;
+    let bin = dir.join("pinvmm");
+    if !bin.exists() {
+        return Err(format!(
+            "{} does not exist: run `cargo build` (or `cargo test --workspace`) first",
+            bin.display()
+        )
+        .into());
+    }
+    Ok(bin)
+}
+
+/// Output of one pinvmm invocation.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub report: Option<serde_json::Value>,
+}
+
+/// Runs `pinvmm ARGS --json FILE` (for `run`) and collects everything.
+pub fn pinvmm(args: &[&str]) -> Result<CliRun, Failed> {
+    let dir = std::env::temp_dir().join(format!("pinvmm-test-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("tempdir: {e}"))?;
+    let json = dir.join("report.json");
+    let mut cmd = Command::new(pinvmm_bin()?);
+    cmd.args(args);
+    if args.first() == Some(&"run") && !args.contains(&"--json") {
+        cmd.arg("--json").arg(&json);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run pinvmm: {e}"))?;
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(CliRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        report,
+    })
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Fails with a message unless `cond`.
+pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(msg().into()) }
+}

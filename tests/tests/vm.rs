@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Real VMs on /dev/kvm: every policy × backing × fault-in order, the stage-2 baselines, the
+//! payloads, multi-vCPU, and the pin-failure termination path.
+
+mod common;
+
+use common::{ensure, kvm_test};
+use guest::Payload;
+use libtest_mimic::{Arguments, Failed, Trial};
+use vmm::config::{CpuPlacement, InjectPinFailure};
+use vmm::{Backing, DrainPolicy, FaultIn, HostLimits, Outcome, Report, Stage2, VmConfig};
+
+const MEM: u64 = 16 << 20;
+
+fn config(payload: Payload) -> VmConfig {
+    let host = HostLimits::probe();
+    let mut c = VmConfig::new(payload, MEM, host.default_placement());
+    c.timeout = std::time::Duration::from_secs(60);
+    c
+}
+
+fn run(c: &VmConfig) -> Result<Report, Failed> {
+    c.validate(&HostLimits::probe())
+        .map_err(|e| format!("config: {e}"))?;
+    vmm::vm::run(c).map_err(|e| format!("vm::run: {e}").into())
+}
+
+/// A memtouch VM completed, its checksum verified, and every fault was resolved by one pin.
+fn check_memtouch_ok(r: &Report) -> Result<(), Failed> {
+    ensure(r.outcome == Outcome::Completed, || {
+        format!("outcome {:?}: {}", r.outcome, r.summary)
+    })?;
+    let touched: u64 = r.vcpus.iter().map(|v| v.touched_pages).sum();
+    ensure(
+        touched > 0 && r.host_check_pages == touched && r.host_check_bad_pages == 0,
+        || {
+            format!(
+                "host check: {} of {} pages bad (touched {touched})",
+                r.host_check_bad_pages, r.host_check_pages
+            )
+        },
+    )?;
+    for v in &r.vcpus {
+        ensure(v.expected == Some(v.result), || {
+            format!("vCPU {} checksum {:#x} != {:?}", v.id, v.result, v.expected)
+        })?;
+    }
+    if r.config.stage2 == Stage2::Pin {
+        let res = r.resolver.as_ref().ok_or("no resolver report")?;
+        let unique_faults = res.faults - res.repeat_faults;
+        ensure(res.pins.failed == 0 && res.pins.ok == unique_faults, || {
+            format!(
+                "pins ok {} failed {} vs {} unique faults",
+                res.pins.ok, res.pins.failed, unique_faults
+            )
+        })?;
+        // Data pages + page tables + code: every page the guest touched was pinned.
+        ensure(res.pins.ok >= touched + 4, || {
+            format!("pins ok {} < touched {touched} + 4 boot pages", res.pins.ok)
+        })?;
+    }
+    Ok(())
+}
+
+fn matrix() -> Vec<Trial> {
+    let mut v = Vec::new();
+    for backing in [Backing::Shmem, Backing::Anon] {
+        for policy in DrainPolicy::ALL {
+            for fault_in in [FaultIn::Touch, FaultIn::Pin] {
+                let name =
+                    format!("memtouch::{backing}::{}::{fault_in:?}", policy.name()).to_lowercase();
+                v.push(kvm_test(&name, move || {
+                    let mut c = config(Payload::Memtouch);
+                    (c.backing, c.policy, c.fault_in) = (backing, policy, fault_in);
+                    let r = run(&c)?;
+                    check_memtouch_ok(&r)?;
+                    let res = r.resolver.as_ref().ok_or("no resolver report")?;
+                    let d = res.drain;
+                    let ok = match policy {
+                        DrainPolicy::None | DrainPolicy::Retry => {
+                            d.local_drains == 0 && d.all_drains == 0
+                        }
+                        DrainPolicy::MlockDrain => {
+                            d.local_drains == res.faults - res.repeat_faults && d.all_drains == 0
+                        }
+                        DrainPolicy::LruAddDrain => {
+                            d.all_drains == res.pins.ok && d.local_drains == 0
+                        }
+                    };
+                    ensure(ok, || {
+                        format!("drain counts {d:?} do not match policy {}", policy.name())
+                    })
+                }));
+            }
+        }
+    }
+    v
+}
+
+fn others() -> Vec<Trial> {
+    vec![
+        kvm_test("stage2::kernel_has_no_resolver_and_no_pins", || {
+            let mut c = config(Payload::Memtouch);
+            c.stage2 = Stage2::Kernel;
+            let r = run(&c)?;
+            check_memtouch_ok(&r)?;
+            // (Process-wide VmPin is checked in tests/leaks.rs, where no other VM runs.)
+            ensure(r.resolver.is_none() && r.eager_pins == 0, || {
+                "pins without a resolver".into()
+            })
+        }),
+        kvm_test("stage2::eager_pins_every_page_before_boot", || {
+            let mut c = config(Payload::Memtouch);
+            c.stage2 = Stage2::Eager;
+            let r = run(&c)?;
+            check_memtouch_ok(&r)?;
+            ensure(r.eager_pins == c.pages(), || {
+                format!("eager pins {} != {} pages", r.eager_pins, c.pages())
+            })
+        }),
+        kvm_test("stage2::uffd_without_pins", || {
+            let mut c = config(Payload::Memtouch);
+            c.stage2 = Stage2::Uffd;
+            let r = run(&c)?;
+            check_memtouch_ok(&r)?;
+            let res = r.resolver.as_ref().ok_or("no resolver report")?;
+            ensure(res.pins.attempted == 0 && res.faults > 0, || {
+                format!("{res:?}")
+            })
+        }),
+        kvm_test("payload::hello_prints_its_line", || {
+            let r = run(&config(Payload::Hello))?;
+            ensure(
+                r.outcome == Outcome::Completed && r.console == guest::HELLO_LINE,
+                || format!("{:?} console {:?}", r.outcome, r.console),
+            )
+        }),
+        kvm_test("payload::crash_is_a_guest_failure", || {
+            let r = run(&config(Payload::Crash))?;
+            ensure(r.outcome == Outcome::GuestFailed, || {
+                format!("{:?}: {}", r.outcome, r.summary)
+            })
+        }),
+        kvm_test("payload::spin_times_out", || {
+            let mut c = config(Payload::Spin);
+            c.timeout = std::time::Duration::from_millis(500);
+            let t = std::time::Instant::now();
+            let r = run(&c)?;
+            ensure(
+                r.outcome == Outcome::Timeout && t.elapsed().as_secs() < 10,
+                || format!("{:?} after {:?}", r.outcome, t.elapsed()),
+            )
+        }),
+        kvm_test("vcpus::three_vcpus_split_the_range", || {
+            let mut c = config(Payload::Memtouch);
+            c.vcpus = 3;
+            let r = run(&c)?;
+            check_memtouch_ok(&r)?;
+            ensure(
+                r.vcpus.len() == 3 && r.vcpus.iter().all(|v| v.touched_pages > 0),
+                || format!("{:?}", r.vcpus),
+            )
+        }),
+        kvm_test("resolver::same_cpu_prefill_noise", || {
+            let mut c = config(Payload::Memtouch);
+            c.cpus = CpuPlacement {
+                fault_cpu: c.cpus.fault_cpu,
+                pin_cpu: c.cpus.fault_cpu,
+            };
+            (c.prefill_pct, c.noise_pages, c.policy) = (50, 16, DrainPolicy::MlockDrain);
+            let r = run(&c)?;
+            check_memtouch_ok(&r)?;
+            let res = r.resolver.as_ref().ok_or("no resolver report")?;
+            ensure(
+                r.prefilled_pages > 0
+                    && res.minor_faults > 1000
+                    && res.noise_pages_written == 16 * (res.faults - res.repeat_faults),
+                || {
+                    format!(
+                        "prefilled {} minor {} noise {}",
+                        r.prefilled_pages, res.minor_faults, res.noise_pages_written
+                    )
+                },
+            )
+        }),
+        kvm_test("termination::injected_pin_failure_ends_the_vm", || {
+            for backing in [Backing::Shmem, Backing::Anon] {
+                let mut c = config(Payload::Memtouch);
+                c.backing = backing;
+                c.inject_pin_failure = Some(InjectPinFailure {
+                    nth: 50,
+                    errno: libc::ENOMEM,
+                });
+                let r = run(&c)?;
+                let t = r
+                    .termination
+                    .as_ref()
+                    .ok_or_else(|| format!("{backing}: no termination: {:?}", r.outcome))?;
+                ensure(r.outcome == Outcome::Terminated && r.exit_code == 5, || {
+                    format!("{:?}", r.outcome)
+                })?;
+                ensure(
+                    t.errno == libc::ENOMEM && t.injected && t.pins_ok_before == 49,
+                    || format!("{t:?}"),
+                )?;
+                ensure(t.gpa < MEM && t.hva != 0, || format!("{t:?}"))?;
+            }
+            Ok(())
+        }),
+        kvm_test("termination::retry_policy_survives_one_failure", || {
+            let mut c = config(Payload::Memtouch);
+            c.policy = DrainPolicy::Retry;
+            c.inject_pin_failure = Some(InjectPinFailure {
+                nth: 10,
+                errno: libc::ENOMEM,
+            });
+            let r = run(&c)?;
+            check_memtouch_ok_allowing_one_failure(&r)
+        }),
+    ]
+}
+
+fn check_memtouch_ok_allowing_one_failure(r: &Report) -> Result<(), Failed> {
+    ensure(r.outcome == Outcome::Completed, || {
+        format!("{:?}: {}", r.outcome, r.summary)
+    })?;
+    let res = r.resolver.as_ref().ok_or("no resolver report")?;
+    ensure(
+        res.pins.failed == 1 && res.retried_pins == 1 && res.drain.all_drains == 1,
+        || format!("{res:?}"),
+    )
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    common::announce();
+    let mut trials = matrix();
+    trials.extend(others());
+    libtest_mimic::run(&args, trials).exit();
+}
