@@ -127,7 +127,12 @@ apt_fetch() {
 # kernel_image NAME|PATH — prints the path of the arm64 Image (fetching it if needed).
 kernel_image() {
   local name=$1
-  if [ -f "$name" ]; then echo "$name"; return; fi
+  if [ -f "$name" ]; then
+    case "$(file -L "$name")" in
+      *"ARM64 boot executable Image"*|*"gzip compressed"*) echo "$name"; return ;;
+      *) die "$name is not an arm64 kernel Image: $(file -Lb "$name")" ;;
+    esac
+  fi
   [ -n "${KPKG[$name]:-}" ] || die "unknown kernel '$name' (known: $KERNEL_NAMES, or a path to an Image)"
   local dir=$BOARD_CACHE/kernels/$name img
   apt_fetch "${KPKG[$name]}:arm64" "$dir"

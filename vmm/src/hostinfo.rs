@@ -188,6 +188,7 @@ const FIXED_FROM: &[(u32, u32, u32)] = &[(6, 16, 9), (6, 12, 49), (6, 6, 109), (
 pub fn gup_fix_status(release: &str) -> GupFix {
     let nums: Vec<u32> = release
         .split(|c: char| !c.is_ascii_digit())
+        .take_while(|s| !s.is_empty())
         .take(3)
         .map(|s| s.parse().unwrap_or(0))
         .collect();
