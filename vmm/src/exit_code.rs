@@ -19,6 +19,10 @@ pub enum ExitCode {
     PinTerminated = 5,
     /// The guest did not finish before --timeout.
     Timeout = 6,
+    /// A campaign was interrupted (Ctrl-C, SIGTERM); `--resume` finishes it.
+    Interrupted = 7,
+    /// A campaign finished but a cell missed its `--expect` bound.
+    ExpectationFailed = 8,
 }
 
 impl ExitCode {
@@ -31,7 +35,9 @@ Exit codes:
   3  host unsupported (no /dev/kvm, userfaultfd, io_uring, ...)
   4  guest failed (wrong result, non-zero status, crash)
   5  VM terminated by a failed long-term pin (pKVM behaviour)
-  6  timeout (guest did not finish in --timeout)";
+  6  timeout (guest did not finish in --timeout)
+  7  campaign interrupted (rerun with --resume)
+  8  campaign done, but a cell missed its --expect bound";
 }
 
 impl From<ExitCode> for std::process::ExitCode {

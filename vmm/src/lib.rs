@@ -5,6 +5,7 @@
 //! can be measured on any KVM host. See shared/DESIGN.md and README.md.
 
 pub mod arch;
+pub mod campaign;
 pub mod config;
 pub mod control;
 pub mod drain;

@@ -31,6 +31,11 @@ enum Command {
     /// Run one VM and report (human summary on stdout, JSON with --json).
     #[command(after_help = ExitCode::TABLE)]
     Run(RunArgs),
+    /// Run many VMs per policy × backing cell and measure the VM-termination rate.
+    #[command(after_help = ExitCode::TABLE)]
+    Campaign(vmm::campaign::CampaignArgs),
+    /// Summarise, plot (SVG/PNG) and export (CSV) campaign results.
+    Report(vmm::campaign::plot::ReportArgs),
     /// Show what this host can do: KVM backend, userfaultfd, io_uring, drains, movable memory.
     Probe {
         /// Also write the findings as JSON to FILE ("-" for stdout).
@@ -225,6 +230,14 @@ fn main() -> ProcessExitCode {
     };
     match cli.cmd {
         Command::Run(a) => run(a).into(),
+        Command::Campaign(a) => match vmm::campaign::run(&a) {
+            Ok(code) => code.into(),
+            Err(e) => {
+                eprintln!("pinvmm: {e}");
+                e.exit_code().into()
+            }
+        },
+        Command::Report(a) => vmm::campaign::plot::report_main(&a).into(),
         Command::Probe { json } => {
             let p = vmm::probe::probe();
             print!("{}", p.human());

@@ -1,0 +1,402 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Turning a journal into per-cell rates with intervals, comparisons between policies, a table,
+//! and KTAP.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::journal::RunRecord;
+use super::stats::{Z95, fisher_exact, newcombe_diff, wilson, zero_upper_bound};
+
+/// One cell's numbers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CellSummary {
+    pub cell: String,
+    pub policy: String,
+    pub backing: String,
+    pub fault_in: String,
+    pub runs: u64,
+    pub completed: u64,
+    pub terminated: u64,
+    /// Terminations caused by `--inject-pin-failure-rate` (the known truth).
+    pub terminated_injected: u64,
+    pub runs_injected: u64,
+    pub guest_failed: u64,
+    pub vmm_error: u64,
+    pub timeout: u64,
+    pub crashed: u64,
+    /// terminated / runs, with its Wilson 95% interval.
+    pub rate: f64,
+    pub rate_lo: f64,
+    pub rate_hi: f64,
+    pub pins_attempted: u64,
+    pub pins_failed: u64,
+    pub pins_retried: u64,
+    /// Medians over runs of each run's percentile.
+    pub fault_p50_us: f64,
+    pub fault_p99_us: f64,
+    pub pin_p50_us: f64,
+    pub pin_p99_us: f64,
+    pub drains_local: u64,
+    pub drains_all: u64,
+    pub drain_ms: f64,
+    pub vmstat_delta: BTreeMap<String, i64>,
+    /// Natural (not injected) terminations the kernel did not count as a failed migration.
+    pub unmatched_terminations: u64,
+    pub wall_s: f64,
+}
+
+/// A difference between two policies of the same backing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Comparison {
+    pub backing: String,
+    pub a: String,
+    pub b: String,
+    pub diff: f64,
+    pub diff_lo: f64,
+    pub diff_hi: f64,
+    pub fisher_p: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Summarises records per cell, in the order cells first appear.
+pub fn summarize(records: &[RunRecord]) -> Vec<CellSummary> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by: BTreeMap<String, Vec<&RunRecord>> = BTreeMap::new();
+    for r in records {
+        if !by.contains_key(&r.cell) {
+            order.push(r.cell.clone());
+        }
+        by.entry(r.cell.clone()).or_default().push(r);
+    }
+    order.iter().map(|c| cell_summary(c, &by[c])).collect()
+}
+
+fn cell_summary(cell: &str, rs: &[&RunRecord]) -> CellSummary {
+    let count = |o: &str| rs.iter().filter(|r| r.outcome == o).count() as u64;
+    let runs = rs.len() as u64;
+    let terminated = count("terminated");
+    let (rate_lo, rate_hi) = wilson(terminated, runs, Z95);
+    let mut vmstat: BTreeMap<String, i64> = BTreeMap::new();
+    for r in rs {
+        for (k, v) in &r.vmstat_delta {
+            *vmstat.entry(k.clone()).or_default() += v;
+        }
+    }
+    let unmatched = rs
+        .iter()
+        .filter(|r| r.outcome == "terminated" && r.injected_at.is_none())
+        .filter(|r| r.vmstat_delta.get("pgmigrate_fail").copied().unwrap_or(0) <= 0)
+        .count() as u64;
+    let first = rs[0];
+    CellSummary {
+        cell: cell.to_owned(),
+        policy: first.policy.clone(),
+        backing: first.backing.clone(),
+        fault_in: first.fault_in.clone(),
+        runs,
+        completed: count("completed"),
+        terminated,
+        terminated_injected: rs
+            .iter()
+            .filter(|r| r.outcome == "terminated" && r.injected_at.is_some())
+            .count() as u64,
+        runs_injected: rs.iter().filter(|r| r.injected_at.is_some()).count() as u64,
+        guest_failed: count("guest-failed"),
+        vmm_error: count("vmm-error"),
+        timeout: count("timeout"),
+        crashed: count("crashed"),
+        rate: if runs > 0 {
+            terminated as f64 / runs as f64
+        } else {
+            0.0
+        },
+        rate_lo,
+        rate_hi,
+        pins_attempted: rs.iter().map(|r| r.pins_attempted).sum(),
+        pins_failed: rs.iter().map(|r| r.pins_failed).sum(),
+        pins_retried: rs.iter().map(|r| r.pins_retried).sum(),
+        fault_p50_us: median(rs.iter().map(|r| r.fault_p50_us).collect()),
+        fault_p99_us: median(rs.iter().map(|r| r.fault_p99_us).collect()),
+        pin_p50_us: median(rs.iter().map(|r| r.pin_p50_us).collect()),
+        pin_p99_us: median(rs.iter().map(|r| r.pin_p99_us).collect()),
+        drains_local: rs.iter().map(|r| r.drains_local).sum(),
+        drains_all: rs.iter().map(|r| r.drains_all).sum(),
+        drain_ms: rs.iter().map(|r| r.drain_ms).sum(),
+        vmstat_delta: vmstat,
+        unmatched_terminations: unmatched,
+        wall_s: rs.iter().map(|r| r.wall_ms).sum::<f64>() / 1e3,
+    }
+}
+
+/// Every pair of policies within a backing (and fault-in order).
+pub fn compare(cells: &[CellSummary]) -> Vec<Comparison> {
+    let mut out = Vec::new();
+    for (i, a) in cells.iter().enumerate() {
+        for b in &cells[i + 1..] {
+            if a.backing != b.backing || a.fault_in != b.fault_in {
+                continue;
+            }
+            let (diff, diff_lo, diff_hi) =
+                newcombe_diff(a.terminated, a.runs, b.terminated, b.runs, Z95);
+            out.push(Comparison {
+                backing: a.backing.clone(),
+                a: a.policy.clone(),
+                b: b.policy.clone(),
+                diff,
+                diff_lo,
+                diff_hi,
+                fisher_p: fisher_exact(
+                    a.terminated,
+                    a.runs - a.terminated,
+                    b.terminated,
+                    b.runs - b.terminated,
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// A bound a policy's rate is expected to meet (`--expect none>0,mlock-drain==0`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Expectation {
+    pub policy: String,
+    pub op: String,
+    pub value: f64,
+}
+
+impl Expectation {
+    /// Parses a comma-separated list.
+    pub fn parse_list(s: &str) -> Result<Vec<Expectation>, String> {
+        s.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(Self::parse)
+            .collect()
+    }
+
+    fn parse(s: &str) -> Result<Expectation, String> {
+        let s = s.trim();
+        let ops = ["==", "!=", ">=", "=>", "<=", "=<", ">", "<"];
+        let (i, op) = ops
+            .iter()
+            .filter_map(|op| s.find(op).map(|i| (i, *op)))
+            .min_by_key(|(i, op)| (*i, std::cmp::Reverse(op.len())))
+            .ok_or_else(|| {
+                format!("expectation '{s}' has no comparison (use e.g. none>0 or mlock-drain==0)")
+            })?;
+        let policy = s[..i].trim().to_owned();
+        let value: f64 = s[i + op.len()..]
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v: &f64| (0.0..=1.0).contains(v))
+            .ok_or_else(|| {
+                format!("expectation '{s}': the bound must be a rate between 0 and 1")
+            })?;
+        let op = match op {
+            "=>" => ">=",
+            "=<" => "<=",
+            o => o,
+        };
+        if policy.is_empty() {
+            return Err(format!("expectation '{s}' names no policy"));
+        }
+        Ok(Expectation {
+            policy,
+            op: op.to_owned(),
+            value,
+        })
+    }
+
+    /// Whether `rate` meets the bound.
+    pub fn holds(&self, rate: f64) -> bool {
+        match self.op.as_str() {
+            "==" => rate == self.value,
+            "!=" => rate != self.value,
+            ">=" => rate >= self.value,
+            "<=" => rate <= self.value,
+            ">" => rate > self.value,
+            _ => rate < self.value,
+        }
+    }
+}
+
+/// KTAP v1: one test per cell, ok when the cell meets every expectation for its policy.
+pub fn ktap(cells: &[CellSummary], expect: &[Expectation], header: &str) -> (String, bool) {
+    let mut s = String::from("KTAP version 1\n");
+    let _ = writeln!(s, "# {header}");
+    let _ = writeln!(s, "1..{}", cells.len());
+    let mut all_ok = true;
+    for (i, c) in cells.iter().enumerate() {
+        let mine: Vec<&Expectation> = expect.iter().filter(|e| e.policy == c.policy).collect();
+        let failed: Vec<String> = mine
+            .iter()
+            .filter(|e| !e.holds(c.rate))
+            .map(|e| format!("expected rate {}{}", e.op, e.value))
+            .collect();
+        let ok = failed.is_empty();
+        all_ok &= ok;
+        let detail = format!(
+            "terminated {}/{} rate {:.4} [{:.4}, {:.4}]",
+            c.terminated, c.runs, c.rate, c.rate_lo, c.rate_hi
+        );
+        let _ = writeln!(
+            s,
+            "# {}: {detail}{}",
+            c.cell,
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", failed.join(", "))
+            }
+        );
+        let _ = writeln!(
+            s,
+            "{} {} {}",
+            if ok { "ok" } else { "not ok" },
+            i + 1,
+            c.cell
+        );
+    }
+    (s, all_ok)
+}
+
+/// The terminal table.
+pub fn table(cells: &[CellSummary], comps: &[Comparison]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<28} {:>5} {:>6} {:>5} {:>11} {:>17} {:>9} {:>9} {:>8} {:>9}",
+        "cell",
+        "runs",
+        "termd",
+        "other",
+        "rate",
+        "95% CI",
+        "pins",
+        "pin-fail",
+        "fault50",
+        "drain ms"
+    );
+    for c in cells {
+        let other = c.guest_failed + c.vmm_error + c.timeout + c.crashed;
+        let _ = writeln!(
+            s,
+            "{:<28} {:>5} {:>6} {:>5} {:>11.4} {:>17} {:>9} {:>9} {:>7.1}µ {:>9.1}",
+            c.cell,
+            c.runs,
+            c.terminated,
+            other,
+            c.rate,
+            format!("[{:.4}, {:.4}]", c.rate_lo, c.rate_hi),
+            c.pins_attempted,
+            c.pins_failed,
+            c.fault_p50_us,
+            c.drain_ms
+        );
+        if c.unmatched_terminations > 0 {
+            let _ = writeln!(
+                s,
+                "  !! {} terminations without a pgmigrate_fail in /proc/vmstat: check the measurement",
+                c.unmatched_terminations
+            );
+        }
+    }
+    if let Some(n) = cells.iter().map(|c| c.runs).min().filter(|&n| n > 0) {
+        let _ = writeln!(
+            s,
+            "0 terminations in {n} runs bounds the rate below {:.4} (95%)",
+            zero_upper_bound(n)
+        );
+    }
+    for c in comps {
+        let _ = writeln!(
+            s,
+            "{} {} - {}: {:+.4} [{:+.4}, {:+.4}], Fisher p = {:.3}",
+            c.backing, c.a, c.b, c.diff, c.diff_lo, c.diff_hi, c.fisher_p
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::journal::tests::record;
+    use super::*;
+
+    #[test]
+    fn cells_rates_and_comparisons() {
+        let mut rs = Vec::new();
+        for i in 0..20 {
+            rs.push(record(
+                "shmem/none",
+                i,
+                if i < 10 { "terminated" } else { "completed" },
+            ));
+            rs.push(record("shmem/mlock-drain", i, "completed"));
+        }
+        rs[0].vmstat_delta.insert("pgmigrate_fail".into(), 1);
+        let cells = summarize(&rs);
+        assert_eq!(cells.len(), 2);
+        assert_eq!(
+            (cells[0].cell.as_str(), cells[0].terminated, cells[0].runs),
+            ("shmem/none", 10, 20)
+        );
+        assert!((cells[0].rate - 0.5).abs() < 1e-12);
+        assert_eq!(cells[0].unmatched_terminations, 9);
+        let comps = compare(&cells);
+        assert_eq!(comps.len(), 1);
+        assert!(
+            comps[0].diff_lo > 0.0 && comps[0].fisher_p < 0.001,
+            "{:?}",
+            comps[0]
+        );
+        assert!(table(&cells, &comps).contains("shmem/none"));
+    }
+
+    #[test]
+    fn expectations_and_ktap() {
+        let e = Expectation::parse_list("none>0, mlock-drain==0,retry=>0.5").unwrap();
+        assert_eq!(
+            e[0],
+            Expectation {
+                policy: "none".into(),
+                op: ">".into(),
+                value: 0.0
+            }
+        );
+        assert_eq!(e[2].op, ">=");
+        assert!(Expectation::parse_list("none").is_err());
+        assert!(Expectation::parse_list("none>2").is_err());
+        let mut rs = vec![
+            record("shmem/none", 0, "terminated"),
+            record("shmem/mlock-drain", 0, "terminated"),
+        ];
+        rs.push(record("shmem/none", 1, "completed"));
+        let cells = summarize(&rs);
+        let (k, ok) = ktap(&cells, &e, "test");
+        assert!(!ok);
+        assert!(k.starts_with("KTAP version 1\n"), "{k}");
+        assert!(
+            k.contains("\n1..2\n")
+                && k.contains("\nok 1 shmem/none\n")
+                && k.contains("\nnot ok 2 shmem/mlock-drain\n"),
+            "{k}"
+        );
+    }
+}
