@@ -91,8 +91,8 @@ pub fn rate_chart(path: &Path, groups: &[(String, Vec<CellSummary>)], title: &st
         })
         .collect();
     let n = bars.len().max(1);
-    let width = (160 + 90 * n).clamp(640, 2400) as u32;
-    let root = SVGBackend::new(path, (width, 480)).into_drawing_area();
+    let width = (120 + 130 * n).clamp(640, 3200) as u32;
+    let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(perr)?;
     let ymax = bars
         .iter()
@@ -103,28 +103,20 @@ pub fn rate_chart(path: &Path, groups: &[(String, Vec<CellSummary>)], title: &st
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
         .margin(12)
-        .x_label_area_size(110)
+        .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..n as f64, 0f64..ymax)
+        .build_cartesian_2d((0..n as i32).into_segmented(), 0f64..ymax)
         .map_err(perr)?;
     let labels: Vec<String> = bars.iter().map(|(l, _)| l.clone()).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(n)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (*x - i as f64 - 0.5).abs() < 0.01 {
-                labels.get(i).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
+            _ => String::new(),
         })
-        .x_label_style(
-            ("sans-serif", 12)
-                .into_font()
-                .transform(FontTransform::Rotate90),
-        )
+        .x_label_style(("sans-serif", 11))
         .y_desc("VM termination rate (95% Wilson CI)")
         .draw()
         .map_err(perr)?;
@@ -134,31 +126,28 @@ pub fn rate_chart(path: &Path, groups: &[(String, Vec<CellSummary>)], title: &st
         "lru-add-drain" => BLUE,
         _ => MAGENTA,
     };
+    for (i, (_, c)) in bars.iter().enumerate() {
+        let bar = Histogram::vertical(&chart)
+            .margin(12)
+            .style(colour(&c.policy).mix(0.6).filled())
+            .data([(i as i32, c.rate)]);
+        chart.draw_series(bar).map_err(perr)?;
+    }
     chart
         .draw_series(bars.iter().enumerate().map(|(i, (_, c))| {
-            Rectangle::new(
-                [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, c.rate)],
-                colour(&c.policy).mix(0.6).filled(),
-            )
+            let x = SegmentValue::CenterOf(i as i32);
+            ErrorBar::new_vertical(x, c.rate_lo, c.rate, c.rate_hi, BLACK.filled(), 12)
         }))
         .map_err(perr)?;
     chart
         .draw_series(bars.iter().enumerate().map(|(i, (_, c))| {
-            ErrorBar::new_vertical(
-                i as f64 + 0.5,
-                c.rate_lo,
-                c.rate,
-                c.rate_hi,
-                BLACK.filled(),
-                12,
-            )
-        }))
-        .map_err(perr)?;
-    chart
-        .draw_series(bars.iter().enumerate().map(|(i, (_, c))| {
+            let at = (
+                SegmentValue::CenterOf(i as i32),
+                (c.rate_hi + ymax * 0.04).min(ymax * 0.97),
+            );
             Text::new(
                 format!("{}/{}", c.terminated, c.runs),
-                (i as f64 + 0.2, c.rate_hi + ymax * 0.03),
+                at,
                 ("sans-serif", 12),
             )
         }))
