@@ -178,6 +178,37 @@ fn exit_codes() -> Vec<Trial> {
     ]
 }
 
+fn gup_check() -> Vec<Trial> {
+    vec![
+        plain_test("gup_check::skips_loudly_without_movable_memory", || {
+            let r = pinvmm(&["gup-check", "--pages", "64", "--rounds", "1"])?;
+            ensure(
+                r.code == 0
+                    && r.stdout.starts_with("KTAP version 1\n")
+                    && r.stdout.contains("\n1..3\n"),
+                || r.stdout.clone(),
+            )?;
+            let movable = !r.stdout.contains("ZONE_MOVABLE 0 MiB, CMA 0 MiB");
+            ensure(
+                movable || r.stdout.matches("# SKIP no ZONE_MOVABLE").count() == 3,
+                || r.stdout.clone(),
+            )
+        }),
+        plain_test("gup_check::forced_cases_pin_every_page", || {
+            let r = pinvmm(&["gup-check", "--pages", "256", "--rounds", "1", "--force"])?;
+            ensure(
+                !r.stdout.contains("SKIP") && r.stdout.contains("0 of 256 pins failed"),
+                || r.stdout.clone(),
+            )?;
+            let movable = !r.stdout.contains("ZONE_MOVABLE 0 MiB, CMA 0 MiB");
+            ensure(
+                movable || (r.code == 0 && r.stdout.matches("\nok ").count() == 3),
+                || r.stdout.clone(),
+            )
+        }),
+    ]
+}
+
 fn help() -> Trial {
     plain_test(
         "help::teaches_policies_and_exit_codes",
@@ -204,6 +235,7 @@ fn main() {
     let args = Arguments::from_args();
     common::announce();
     let mut t = vec![bad_inputs(), help()];
+    t.extend(gup_check());
     t.extend(exit_codes());
     libtest_mimic::run(&args, t).exit();
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod drain;
 pub mod exit_code;
+pub mod gupcheck;
 pub mod hostinfo;
 pub mod memory;
 pub mod pin;

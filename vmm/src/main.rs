@@ -36,6 +36,9 @@ enum Command {
     Campaign(vmm::campaign::CampaignArgs),
     /// Summarise, plot (SVG/PNG) and export (CSV) campaign results.
     Report(vmm::campaign::plot::ReportArgs),
+    /// Check (KTAP, no KVM needed) whether this kernel's long-term pins of mlocked shmem fail
+    /// under the seed's conditions: exit 0 when every case passes or is skipped, 1 otherwise.
+    GupCheck(vmm::gupcheck::GupCheckArgs),
     /// Show what this host can do: KVM backend, userfaultfd, io_uring, drains, movable memory.
     Probe {
         /// Also write the findings as JSON to FILE ("-" for stdout).
@@ -238,6 +241,7 @@ fn main() -> ProcessExitCode {
             }
         },
         Command::Report(a) => vmm::campaign::plot::report_main(&a).into(),
+        Command::GupCheck(a) => vmm::gupcheck::main(&a).into(),
         Command::Probe { json } => {
             let p = vmm::probe::probe();
             print!("{}", p.human());

@@ -1,0 +1,261 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! `pinvmm gup-check`: a kselftest-style check (KTAP output, no KVM needed) of whether this
+//! kernel's long-term pins of mlocked shmem fail under the seed's conditions: pages already in
+//! the page cache (prefilled through a not-mlocked view), faulted into an mlocked view on one
+//! CPU, then pinned (FOLL_LONGTERM, io_uring) on another. Kernels without Hugh Dickins' 2025
+//! GUP fix fail most such pins with ENOMEM when the pages sit in ZONE_MOVABLE or CMA.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::drain::{DrainPolicy, Drainer};
+use crate::exit_code::ExitCode;
+use crate::hostinfo;
+use crate::pin::PinTable;
+use crate::sys::{self, Mapping, PAGE_SIZE};
+
+/// Arguments of `pinvmm gup-check`.
+#[derive(Args, Debug, Clone)]
+pub struct GupCheckArgs {
+    /// Pages per case (each case uses a fresh memfd of this many pages).
+    #[arg(long, default_value_t = 4096)]
+    pub pages: u64,
+    /// Rounds per case.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: u32,
+    /// Run the cases even with no ZONE_MOVABLE/CMA (then no pin can fail: this tests the check).
+    #[arg(long)]
+    pub force: bool,
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// One case's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    pub name: &'static str,
+    pub pins: u64,
+    pub failed: u64,
+    pub errno: Option<String>,
+    /// Pages whose PFN was in ZONE_MOVABLE just before the pin (-1: unknown).
+    pub movable_before_pin: i64,
+    pub pgmigrate_success: i64,
+    pub pgmigrate_fail: i64,
+    pub seconds: f64,
+}
+
+struct Case {
+    name: &'static str,
+    cross: bool,
+    drain: DrainPolicy,
+}
+
+const CASES: [Case; 3] = [
+    Case {
+        name: "prefill_fault_cpu0_pin_cpu1_no_drain",
+        cross: true,
+        drain: DrainPolicy::None,
+    },
+    Case {
+        name: "prefill_fault_cpu0_pin_cpu1_local_drain",
+        cross: true,
+        drain: DrainPolicy::MlockDrain,
+    },
+    Case {
+        name: "prefill_fault_and_pin_same_cpu",
+        cross: false,
+        drain: DrainPolicy::None,
+    },
+];
+
+/// ZONE_MOVABLE PFN ranges from /proc/zoneinfo.
+fn movable_ranges() -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
+    let mut out = Vec::new();
+    let (mut movable, mut spanned) = (false, 0u64);
+    for l in text.lines() {
+        if l.starts_with("Node ") {
+            movable = l.split_whitespace().last() == Some("Movable");
+            spanned = 0;
+        } else if let Some(v) = l.trim().strip_prefix("spanned") {
+            spanned = v.trim().parse().unwrap_or(0);
+        } else if let Some(v) = l.trim().strip_prefix("start_pfn:") {
+            let start: u64 = v.trim().parse().unwrap_or(0);
+            if movable && spanned > 0 {
+                out.push((start, start + spanned));
+            }
+        }
+    }
+    out
+}
+
+fn pfn_of(pagemap: &std::fs::File, addr: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 8];
+    pagemap
+        .read_exact_at(&mut b, addr / PAGE_SIZE as u64 * 8)
+        .ok()?;
+    let e = u64::from_le_bytes(b);
+    let pfn = e & ((1 << 55) - 1);
+    (e >> 63 == 1 && pfn != 0).then_some(pfn)
+}
+
+fn run_case(
+    c: &Case,
+    pages: u64,
+    rounds: u32,
+    cpus: (usize, usize),
+    ranges: &[(u64, u64)],
+) -> Result<CaseResult, String> {
+    let len = pages as usize * PAGE_SIZE;
+    let pagemap = std::fs::File::open("/proc/self/pagemap").ok();
+    let mut drainer = Drainer::new(c.drain).map_err(|e| e.to_string())?;
+    let before = hostinfo::vmstat();
+    let t = Instant::now();
+    let (mut pins, mut failed, mut movable, mut errno) = (0, 0, 0i64, None);
+    for _ in 0..rounds {
+        let fd = sys::memfd("pinvmm-gup-check", len as u64).map_err(|e| format!("memfd: {e}"))?;
+        let loader = Mapping::shared(&fd, len).map_err(|e| format!("mmap: {e}"))?;
+        let view = Mapping::shared(&fd, len).map_err(|e| format!("mmap: {e}"))?;
+        view.mlock_onfault().map_err(|e| format!("mlock2: {e}"))?;
+        view.no_huge_pages().map_err(|e| format!("madvise: {e}"))?;
+        sys::pin_thread_to_cpu(cpus.0).map_err(|e| format!("affinity: {e}"))?;
+        for p in 0..pages as usize {
+            // SAFETY: inside the live loader mapping.
+            unsafe { loader.at(p * PAGE_SIZE).write_volatile(1) };
+        }
+        let mut table = PinTable::new(pages, None);
+        for p in 0..pages {
+            let off = p as usize * PAGE_SIZE;
+            sys::pin_thread_to_cpu(cpus.0).map_err(|e| format!("affinity: {e}"))?;
+            view.touch_read(off);
+            drainer.after_fault_in(cpus.0).map_err(|e| e.to_string())?;
+            if let Some(pfn) = pagemap
+                .as_ref()
+                .and_then(|pm| pfn_of(pm, view.addr() + off as u64))
+            {
+                movable += i64::from(ranges.iter().any(|&(s, e)| (s..e).contains(&pfn)));
+            }
+            if c.cross {
+                sys::pin_thread_to_cpu(cpus.1).map_err(|e| format!("affinity: {e}"))?;
+            }
+            pins += 1;
+            if let Err(e) = table.pin(p, view.addr() + off as u64) {
+                failed += 1;
+                errno = e.errno().map(crate::control::errno_name);
+            }
+        }
+    }
+    let after = hostinfo::vmstat();
+    let d = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+    let _ = sys::pin_thread_to_cpu(cpus.0);
+    Ok(CaseResult {
+        name: c.name,
+        pins,
+        failed,
+        errno,
+        movable_before_pin: if pagemap.is_some() { movable } else { -1 },
+        pgmigrate_success: d("pgmigrate_success"),
+        pgmigrate_fail: d("pgmigrate_fail"),
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs the check; prints KTAP; returns the exit code (0 all ok or skipped, 1 a case failed).
+pub fn main(a: &GupCheckArgs) -> ExitCode {
+    let release = hostinfo::kernel_release();
+    let version = hostinfo::kernel_version();
+    let movable = hostinfo::movable_pages();
+    let cma = hostinfo::cma_total_bytes().unwrap_or(0);
+    let cpus = sys::allowed_cpus();
+    let mut out = String::from("KTAP version 1\n");
+    let _ = writeln!(
+        out,
+        "# pinvmm gup-check: kernel {release} (version {version}, fix by version: {:?})",
+        hostinfo::gup_fix_status(&version)
+    );
+    let _ = writeln!(
+        out,
+        "# ZONE_MOVABLE {} MiB, CMA {} MiB, {} CPUs, {} pages x {} rounds per case",
+        movable * 4 / 1024,
+        cma >> 20,
+        cpus.len(),
+        a.pages,
+        a.rounds
+    );
+    let _ = writeln!(out, "1..{}", CASES.len());
+    let skip_all = if movable == 0 && cma == 0 && !a.force {
+        Some("no ZONE_MOVABLE or CMA memory: long-term pins never migrate here (boot with movablecore= or cma=)".to_owned())
+    } else if cpus.len() < 2 {
+        Some("needs two CPUs (fault-in on one, pin on another)".to_owned())
+    } else if a.pages == 0 || a.rounds == 0 {
+        Some("--pages and --rounds must be at least 1".to_owned())
+    } else {
+        None
+    };
+    let ranges = movable_ranges();
+    let mut results = Vec::new();
+    let mut any_fail = false;
+    for (i, c) in CASES.iter().enumerate() {
+        let n = i + 1;
+        if let Some(why) = &skip_all {
+            let _ = writeln!(out, "ok {n} {} # SKIP {why}", c.name);
+            continue;
+        }
+        match run_case(c, a.pages, a.rounds, (cpus[0], cpus[1]), &ranges) {
+            Ok(r) => {
+                let _ = writeln!(
+                    out,
+                    "# {}: {} of {} pins failed{}; {} pages in ZONE_MOVABLE before the pin; pgmigrate_success {:+}, pgmigrate_fail {:+}; {:.1} s",
+                    c.name,
+                    r.failed,
+                    r.pins,
+                    r.errno
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default(),
+                    r.movable_before_pin,
+                    r.pgmigrate_success,
+                    r.pgmigrate_fail,
+                    r.seconds
+                );
+                let ok = r.failed == 0;
+                any_fail |= !ok;
+                let _ = writeln!(out, "{} {n} {}", if ok { "ok" } else { "not ok" }, c.name);
+                results.push(r);
+            }
+            Err(e) => {
+                any_fail = true;
+                let _ = writeln!(out, "# {}: could not run: {e}", c.name);
+                let _ = writeln!(out, "not ok {n} {}", c.name);
+            }
+        }
+    }
+    if let Some(f) = results.first().filter(|r| r.failed > 0) {
+        let _ = writeln!(
+            out,
+            "# verdict: long-term pins of mlocked shmem FAIL here ({} of {}): this kernel lacks the upstream GUP fix (mm: better GUP pin lru_add_drain_all())",
+            f.failed, f.pins
+        );
+    }
+    print!("{out}");
+    if let Some(p) = &a.json {
+        let v = serde_json::json!({ "kernel_release": release, "kernel_version": version, "skipped": skip_all, "cases": results });
+        if let Err(e) = std::fs::write(
+            p,
+            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+        ) {
+            eprintln!("pinvmm: cannot write {}: {e}", p.display());
+            return ExitCode::BadInput;
+        }
+    }
+    if any_fail {
+        ExitCode::VmmError
+    } else {
+        ExitCode::Ok
+    }
+}
