@@ -1,6 +1,7 @@
 # ci/board/lib.sh — shared helpers for the emulated arm64 board (sourced, not run).
 # Everything downloaded or built is cached under $CACHE; every function is idempotent.
 # shellcheck shell=bash
+shopt -s inherit_errexit   # set -e also inside $(...)
 
 CACHE=${PINVMM_CACHE:-$HOME/.cache/pinvmm}
 BOARD_CACHE=$CACHE/board
@@ -15,6 +16,7 @@ declare -A KPKG=(
   [6.12.118]=linux-image-6.12.118+deb13-arm64-unsigned # trixie-security, fixed
   [7.3]=linux-binary-7.3.4+deb13-arm64               # trixie-backports, fixed; real pKVM protected VMs
 )
+# shellcheck disable=SC2034  # read by the scripts that source this file
 declare -A KSUITE=([6.1]=bookworm-security [6.12.43]=bookworm-backports
                    [6.12.118]=trixie-security [7.3]=trixie-backports)
 KERNEL_NAMES="6.1 6.12.43 6.12.118 7.3"
@@ -45,7 +47,7 @@ host_mirror() {  # the Debian mirror the host already uses, e.g. http://deb.debi
 # apt sources for bookworm(-backports/-security) and trixie(-security/-backports), arm64 (plus
 # amd64 for the host's own backports, for QEMU), pinned low so the host is never upgraded from them.
 ensure_apt_sources() {
-  local mirror host want="" s entries="" changed=0
+  local mirror host s entries="" changed=0
   mirror=$(host_mirror)
   [ -n "$mirror" ] || die "cannot find the host's Debian mirror in /etc/apt/sources.list*"
   mirror=${mirror%/}
@@ -101,9 +103,15 @@ Pin-Priority: 50
 }
 
 # apt_fetch PKG DIR — 'apt-get download' PKG (no install) and unpack it with dpkg-deb -x into DIR.
+# Serialized with flock, so parallel board runs can share a cold cache.
 apt_fetch() {
+  mkdir -p "$CACHE"
+  ( flock 9; apt_fetch_locked "$@" ) 9> "$CACHE/.fetch.lock"
+}
+apt_fetch_locked() {
   local pkg=$1 dir=$2 debs=$CACHE/debs deb
-  [ -f "$dir/.unpacked" ] && return 0
+  # .unpacked names the .deb it came from: a changed package name fetches again.
+  case "$(cat "$dir/.unpacked" 2>/dev/null)" in "${pkg%%:*}"_*) return 0 ;; esac
   ensure_apt_sources
   mkdir -p "$debs"
   deb=$(ls "$debs/${pkg%%:*}"_*.deb 2>/dev/null | head -1 || true)
@@ -111,10 +119,15 @@ apt_fetch() {
     log "downloading $pkg"
     if ! (cd "$debs" && apt-get -q download "$pkg" >&2 2>"$debs/.err") || grep -q '^E:' "$debs/.err"; then
       cat "$debs/.err" >&2
+      local name=${pkg%%:*} series
+      series=$(sed -E 's/^([a-z-]+-[0-9]+\.[0-9]+\.).*/\1/' <<<"$name")
       { echo "apt-cache policy $pkg:"; apt-cache policy "$pkg"
-        echo "apt-cache madison ${pkg%%:*}:"; apt-cache madison "${pkg%%:*}"; } >&2 2>&1 || true
-      die "cannot download $pkg: it is not in the configured archives (moved or removed?). If a newer
-  ABI replaced it, look with: apt-cache search --names-only '^${pkg%%[0-9]*}' ; then update KPKG in ci/board/lib.sh"
+        echo "apt-cache madison of the packages named like '$series*' for arm64 (newest last):"
+        apt-cache search --names-only "^${series//./\\.}" | cut -d' ' -f1 | grep -- '-arm64' | grep -vE 'dbg|cloud|rt-arm64|16k' |
+          sort -V | tail -n 6 | xargs -r apt-cache madison | grep arm64 || true
+      } >&2 2>&1
+      die "cannot download $pkg: it is not in the configured archives (moved or removed?).
+  If the archive now has a newer ABI (see above), put its name into KPKG in ci/board/lib.sh."
     fi
     deb=$(ls "$debs/${pkg%%:*}"_*.deb | head -1)
   fi
