@@ -1,3 +1,93 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! aarch64: being ported (issue 3). Not built on x86_64 hosts.
-compile_error!("the aarch64 port of pinvmm is not written yet (issue 3)");
+//! aarch64: bare payloads at EL1h with the MMU off, an in-kernel GICv3, devices over MMIO.
+//!
+//! - [`layout`]: the guest-physical map (GIC, UART, test device below RAM at 2 GiB).
+//! - [`regs`]: `KVM_ARM_VCPU_INIT` (preferred target + PSCI 0.2) and the boot registers
+//!   (payload arguments in x0..x6).
+//! - [`gic`]: the GICv3, created and initialised once every vCPU exists.
+//! - [`fdt`]: the device tree for Linux guests (prepared; bare payloads need none).
+//!
+//! The same calls work whatever mode the host's KVM runs in (VHE, nVHE, protected/pKVM): pinvmm
+//! creates ordinary VMs (type 0), which protected-mode hosts run too.
+
+pub mod fdt;
+pub mod gic;
+pub mod layout;
+pub mod regs;
+
+use guest::PayloadArgs;
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+
+pub use self::layout::{DATA_START, MAX_MEM, MIN_MEM, RAM_START};
+use super::{ArchError, DeviceAddr};
+use crate::memory::GuestMemory;
+
+/// Test device: MMIO, one instance per vCPU at this address.
+pub const TESTDEV: DeviceAddr = DeviceAddr::Mmio(layout::TESTDEV_BASE);
+/// 16550 UART: MMIO, byte-wide registers.
+pub const SERIAL: DeviceAddr = DeviceAddr::Mmio(layout::SERIAL_BASE);
+
+/// Checks what the VM needs from KVM before anything is built: PSCI 0.2 for the vCPUs and a
+/// GICv3 the kernel can emulate (tested with `KVM_CREATE_DEVICE_TEST`, created later in
+/// [`finish_vcpus`]).
+pub fn setup_vm(vm: &VmFd) -> Result<(), ArchError> {
+    if !vm.check_extension(Cap::ArmPsci02) {
+        return Err(ArchError::Vm(
+            "KVM lacks KVM_CAP_ARM_PSCI_0_2 (needed for KVM_ARM_VCPU_INIT)".into(),
+        ));
+    }
+    gic::probe(vm)
+}
+
+/// Creates the GICv3 now that all `vcpus` vCPUs exist and are initialised, and runs
+/// `KVM_DEV_ARM_VGIC_CTRL_INIT` (a GICv3 refuses KVM_RUN until then).
+pub fn finish_vcpus(vm: &VmFd, vcpus: usize) -> Result<(), ArchError> {
+    gic::create_and_init(vm, vcpus)
+}
+
+/// Copies the payload to its slot at the start of RAM; returns the entry point.
+pub fn load_boot_image(mem: &GuestMemory, code: &[u8]) -> Result<u64, ArchError> {
+    if code.len() as u64 > layout::PAYLOAD_MAX {
+        return Err(ArchError::PayloadTooLarge {
+            len: code.len(),
+            max: layout::PAYLOAD_MAX,
+        });
+    }
+    mem.load(layout::PAYLOAD, code)?;
+    Ok(layout::PAYLOAD)
+}
+
+/// Initialises the vCPU (preferred target, PSCI 0.2, running: no POWER_OFF on any vCPU) and
+/// starts it at `entry`, EL1h with DAIF masked, with the payload's arguments in x0..x6
+/// (see [`regs`]).
+pub fn configure_vcpu(
+    _kvm: &Kvm,
+    vm: &VmFd,
+    vcpu: &VcpuFd,
+    entry: u64,
+    args: &PayloadArgs,
+) -> Result<(), ArchError> {
+    regs::init_and_load(vm, vcpu, entry, args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Backing;
+
+    #[test]
+    fn payload_lands_at_the_start_of_ram() {
+        let mem = GuestMemory::new(Backing::Shmem, RAM_START, 2 << 20).unwrap();
+        let entry = load_boot_image(&mem, &[0x1f, 0x20, 0x03, 0xd5]).unwrap(); // nop
+        assert_eq!(entry, RAM_START);
+        assert_eq!(mem.read_u64(entry).unwrap() & 0xffff_ffff, 0xd503_201f);
+        assert!(load_boot_image(&mem, &vec![0; 0x1_0001]).is_err());
+    }
+
+    #[test]
+    fn devices_are_mmio_below_ram() {
+        for d in [TESTDEV, SERIAL] {
+            assert!(matches!(d, DeviceAddr::Mmio(a) if a < RAM_START));
+        }
+    }
+}

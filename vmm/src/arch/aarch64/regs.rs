@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! vCPU initialisation and core registers: `KVM_ARM_VCPU_INIT` and `KVM_SET_ONE_REG`.
+//!
+//! A bare payload starts at EL1h, MMU off, DAIF masked, at the entry point, with its arguments
+//! in x0..x6 (the order guest/src/aarch64.rs expects):
+//!
+//! | reg | argument                                   |
+//! |-----|--------------------------------------------|
+//! | x0  | start: first GPA memtouch touches          |
+//! | x1  | pages to touch                             |
+//! | x2  | stride in bytes                            |
+//! | x3  | write passes                               |
+//! | x4  | seed                                       |
+//! | x5  | test device base (MMIO)                    |
+//! | x6  | serial data register (MMIO)                |
+
+use std::mem::offset_of;
+
+use guest::PayloadArgs;
+use kvm_bindings::{
+    KVM_ARM_VCPU_PSCI_0_2, KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_SIZE_U64, PSR_A_BIT, PSR_D_BIT,
+    PSR_F_BIT, PSR_I_BIT, PSR_MODE_EL1h, kvm_regs, kvm_vcpu_init, user_pt_regs,
+};
+use kvm_ioctls::{VcpuFd, VmFd};
+
+use crate::arch::ArchError;
+
+/// PSTATE at entry: EL1 with SP_EL1 (EL1h), debug, SError, IRQ and FIQ masked.
+pub const PSTATE_EL1H_DAIF: u64 =
+    (PSR_MODE_EL1h | PSR_D_BIT | PSR_A_BIT | PSR_I_BIT | PSR_F_BIT) as u64;
+
+/// `KVM_SET_ONE_REG` id of the 64-bit core register at byte `offset` in `struct kvm_regs`.
+pub const fn core_reg_id(offset: usize) -> u64 {
+    KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE as u64 | (offset / 4) as u64
+}
+
+/// Id of general-purpose register `xn` (n < 31).
+pub const fn xreg(n: usize) -> u64 {
+    core_reg_id(offset_of!(kvm_regs, regs) + offset_of!(user_pt_regs, regs) + n * 8)
+}
+
+/// Id of the program counter.
+pub const PC: u64 = core_reg_id(offset_of!(kvm_regs, regs) + offset_of!(user_pt_regs, pc));
+/// Id of PSTATE.
+pub const PSTATE: u64 = core_reg_id(offset_of!(kvm_regs, regs) + offset_of!(user_pt_regs, pstate));
+
+/// One register write: id, value, and its name for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegWrite {
+    pub id: u64,
+    pub value: u64,
+    pub name: &'static str,
+}
+
+/// The register writes that start a payload at `entry` (pure: unit-tested without KVM).
+pub fn boot_registers(entry: u64, args: &PayloadArgs) -> [RegWrite; 9] {
+    let w = |id, value, name| RegWrite { id, value, name };
+    [
+        w(xreg(0), args.start, "x0 (start)"),
+        w(xreg(1), args.pages, "x1 (pages)"),
+        w(xreg(2), args.stride, "x2 (stride)"),
+        w(xreg(3), args.passes, "x3 (passes)"),
+        w(xreg(4), args.seed, "x4 (seed)"),
+        w(xreg(5), args.testdev, "x5 (test device)"),
+        w(xreg(6), args.serial, "x6 (serial)"),
+        w(PSTATE, PSTATE_EL1H_DAIF, "PSTATE"),
+        w(PC, entry, "PC"),
+    ]
+}
+
+/// The `KVM_ARM_VCPU_INIT` argument: the host's preferred target with PSCI 0.2.
+///
+/// No vCPU gets `KVM_ARM_VCPU_POWER_OFF`: bare payloads have no PSCI `CPU_ON` caller, so every
+/// vCPU starts running at the entry point (each on its own share of memory).
+pub fn vcpu_init(vm: &VmFd) -> Result<kvm_vcpu_init, ArchError> {
+    let mut kvi = kvm_vcpu_init::default();
+    vm.get_preferred_target(&mut kvi)
+        .map_err(|err| ArchError::Get {
+            what: "preferred target (KVM_ARM_PREFERRED_TARGET)",
+            err,
+        })?;
+    kvi.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
+    Ok(kvi)
+}
+
+/// Initialises `vcpu` and loads the boot registers.
+pub fn init_and_load(
+    vm: &VmFd,
+    vcpu: &VcpuFd,
+    entry: u64,
+    args: &PayloadArgs,
+) -> Result<(), ArchError> {
+    let kvi = vcpu_init(vm)?;
+    vcpu.vcpu_init(&kvi).map_err(|err| ArchError::Set {
+        what: "features (KVM_ARM_VCPU_INIT with PSCI 0.2)",
+        err,
+    })?;
+    for r in boot_registers(entry, args) {
+        vcpu.set_one_reg(r.id, &r.value.to_le_bytes())
+            .map_err(|err| ArchError::Set { what: r.name, err })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_ids_match_the_kernel_abi() {
+        // Values of the C macro in shared/reference/uffd-arm64/uffdkvm.c (CORE_REG(regs.pc)).
+        assert_eq!(PC, 0x6030_0000_0010_0040);
+        assert_eq!(PSTATE, 0x6030_0000_0010_0042);
+        assert_eq!(xreg(0), 0x6030_0000_0010_0000);
+        assert_eq!(xreg(6), 0x6030_0000_0010_000c);
+        assert_eq!(PSTATE_EL1H_DAIF, 0x3c5);
+    }
+
+    #[test]
+    fn boot_registers_carry_the_arguments_in_order() {
+        let a = PayloadArgs {
+            start: 1,
+            pages: 2,
+            stride: 3,
+            passes: 4,
+            seed: 5,
+            testdev: 6,
+            serial: 7,
+        };
+        let regs = boot_registers(0x8000_0000, &a);
+        let xs: Vec<u64> = regs[..7].iter().map(|r| r.value).collect();
+        assert_eq!(xs, [1, 2, 3, 4, 5, 6, 7]);
+        for (n, r) in regs[..7].iter().enumerate() {
+            assert_eq!(r.id, xreg(n));
+        }
+        assert_eq!(
+            regs[8],
+            RegWrite {
+                id: PC,
+                value: 0x8000_0000,
+                name: "PC"
+            }
+        );
+    }
+}
