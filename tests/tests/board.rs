@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The arm64 board smoke test: cross-builds the static aarch64 pinvmm, boots the emulated arm64
+//! board (QEMU virt, EL2, real KVM) in protected mode with a 512 MiB ZONE_MOVABLE on the fixed
+//! 6.12.118 kernel, and inside it runs memtouch under every drain policy, `probe` and
+//! `gup-check`. A few minutes; needs root, apt (QEMU, Debian's rustc-web) and the kernel .deb.
+//!
+//! Where the tools cannot be had, the test is skipped LOUDLY (counted as ignored); with
+//! PINVMM_REQUIRE_BOARD=1 (.ci/run) that is a failure. PINVMM_SKIP_BOARD=1 skips it on purpose.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::ensure;
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+const KERNEL: &str = "6.12.118";
+const POLICIES: [&str; 4] = ["none", "lru-add-drain", "mlock-drain", "retry"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+fn sh(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{what}: cannot run: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(15).collect();
+        return Err(format!("{what} failed ({}):\n{}", out.status, tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Tools the board needs; Err(reason) when they cannot be had here.
+fn prepare() -> Result<PathBuf, String> {
+    let r = root();
+    sh(Command::new(r.join("ci/toolchain/cross-aarch64")).arg("--setup").current_dir(&r), "cross toolchain setup")?;
+    sh(Command::new(r.join("ci/board/setup")).arg(KERNEL).current_dir(&r), "board setup")?;
+    let out = sh(
+        Command::new(r.join("ci/toolchain/cross-aarch64")).args(["--release", "--", "-p", "vmm", "--bin", "pinvmm"]).current_dir(&r),
+        "aarch64 cross-build",
+    )?;
+    let bin = PathBuf::from(out.lines().last().unwrap_or_default().trim());
+    if !bin.exists() {
+        return Err(format!("cross-build printed no binary path: {out}"));
+    }
+    Ok(bin)
+}
+
+fn smoke(bin: &Path) -> Result<(), Failed> {
+    let r = root();
+    let results = r.join("target/board-results/smoke");
+    let script = format!(
+        "for p in {}; do pinvmm run --mem 4M --policy $p --timeout 240 --quiet --json $p.json; echo \"$p $?\" >> codes.txt; done; \
+         pinvmm probe --json probe.json > probe.txt; pinvmm gup-check --pages 512 --rounds 1 > gup.ktap; echo \"gup $?\" >> codes.txt",
+        POLICIES.join(" ")
+    );
+    let st = Command::new(r.join("ci/board/run"))
+        .args(["--kernel", KERNEL, "--mode", "protected", "--memory", "movable", "--timeout", "900", "--bin"])
+        .arg(bin)
+        .arg("--results")
+        .arg(&results)
+        .args(["--", "sh", "-c", &script])
+        .current_dir(&r)
+        .status()
+        .map_err(|e| format!("ci/board/run: {e}"))?;
+    ensure(st.code() == Some(0), || format!("board run exited with {st} (125 = the board itself failed; see {}/console.log)", results.display()))?;
+    let read = |f: &str| std::fs::read_to_string(results.join(f)).map_err(|e| format!("{f}: {e}"));
+    let codes = read("codes.txt")?;
+    println!("board ({KERNEL}, protected, movable) exit codes:\n{codes}");
+    for p in POLICIES {
+        let rep: serde_json::Value = serde_json::from_str(&read(&format!("{p}.json"))?).map_err(|e| format!("{p}.json: {e}"))?;
+        let pins = &rep["resolver"]["pins"];
+        println!("  {p}: {} — pins ok {} failed {}", rep["summary"], pins["ok"], pins["failed"]);
+        ensure(rep["outcome"] == "completed", || format!("{p}: outcome {} on the fixed kernel: {}", rep["outcome"], rep["summary"]))?;
+        ensure(rep["host"]["movable_bytes"].as_u64() > Some(0), || format!("{p}: no ZONE_MOVABLE on the board"))?;
+    }
+    let probe: serde_json::Value = serde_json::from_str(&read("probe.json")?).map_err(|e| format!("probe.json: {e}"))?;
+    let mode = probe["host"]["kvm_backend"].as_str().unwrap_or_default().to_owned();
+    println!("  probe: KVM {mode}; fix by version {}; movable {} MiB", probe["host"]["gup_fix"], probe["host"]["movable_bytes"].as_u64().unwrap_or(0) >> 20);
+    ensure(mode.contains("Protected"), || format!("probe does not report protected mode: {mode}"))?;
+    ensure(probe["host"]["gup_fix"] == "fixed", || format!("probe: fix status {} on {KERNEL}", probe["host"]["gup_fix"]))?;
+    let ktap = read("gup.ktap")?;
+    ensure(ktap.contains("\nok 1 ") && !ktap.contains("not ok") && !ktap.contains("SKIP"), || format!("gup-check on {KERNEL}:\n{ktap}"))?;
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let name = format!("board::smoke_{KERNEL}_protected_movable_all_policies");
+    let trial = Trial::ignorable_test(name.clone(), move || {
+        if std::env::var("PINVMM_SKIP_BOARD").is_ok_and(|v| v == "1") {
+            eprintln!("!!! SKIPPED {name}: PINVMM_SKIP_BOARD=1");
+            return Ok(Completion::ignored_with("PINVMM_SKIP_BOARD=1"));
+        }
+        match prepare() {
+            Ok(bin) => smoke(&bin).map(|()| Completion::Completed),
+            Err(why) if std::env::var("PINVMM_REQUIRE_BOARD").is_ok_and(|v| v == "1") => {
+                Err(format!("the board is required here (PINVMM_REQUIRE_BOARD=1) but: {why}").into())
+            }
+            Err(why) => {
+                eprintln!("!!! SKIPPED {name}: the arm64 board cannot run here: {why}");
+                Ok(Completion::ignored_with(format!("no board: {why}")))
+            }
+        }
+    })
+    .with_kind("board");
+    libtest_mimic::run(&args, vec![trial]).exit();
+}
