@@ -12,7 +12,7 @@
 
 use std::arch::global_asm;
 
-use crate::Payload;
+use crate::{Payload, bytes};
 
 global_asm!(
     ".pushsection .rodata.pinvmm_guest,\"a\"",
@@ -111,13 +111,6 @@ unsafe extern "C" {
     static pinvmm_a64_spin_end: u8;
     static pinvmm_a64_crash_start: u8;
     static pinvmm_a64_crash_end: u8;
-}
-
-fn bytes(start: *const u8, end: *const u8) -> &'static [u8] {
-    let len = end as usize - start as usize;
-    // SAFETY: start..end delimit one block of read-only bytes emitted by global_asm! above,
-    // which lives for the whole program.
-    unsafe { std::slice::from_raw_parts(start, len) }
 }
 
 pub(crate) fn code(p: Payload) -> &'static [u8] {

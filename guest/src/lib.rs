@@ -100,6 +100,14 @@ impl PayloadArgs {
     }
 }
 
+/// The bytes between two symbols emitted by an arch module's `global_asm!`.
+fn bytes(start: *const u8, end: *const u8) -> &'static [u8] {
+    let len = end as usize - start as usize;
+    // SAFETY: start..end delimit one block of read-only bytes emitted by global_asm! in this
+    // crate, which lives for the whole program.
+    unsafe { std::slice::from_raw_parts(start, len) }
+}
+
 /// Text the `hello` payload prints.
 pub const HELLO_LINE: &str = "Hello from the pinvmm guest!\n";
 

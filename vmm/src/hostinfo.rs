@@ -50,16 +50,7 @@ pub fn vmstat_delta(
 
 /// A `/proc/self/status` value in KiB (VmPin, VmLck, VmRSS, ...).
 pub fn status_kb(key: &str) -> Option<u64> {
-    let s = fs::read_to_string("/proc/self/status").ok()?;
-    let line = s
-        .lines()
-        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?;
-    line[key.len() + 1..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    kb_field("/proc/self/status", key)
 }
 
 /// MemTotal in bytes.
@@ -68,7 +59,12 @@ pub fn mem_total_bytes() -> Option<u64> {
 }
 
 fn meminfo_kb(key: &str) -> Option<u64> {
-    let s = fs::read_to_string("/proc/meminfo").ok()?;
+    kb_field("/proc/meminfo", key)
+}
+
+/// The value of a `Key:   123 kB` line of a /proc file.
+fn kb_field(path: &str, key: &str) -> Option<u64> {
+    let s = fs::read_to_string(path).ok()?;
     let line = s
         .lines()
         .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?;
