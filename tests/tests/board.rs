@@ -19,15 +19,24 @@ const KERNEL: &str = "6.12.118";
 const POLICIES: [&str; 4] = ["none", "lru-add-drain", "mlock-drain", "retry"];
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
 }
 
 fn sh(cmd: &mut Command, what: &str) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("{what}: cannot run: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("{what}: cannot run: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(15).collect();
-        return Err(format!("{what} failed ({}):\n{}", out.status, tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+        return Err(format!(
+            "{what} failed ({}):\n{}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -35,10 +44,22 @@ fn sh(cmd: &mut Command, what: &str) -> Result<String, String> {
 /// Tools the board needs; Err(reason) when they cannot be had here.
 fn prepare() -> Result<PathBuf, String> {
     let r = root();
-    sh(Command::new(r.join("ci/toolchain/cross-aarch64")).arg("--setup").current_dir(&r), "cross toolchain setup")?;
-    sh(Command::new(r.join("ci/board/setup")).arg(KERNEL).current_dir(&r), "board setup")?;
+    sh(
+        Command::new(r.join("ci/toolchain/cross-aarch64"))
+            .arg("--setup")
+            .current_dir(&r),
+        "cross toolchain setup",
+    )?;
+    sh(
+        Command::new(r.join("ci/board/setup"))
+            .arg(KERNEL)
+            .current_dir(&r),
+        "board setup",
+    )?;
     let out = sh(
-        Command::new(r.join("ci/toolchain/cross-aarch64")).args(["--release", "--", "-p", "vmm", "--bin", "pinvmm"]).current_dir(&r),
+        Command::new(r.join("ci/toolchain/cross-aarch64"))
+            .args(["--release", "--", "-p", "vmm", "--bin", "pinvmm"])
+            .current_dir(&r),
         "aarch64 cross-build",
     )?;
     let bin = PathBuf::from(out.lines().last().unwrap_or_default().trim());
@@ -57,7 +78,17 @@ fn smoke(bin: &Path) -> Result<(), Failed> {
         POLICIES.join(" ")
     );
     let st = Command::new(r.join("ci/board/run"))
-        .args(["--kernel", KERNEL, "--mode", "protected", "--memory", "movable", "--timeout", "900", "--bin"])
+        .args([
+            "--kernel",
+            KERNEL,
+            "--mode",
+            "protected",
+            "--memory",
+            "movable",
+            "--timeout",
+            "900",
+            "--bin",
+        ])
         .arg(bin)
         .arg("--results")
         .arg(&results)
@@ -65,24 +96,55 @@ fn smoke(bin: &Path) -> Result<(), Failed> {
         .current_dir(&r)
         .status()
         .map_err(|e| format!("ci/board/run: {e}"))?;
-    ensure(st.code() == Some(0), || format!("board run exited with {st} (125 = the board itself failed; see {}/console.log)", results.display()))?;
+    ensure(st.code() == Some(0), || {
+        format!(
+            "board run exited with {st} (125 = the board itself failed; see {}/console.log)",
+            results.display()
+        )
+    })?;
     let read = |f: &str| std::fs::read_to_string(results.join(f)).map_err(|e| format!("{f}: {e}"));
     let codes = read("codes.txt")?;
     println!("board ({KERNEL}, protected, movable) exit codes:\n{codes}");
     for p in POLICIES {
-        let rep: serde_json::Value = serde_json::from_str(&read(&format!("{p}.json"))?).map_err(|e| format!("{p}.json: {e}"))?;
+        let rep: serde_json::Value = serde_json::from_str(&read(&format!("{p}.json"))?)
+            .map_err(|e| format!("{p}.json: {e}"))?;
         let pins = &rep["resolver"]["pins"];
-        println!("  {p}: {} — pins ok {} failed {}", rep["summary"], pins["ok"], pins["failed"]);
-        ensure(rep["outcome"] == "completed", || format!("{p}: outcome {} on the fixed kernel: {}", rep["outcome"], rep["summary"]))?;
-        ensure(rep["host"]["movable_bytes"].as_u64() > Some(0), || format!("{p}: no ZONE_MOVABLE on the board"))?;
+        println!(
+            "  {p}: {} — pins ok {} failed {}",
+            rep["summary"], pins["ok"], pins["failed"]
+        );
+        ensure(rep["outcome"] == "completed", || {
+            format!(
+                "{p}: outcome {} on the fixed kernel: {}",
+                rep["outcome"], rep["summary"]
+            )
+        })?;
+        ensure(rep["host"]["movable_bytes"].as_u64() > Some(0), || {
+            format!("{p}: no ZONE_MOVABLE on the board")
+        })?;
     }
-    let probe: serde_json::Value = serde_json::from_str(&read("probe.json")?).map_err(|e| format!("probe.json: {e}"))?;
-    let mode = probe["host"]["kvm_backend"].as_str().unwrap_or_default().to_owned();
-    println!("  probe: KVM {mode}; fix by version {}; movable {} MiB", probe["host"]["gup_fix"], probe["host"]["movable_bytes"].as_u64().unwrap_or(0) >> 20);
-    ensure(mode.contains("Protected"), || format!("probe does not report protected mode: {mode}"))?;
-    ensure(probe["host"]["gup_fix"] == "fixed", || format!("probe: fix status {} on {KERNEL}", probe["host"]["gup_fix"]))?;
+    let probe: serde_json::Value =
+        serde_json::from_str(&read("probe.json")?).map_err(|e| format!("probe.json: {e}"))?;
+    let mode = probe["host"]["kvm_backend"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    println!(
+        "  probe: KVM {mode}; fix by version {}; movable {} MiB",
+        probe["host"]["gup_fix"],
+        probe["host"]["movable_bytes"].as_u64().unwrap_or(0) >> 20
+    );
+    ensure(mode.contains("Protected"), || {
+        format!("probe does not report protected mode: {mode}")
+    })?;
+    ensure(probe["host"]["gup_fix"] == "fixed", || {
+        format!("probe: fix status {} on {KERNEL}", probe["host"]["gup_fix"])
+    })?;
     let ktap = read("gup.ktap")?;
-    ensure(ktap.contains("\nok 1 ") && !ktap.contains("not ok") && !ktap.contains("SKIP"), || format!("gup-check on {KERNEL}:\n{ktap}"))?;
+    ensure(
+        ktap.contains("\nok 1 ") && !ktap.contains("not ok") && !ktap.contains("SKIP"),
+        || format!("gup-check on {KERNEL}:\n{ktap}"),
+    )?;
     Ok(())
 }
 
@@ -96,9 +158,9 @@ fn main() {
         }
         match prepare() {
             Ok(bin) => smoke(&bin).map(|()| Completion::Completed),
-            Err(why) if std::env::var("PINVMM_REQUIRE_BOARD").is_ok_and(|v| v == "1") => {
-                Err(format!("the board is required here (PINVMM_REQUIRE_BOARD=1) but: {why}").into())
-            }
+            Err(why) if std::env::var("PINVMM_REQUIRE_BOARD").is_ok_and(|v| v == "1") => Err(
+                format!("the board is required here (PINVMM_REQUIRE_BOARD=1) but: {why}").into(),
+            ),
             Err(why) => {
                 eprintln!("!!! SKIPPED {name}: the arm64 board cannot run here: {why}");
                 Ok(Completion::ignored_with(format!("no board: {why}")))
