@@ -73,17 +73,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Summarises records per cell, in the order cells first appear.
+/// Summarises records per cell, in a fixed order (backing, fault-in, then policy as the CLI
+/// lists them), whatever order concurrent runs finished in.
 pub fn summarize(records: &[RunRecord]) -> Vec<CellSummary> {
-    let mut order: Vec<String> = Vec::new();
     let mut by: BTreeMap<String, Vec<&RunRecord>> = BTreeMap::new();
     for r in records {
-        if !by.contains_key(&r.cell) {
-            order.push(r.cell.clone());
-        }
         by.entry(r.cell.clone()).or_default().push(r);
     }
-    order.iter().map(|c| cell_summary(c, &by[c])).collect()
+    let mut cells: Vec<CellSummary> = by.iter().map(|(c, rs)| cell_summary(c, rs)).collect();
+    let rank = |list: &[&str], v: &str| list.iter().position(|x| *x == v).unwrap_or(list.len());
+    cells.sort_by_key(|c| {
+        (
+            rank(&["shmem", "anon"], &c.backing),
+            rank(&["touch", "pin"], &c.fault_in),
+            rank(
+                &["none", "lru-add-drain", "mlock-drain", "retry"],
+                &c.policy,
+            ),
+            c.cell.clone(),
+        )
+    });
+    cells
 }
 
 fn cell_summary(cell: &str, rs: &[&RunRecord]) -> CellSummary {
@@ -351,7 +361,9 @@ mod tests {
             rs.push(record("shmem/mlock-drain", i, "completed"));
         }
         rs[0].vmstat_delta.insert("pgmigrate_fail".into(), 1);
-        let cells = summarize(&rs);
+        let mut reversed = rs.clone();
+        reversed.reverse();
+        let cells = summarize(&reversed);
         assert_eq!(cells.len(), 2);
         assert_eq!(
             (cells[0].cell.as_str(), cells[0].terminated, cells[0].runs),
