@@ -231,10 +231,57 @@ fn help() -> Trial {
     )
 }
 
+/// `pinvmm bench`, scaled down: every section runs and the JSON has its rows and goals.
+fn bench() -> Trial {
+    kvm_test("bench::small_run_reports_every_section", || {
+        let r = pinvmm(&[
+            "bench",
+            "--reps",
+            "1",
+            "--mem",
+            "4M",
+            "--launch-mem",
+            "4M",
+            "--rss-mem",
+            "8M",
+            "--launches",
+            "2",
+            "--fault-ahead",
+            "7",
+            "--json",
+            "-",
+        ])?;
+        ensure(r.code == 0, || format!("exit {}: {}", r.code, r.stderr))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&r.stdout).map_err(|e| format!("bench JSON: {e}"))?;
+        let touch = v["touch"].as_array().ok_or("no touch rows")?;
+        ensure(touch.len() == 10, || format!("{} touch rows", touch.len()))?;
+        for t in touch {
+            ensure(t["us_per_page"].as_f64().is_some_and(|x| x > 0.0), || {
+                format!("{t}")
+            })?;
+        }
+        let fa = touch
+            .iter()
+            .find(|t| t["name"] == "pin:none,fa=7")
+            .ok_or("no fault-ahead row")?;
+        ensure(
+            fa["pins_per_fault"].as_f64().is_some_and(|x| x > 1.5),
+            || format!("fault-ahead pinned no pages ahead: {fa}"),
+        )?;
+        for k in ["drain_micro", "launch", "rss", "goals"] {
+            ensure(v[k].as_array().is_some_and(|a| !a.is_empty()), || {
+                format!("empty {k}")
+            })?;
+        }
+        ensure(r.stderr.contains("| goal | target |"), || r.stderr.clone())
+    })
+}
+
 fn main() {
     let args = Arguments::from_args();
     common::announce();
-    let mut t = vec![bad_inputs(), help()];
+    let mut t = vec![bad_inputs(), help(), bench()];
     t.extend(gup_check());
     t.extend(exit_codes());
     libtest_mimic::run(&args, t).exit();

@@ -118,6 +118,34 @@ fn others() -> Vec<Trial> {
                 format!("eager pins {} != {} pages", r.eager_pins, c.pages())
             })
         }),
+        kvm_test("stage2::fault_ahead_pins_and_maps_pages_ahead", || {
+            for (backing, policy) in [
+                (Backing::Shmem, DrainPolicy::MlockDrain),
+                (Backing::Anon, DrainPolicy::Retry),
+            ] {
+                let mut c = config(Payload::Memtouch);
+                (c.backing, c.policy, c.fault_ahead) = (backing, policy, 31);
+                let r = run(&c)?;
+                ensure(
+                    r.outcome == Outcome::Completed && r.host_check_bad_pages == 0,
+                    || format!("{backing}: {:?}: {}", r.outcome, r.summary),
+                )?;
+                let res = r.resolver.as_ref().ok_or("no resolver report")?;
+                let touched: u64 = r.vcpus.iter().map(|v| v.touched_pages).sum();
+                // Every pin is a faulting page or a page ahead of one, and far fewer faults.
+                ensure(
+                    res.pins.failed == 0
+                        && res.pins.ok == res.faults - res.repeat_faults + res.pages_ahead
+                        && res.pins.ok >= touched
+                        && res.faults - res.repeat_faults < touched / 8,
+                    || format!("{backing}: {res:?}"),
+                )?;
+                ensure(r.config.fault_ahead == 31, || {
+                    "fault_ahead not in the report".into()
+                })?;
+            }
+            Ok(())
+        }),
         kvm_test("stage2::uffd_without_pins", || {
             let mut c = config(Payload::Memtouch);
             c.stage2 = Stage2::Uffd;

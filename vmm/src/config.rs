@@ -9,6 +9,7 @@ use guest::Payload;
 use serde::Serialize;
 
 use crate::drain::DrainPolicy;
+pub use crate::protected::VmType;
 use crate::sys::PAGE_SIZE;
 
 /// How guest memory is backed.
@@ -155,10 +156,15 @@ pub struct VmConfig {
     pub noise_pages: u32,
     /// Percent of guest memory written through the loader view before boot.
     pub prefill_pct: u8,
+    /// Pages after a faulting page (same guest region) resolved and pinned on the same event;
+    /// 0 (default) = exactly one pin per faulting page, the pKVM behaviour.
+    pub fault_ahead: u32,
     pub touch: TouchParams,
     #[serde(serialize_with = "ser_secs")]
     pub timeout: Duration,
     pub inject_pin_failure: Option<InjectPinFailure>,
+    /// Ordinary VM, or a pKVM protected VM whose pins KVM takes itself (`protected.rs`).
+    pub vm_type: VmType,
     /// Echo the guest's console to stderr as it arrives.
     #[serde(skip)]
     pub echo_console: bool,
@@ -207,6 +213,14 @@ pub enum ConfigError {
         "the anon backing has a single mapping: --stage2 {0} is not meaningful with it (use shmem)"
     )]
     AnonStage2(String),
+    #[error(
+        "protected VMs (--vm-type protected) exist only on arm64 hosts with kvm-arm.mode=protected (Linux 7.x); this pinvmm is built for {0}"
+    )]
+    ProtectedArch(&'static str),
+    #[error(
+        "{0} cannot be combined with --vm-type protected: userfaultfd cannot be combined with protected VMs (KVM_RUN fails with EFAULT), and KVM takes the long-term pins itself"
+    )]
+    ProtectedConflict(&'static str),
 }
 
 /// Largest vCPU count accepted.
@@ -258,9 +272,11 @@ impl VmConfig {
             cpus,
             noise_pages: 0,
             prefill_pct: 0,
+            fault_ahead: 0,
             touch: TouchParams::default(),
             timeout: Duration::from_secs(60),
             inject_pin_failure: None,
+            vm_type: VmType::Normal,
             echo_console: false,
         }
     }
@@ -316,7 +332,33 @@ impl VmConfig {
         if self.backing == Backing::Anon && self.stage2 == Stage2::Uffd {
             return Err(ConfigError::AnonStage2("uffd".into()));
         }
+        if self.vm_type == VmType::Protected {
+            self.validate_protected()?;
+        }
         Ok(())
+    }
+
+    /// A protected VM has no userfaultfd resolver: only the options that apply to KVM's own
+    /// pins are accepted.
+    fn validate_protected(&self) -> Result<(), ConfigError> {
+        if !cfg!(target_arch = "aarch64") {
+            return Err(ConfigError::ProtectedArch(std::env::consts::ARCH));
+        }
+        let conflict = [
+            (
+                self.stage2 != Stage2::Pin,
+                "--stage2 (other than the default)",
+            ),
+            (self.backing != Backing::Shmem, "--backing anon"),
+            (self.fault_in != FaultIn::Touch, "--fault-in pin"),
+            (self.noise_pages > 0, "--noise"),
+            (self.fault_ahead > 0, "--fault-ahead"),
+            (self.inject_pin_failure.is_some(), "--inject-pin-failure"),
+        ];
+        match conflict.iter().find(|(bad, _)| *bad) {
+            Some((_, what)) => Err(ConfigError::ProtectedConflict(what)),
+            None => Ok(()),
+        }
     }
 
     /// Number of guest pages.
@@ -423,5 +465,22 @@ mod tests {
         let mut c = cfg(64 << 20);
         c.prefill_pct = 101;
         assert_eq!(c.validate(&h), Err(ConfigError::Prefill(101)));
+    }
+
+    #[test]
+    fn protected_vms_reject_userfaultfd_options() {
+        let mut h = host();
+        h.cap_ipc_lock = true;
+        let mut c = cfg(64 << 20);
+        c.vm_type = VmType::Protected;
+        if !cfg!(target_arch = "aarch64") {
+            let e = c.validate(&h).unwrap_err().to_string();
+            assert!(e.contains("arm64"), "{e}");
+            return;
+        }
+        assert_eq!(c.validate(&h), Ok(()));
+        c.stage2 = Stage2::Uffd;
+        let e = c.validate(&h).unwrap_err().to_string();
+        assert!(e.contains("--stage2") && e.contains("userfaultfd"), "{e}");
     }
 }

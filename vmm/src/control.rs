@@ -2,7 +2,8 @@
 //! How the VM's threads tell the main thread what happened, and how it tells them to stop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -38,6 +39,8 @@ pub enum VmEvent {
 pub struct VmControl {
     stop: AtomicBool,
     tx: Mutex<mpsc::Sender<VmEvent>>,
+    /// When the first KVM_RUN of any vCPU returned (launch latency: the first guest exit).
+    first_exit: OnceLock<Instant>,
 }
 
 impl VmControl {
@@ -47,6 +50,7 @@ impl VmControl {
             Arc::new(Self {
                 stop: AtomicBool::new(false),
                 tx: Mutex::new(tx),
+                first_exit: OnceLock::new(),
             }),
             rx,
         )
@@ -59,6 +63,16 @@ impl VmControl {
 
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
+    }
+
+    /// Records the first guest exit of the VM (called by each vCPU once; the earliest wins).
+    pub fn note_first_exit(&self) {
+        let _ = self.first_exit.set(Instant::now());
+    }
+
+    /// When the first guest exit happened, if one did.
+    pub fn first_exit(&self) -> Option<Instant> {
+        self.first_exit.get().copied()
     }
 
     /// Sends an event; a main thread that is gone is ignored (it is tearing down already).

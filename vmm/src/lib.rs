@@ -5,6 +5,7 @@
 //! can be measured on any KVM host. See shared/DESIGN.md and README.md.
 
 pub mod arch;
+pub mod bench;
 pub mod campaign;
 pub mod config;
 pub mod control;
@@ -15,6 +16,7 @@ pub mod hostinfo;
 pub mod memory;
 pub mod pin;
 pub mod probe;
+pub mod protected;
 pub mod report;
 pub mod stage2;
 pub mod stats;

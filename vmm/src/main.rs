@@ -36,6 +36,8 @@ enum Command {
     Campaign(vmm::campaign::CampaignArgs),
     /// Summarise, plot (SVG/PNG) and export (CSV) campaign results.
     Report(vmm::campaign::plot::ReportArgs),
+    /// Measure the stage-2 paths, drain policies, launch latency and RSS side by side (issue 8).
+    Bench(vmm::bench::BenchArgs),
     /// Check (KTAP, no KVM needed) whether this kernel's long-term pins of mlocked shmem fail
     /// under the seed's conditions: exit 0 when every case passes or is skipped, 1 otherwise.
     GupCheck(vmm::gupcheck::GupCheckArgs),
@@ -70,6 +72,15 @@ struct RunArgs {
     /// Stage-2 path: pin (userfaultfd + pins), uffd (no pins), kernel (KVM's own), eager (pin all first).
     #[arg(long, value_enum, default_value = "pin")]
     stage2: Stage2,
+    /// VM type. `protected` (arm64, kvm-arm.mode=protected, Linux 7.x): a real pKVM protected VM
+    /// whose stage-2 faults KVM resolves by long-term pins itself. No userfaultfd (it cannot be
+    /// combined with protected VMs), so --stage2, --backing anon, --fault-in pin, --noise,
+    /// --fault-ahead and --inject-pin-failure are refused; a loader thread on --fault-cpu writes
+    /// the payload and --prefill pages through the mlocked mapping KVM pins, runs the policy's
+    /// drain (mlock-drain: that CPU, lru-add-drain: all CPUs), then the vCPU runs on --pin-cpu;
+    /// KVM_RUN = EFAULT terminates the VM (exit 5) unless --policy retry runs it again.
+    #[arg(long, value_enum, default_value = "normal")]
+    vm_type: vmm::protected::VmType,
     /// CPU of the fault-in thread (default: the first usable CPU).
     #[arg(long, value_name = "N")]
     fault_cpu: Option<usize>,
@@ -79,6 +90,9 @@ struct RunArgs {
     /// Fresh not-mlocked shmem pages written on the fault CPU between fault-in and pin (LRU noise).
     #[arg(long, default_value_t = 0, value_name = "PAGES")]
     noise: u32,
+    /// Also fault in, pin and map up to K not-yet-touched pages after each faulting page, on the same event (0 = one pin per faulting page, as pKVM; K > 0 changes what the pin experiment measures).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    fault_ahead: u32,
     /// Percent of guest memory written through the not-mlocked loader view before boot (0-100).
     #[arg(long, default_value_t = 0, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
     prefill: u8,
@@ -148,6 +162,7 @@ fn build_config(a: &RunArgs, host: &HostLimits) -> Result<VmConfig, String> {
     c.fault_in = a.fault_in;
     c.stage2 = a.stage2;
     c.noise_pages = a.noise;
+    c.fault_ahead = a.fault_ahead;
     c.prefill_pct = a.prefill;
     c.touch = TouchParams {
         stride_pages: a.stride,
@@ -156,6 +171,7 @@ fn build_config(a: &RunArgs, host: &HostLimits) -> Result<VmConfig, String> {
     };
     c.timeout = Duration::from_secs_f64(a.timeout);
     c.inject_pin_failure = a.inject_pin_failure;
+    c.vm_type = a.vm_type;
     c.echo_console = a.console;
     c.validate(host).map_err(|e| e.to_string())?;
     Ok(c)
@@ -242,6 +258,7 @@ fn main() -> ProcessExitCode {
         },
         Command::Report(a) => vmm::campaign::plot::report_main(&a).into(),
         Command::GupCheck(a) => vmm::gupcheck::main(&a).into(),
+        Command::Bench(a) => vmm::bench::main(&a).into(),
         Command::Probe { json } => {
             let p = vmm::probe::probe();
             print!("{}", p.human());

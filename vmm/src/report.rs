@@ -82,6 +82,9 @@ pub struct VcpuResult {
     pub touched_pages: u64,
     pub exits: ExitCounts,
     pub bad_device_writes: u64,
+    /// memtouch: time of the first write pass (MARK 1 to MARK 2), when every page is touched
+    /// for the first time.
+    pub first_touch_ms: Option<f64>,
 }
 
 /// /proc/self/status values (KiB) around the run.
@@ -95,6 +98,11 @@ pub struct MemAccounting {
     pub vm_lck_kb_after: u64,
     pub open_fds_before: usize,
     pub open_fds_after: usize,
+    /// The process's resident memory by kind while the VM ran (its guest memory is shmem for
+    /// the shmem backing: RssShmem counts it once per mapped view).
+    pub rss_anon_kb_running: u64,
+    pub rss_file_kb_running: u64,
+    pub rss_shmem_kb_running: u64,
 }
 
 /// Timings in milliseconds.
@@ -106,6 +114,15 @@ pub struct Timing {
     pub wall_ms: f64,
     /// Guest time divided by the pages the guest touched (µs).
     pub guest_us_per_touched_page: f64,
+    /// From the start of the launch to the first guest exit of any vCPU (the earliest point at
+    /// which guest code is seen running).
+    pub first_exit_ms: Option<f64>,
+    /// From the start of the launch to the last vCPU's exit (or the VM's end).
+    pub guest_exit_ms: f64,
+    /// memtouch: the first write pass (slowest vCPU), every page's first touch.
+    pub first_touch_ms: Option<f64>,
+    /// `first_touch_ms` per touched page (µs): the first-touch cost the guest sees.
+    pub first_touch_us_per_page: Option<f64>,
 }
 
 /// Everything about one run.
@@ -123,6 +140,9 @@ pub struct Report {
     pub host_check_pages: u64,
     pub termination: Option<Termination>,
     pub resolver: Option<ResolverReport>,
+    /// `--vm-type protected`: the loader thread, its drain, EFAULTs and retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protected: Option<crate::protected::ProtectedReport>,
     /// Pins taken before boot (`--stage2 eager`).
     pub eager_pins: u64,
     pub prefilled_pages: u64,
@@ -169,6 +189,22 @@ impl Report {
                 s,
                 "  vCPU {}: {:?}, result {:#x} {check}, {} pages touched, {} errors",
                 v.id, v.outcome, v.result, v.touched_pages, v.errors
+            );
+        }
+        if let Some(p) = &self.protected {
+            let _ = writeln!(
+                s,
+                "  protected VM: loader on CPU {} wrote {} pages ({} prefilled) through the mlocked view in {:.1} ms | drains local {} all {} | vCPU on CPU {} | KVM_RUN EFAULTs {} retries {}",
+                p.loader_cpu
+                    .map_or_else(|| "?".to_owned(), |c| c.to_string()),
+                p.loader_pages,
+                p.prefilled_pages,
+                p.loader_ms,
+                p.drain.local_drains,
+                p.drain.all_drains,
+                p.vcpu_cpu,
+                p.efaults,
+                p.retries
             );
         }
         if let Some(r) = &self.resolver {

@@ -12,19 +12,30 @@
 //!    the long-term pin, maps the page into the guest view (UFFDIO_CONTINUE, or the anon copy
 //!    made in step 1) and wakes the vCPU.
 //!
-//! When both CPUs are the same, one thread does both steps. A failed pin is not resolved: the
+//! When both CPUs are the same, one thread does both steps; `--stage2 uffd` (the bare round
+//! trip, no pin) always runs on the fault-in thread alone. A failed pin is not resolved: the
 //! VM is terminated (reported to the main thread), as pKVM turns it into a failed KVM_RUN.
+//!
+//! Speed (issue 8, docs/PERFORMANCE.md): the guest waits for every hand-off, and on a virtual
+//! host waking a thread on an idle CPU costs tens of µs. So both threads keep polling for
+//! `spin` after their last piece of work before they sleep — the fault-in thread reads the
+//! userfaultfd non-blocking inside its event-manager callback, the pin thread polls a
+//! single-producer ring — and while the guest faults back to back no hand-off sleeps. The
+//! fault path does not allocate. With `fault_ahead` K > 0 (off by default: it changes what
+//! the experiment measures), one event faults in, drains, pins (one batched io_uring update)
+//! and maps the faulting page and up to K not-yet-seen pages after it.
 
+use std::cell::UnsafeCell;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread::JoinHandle;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use serde::Serialize;
-use userfaultfd::{Event, FeatureFlags, RegisterMode, Uffd, UffdBuilder};
+use userfaultfd::{Event, EventBuffer, FeatureFlags, RegisterMode, Uffd, UffdBuilder};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -38,6 +49,23 @@ use crate::sys::{self, Mapping, PAGE_SIZE};
 
 // Not in the userfaultfd crate's FeatureFlags (include/uapi/linux/userfaultfd.h).
 const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
+
+/// How long a resolver thread keeps polling for the next fault before it sleeps. A guest
+/// touching fresh memory faults every few tens of µs, so this covers the gaps between its
+/// faults; a guest that stops faulting costs at most this much CPU time per pause.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(300);
+
+/// Events read from the userfaultfd in one read(2) (several vCPUs may be waiting).
+const EVENTS_PER_READ: usize = 16;
+
+/// Pages per hand-off with fault-ahead: the pin side pins and maps one chunk while the
+/// fault-in side faults in the next (measured: 4-8 pay too many hand-offs and wake-ups, 64
+/// leaves the two CPUs waiting for each other).
+const FAULT_AHEAD_CHUNK: u64 = 16;
+
+/// Hand-offs in flight between the fault-in and the pin thread (one per waiting vCPU at most,
+/// without fault-ahead; the producer waits when full).
+const HANDOFF_SLOTS: usize = 256;
 
 /// Failures setting up or running the resolver.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +101,31 @@ pub struct ResolverConfig {
     pub pin_cpu: usize,
     pub noise_pages: u32,
     pub inject: Option<InjectPinFailure>,
+    /// Pages after the faulting one resolved on the same event (0: one page per fault).
+    pub fault_ahead: u32,
+    /// How long the resolver threads poll for more work before sleeping (0: never poll).
+    pub spin: Duration,
+    /// vCPUs of the VM (a single vCPU is placed next to the thread that wakes it).
+    pub vcpus: u8,
+}
+
+impl ResolverConfig {
+    /// The CPU a single vCPU thread should run on: the CPU of the resolver thread that maps
+    /// its pages and wakes it (the pin thread; the fault-in thread when it does everything).
+    /// Waking a thread on another, idle CPU costs tens of µs on a virtual host, on every
+    /// fault; on the waker's own CPU the wake is a local context switch. It also matches
+    /// pKVM, where the vCPU thread takes the pin itself. Several vCPUs are left to the
+    /// scheduler.
+    pub fn vcpu_cpu(&self) -> Option<usize> {
+        if self.vcpus != 1 {
+            return None;
+        }
+        match self.stage2 {
+            Stage2::Pin => Some(self.pin_cpu),
+            Stage2::Uffd => Some(self.fault_cpu),
+            Stage2::Kernel | Stage2::Eager => None,
+        }
+    }
 }
 
 /// What the resolver measured.
@@ -87,20 +140,135 @@ pub struct ResolverReport {
     pub retried_pins: u64,
     pub drain: DrainStats,
     pub noise_pages_written: u64,
+    /// Per pin call (one page; with fault-ahead, one chunk of pages).
     pub pin_latency: LatencySummary,
+    /// From reading the fault to the return of the UFFDIO_CONTINUE (or wake) that maps the
+    /// faulting page. The wake-up it does lets the vCPU run on this CPU (its place), so this
+    /// can include the guest's run up to its next fault: see `resolve_latency`.
     pub fault_latency: LatencySummary,
+    /// From reading the fault to the faulting page being ready to map (faulted in, drained,
+    /// pinned): the resolver's own work and hand-off, without the vCPU's time.
+    pub resolve_latency: LatencySummary,
     pub fault_cpu: usize,
     pub pin_cpu: usize,
     /// Fault-ins that ran on another CPU than `fault_cpu` (the thread was moved).
     pub fault_cpu_mismatches: u64,
+    /// Pages resolved ahead of a fault (`fault_ahead` > 0), included in the pins.
+    pub pages_ahead: u64,
+    /// Times the fault-in thread's event loop woke up from epoll (the rest of the events
+    /// were found while polling).
+    pub event_loop_wakeups: u64,
+    /// Times the pin thread went to sleep for lack of work.
+    pub pin_thread_sleeps: u64,
+    /// The polling window, µs.
+    pub spin_us: u64,
+    /// The CPU the vCPU thread was placed on (one vCPU), see [`ResolverConfig::vcpu_cpu`].
+    pub vcpu_cpu: Option<usize>,
 }
 
-/// One fault, handed from the fault-in thread to the pin thread.
+/// One fault (and the pages resolved ahead of it), handed from the fault-in thread to the
+/// pin thread: guest pages `page .. page + count`.
 #[derive(Debug, Clone, Copy)]
 struct Work {
     page: u64,
+    count: u32,
     guest_hva: u64,
+    /// When the fault was read.
     t0: Instant,
+    /// Whether the faulting page is among these (the fault's latency ends with this work).
+    faulting: bool,
+}
+
+/// Single-producer (fault-in thread), single-consumer (pin thread) ring of [`Work`]. Both
+/// sides only touch atomics on the way; the consumer sleeps (park) only after polling for
+/// `spin`, and the producer's unpark is a single atomic swap unless the consumer sleeps.
+struct Handoff {
+    slots: Box<[UnsafeCell<Work>]>,
+    /// Next slot to pop; written by the consumer only.
+    head: AtomicUsize,
+    /// Next slot to push; written by the producer only.
+    tail: AtomicUsize,
+    closed: AtomicBool,
+    consumer: OnceLock<Thread>,
+    sleeps: AtomicUsize,
+}
+
+// SAFETY: a slot is written only by the single producer while it is outside [head, tail) and
+// read only by the single consumer while it is inside; the Release store of `tail` (push) /
+// `head` (pop) and the Acquire loads on the other side order those accesses.
+unsafe impl Sync for Handoff {}
+
+impl Handoff {
+    fn new(t0: Instant) -> Self {
+        let blank = Work {
+            page: 0,
+            count: 0,
+            guest_hva: 0,
+            t0,
+            faulting: false,
+        };
+        Self {
+            slots: (0..HANDOFF_SLOTS).map(|_| UnsafeCell::new(blank)).collect(),
+            head: AtomicUsize::new(0),
+            tail: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            consumer: OnceLock::new(),
+            sleeps: AtomicUsize::new(0),
+        }
+    }
+
+    /// Producer side. Waits (yielding) while the ring is full.
+    fn push(&self, w: Work) {
+        let t = self.tail.load(Ordering::Relaxed);
+        while t.wrapping_sub(self.head.load(Ordering::Acquire)) >= self.slots.len() {
+            std::thread::yield_now();
+        }
+        // SAFETY: slot t is outside [head, tail) (checked above), so the consumer does not
+        // read it until the Release store below publishes it.
+        unsafe { *self.slots[t % self.slots.len()].get() = w };
+        self.tail.store(t.wrapping_add(1), Ordering::Release);
+        if let Some(c) = self.consumer.get() {
+            c.unpark();
+        }
+    }
+
+    /// Consumer side.
+    fn pop(&self) -> Option<Work> {
+        let h = self.head.load(Ordering::Relaxed);
+        if h == self.tail.load(Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: slot h is inside [head, tail): published by the producer's Release store
+        // of `tail`, and not reused until the Release store of `head` below.
+        let w = unsafe { *self.slots[h % self.slots.len()].get() };
+        self.head.store(h.wrapping_add(1), Ordering::Release);
+        Some(w)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(c) = self.consumer.get() {
+            c.unpark();
+        }
+    }
+}
+
+/// The fault-in thread's end of the ring; dropping it ends the pin thread.
+struct Producer(Arc<Handoff>);
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+fn is_eexist(e: &userfaultfd::Error) -> bool {
+    matches!(e, userfaultfd::Error::SystemError(errno) if *errno as i32 == libc::EEXIST)
+}
+
+/// One step of polling for work: lets a runnable thread on this CPU (the vCPU) go first.
+fn relax() {
+    std::thread::yield_now();
 }
 
 /// The pin half. Owns the pin table: pins live exactly as long as it does.
@@ -113,6 +281,7 @@ struct PinSide {
     drainer: Drainer,
     pin_lat: Latencies,
     fault_lat: Latencies,
+    resolve_lat: Latencies,
     retried: u64,
     dead: bool,
 }
@@ -122,18 +291,25 @@ impl PinSide {
         if self.dead {
             return; // The VM is being terminated; leave the vCPU waiting until teardown.
         }
+        let n = u64::from(w.count);
         if self.cfg.stage2 == Stage2::Pin {
             if let Err(e) = self.drainer.before_pin() {
                 return self.fail_host(e.to_string());
             }
-            let hva = self.mem.pin_view().addr() + w.page * PAGE_SIZE as u64;
+            let pin_hva = |p: u64| self.mem.pin_view().addr() + p * PAGE_SIZE as u64;
             let t = Instant::now();
-            let mut r = self.table.pin(w.page, hva);
-            if r.is_err() {
+            let mut r = self.table.pin_range(w.page, pin_hva(w.page), n);
+            if let Err(e) = &r {
+                // Pages before the failed one stay pinned; the retry starts at it.
+                let failed = match e {
+                    crate::pin::PinError::Pin { page, .. } => *page,
+                    _ => w.page,
+                };
                 match self.drainer.after_failed_pin() {
                     Ok(true) => {
                         self.retried += 1;
-                        r = self.table.pin(w.page, hva);
+                        let left = w.page + n - failed;
+                        r = self.table.pin_range(failed, pin_hva(failed), left);
                     }
                     Ok(false) => {}
                     Err(e) => return self.fail_host(e.to_string()),
@@ -142,13 +318,16 @@ impl PinSide {
             if let Err(e) = r {
                 self.dead = true;
                 let errno = e.errno().unwrap_or(0);
-                let injected = matches!(e, crate::pin::PinError::Pin { injected: true, .. });
+                let (page, injected) = match e {
+                    crate::pin::PinError::Pin { page, injected, .. } => (page, injected),
+                    _ => (w.page, false),
+                };
                 self.ctl.send(VmEvent::PinFailed(Termination {
                     errno,
                     errno_name: errno_name(errno),
-                    gpa: self.mem.base() + w.page * PAGE_SIZE as u64,
-                    hva,
-                    page: w.page,
+                    gpa: self.mem.base() + page * PAGE_SIZE as u64,
+                    hva: pin_hva(page),
+                    page,
                     injected,
                     pins_ok_before: self.table.stats.ok,
                     message: e.to_string(),
@@ -157,28 +336,43 @@ impl PinSide {
             }
             self.pin_lat.record(t.elapsed().as_nanos() as u64);
         }
-        if let Err(e) = self.map_for_guest(w.guest_hva) {
+        if w.faulting {
+            self.resolve_lat.record(w.t0.elapsed().as_nanos() as u64);
+        }
+        if let Err(e) = self.map_for_guest(w.guest_hva, n) {
             return self.fail_host(format!(
                 "cannot map guest page {} for the guest: {e}",
                 w.page
             ));
         }
-        self.fault_lat.record(w.t0.elapsed().as_nanos() as u64);
+        if w.faulting {
+            self.fault_lat.record(w.t0.elapsed().as_nanos() as u64);
+        }
     }
 
-    /// Maps the page into the guest view and wakes the faulting vCPU(s).
-    fn map_for_guest(&self, guest_hva: u64) -> Result<(), userfaultfd::Error> {
+    /// Maps `n` pages into the guest view and wakes the faulting vCPU(s).
+    fn map_for_guest(&self, guest_hva: u64, n: u64) -> Result<(), userfaultfd::Error> {
         let addr = guest_hva as *mut libc::c_void;
+        let len = n as usize * PAGE_SIZE;
         match self.cfg.backing {
-            Backing::Shmem => match self.uffd.r#continue(addr, PAGE_SIZE, true) {
-                Ok(_) => Ok(()),
-                Err(userfaultfd::Error::SystemError(nix_err)) if nix_err as i32 == libc::EEXIST => {
-                    self.uffd.wake(addr, PAGE_SIZE)
+            Backing::Shmem => match self.uffd.r#continue(addr, len, true) {
+                Ok(mapped) if mapped as usize == len => Ok(()),
+                // Partly mapped already (a racing vCPU, or a range with a mapped page): map
+                // the rest page by page, then wake the whole range.
+                Err(e) if !is_eexist(&e) => Err(e),
+                Ok(_) | Err(_) => {
+                    for i in 0..n as usize {
+                        let a = addr.wrapping_byte_add(i * PAGE_SIZE);
+                        match self.uffd.r#continue(a, PAGE_SIZE, false) {
+                            Err(e) if !is_eexist(&e) => return Err(e),
+                            _ => {}
+                        }
+                    }
+                    self.uffd.wake(addr, len)
                 }
-                Err(e) => Err(e),
             },
-            // The page was copied in (DONTWAKE) by the fault-in half.
-            Backing::Anon => self.uffd.wake(addr, PAGE_SIZE),
+            // The pages were copied in (DONTWAKE) by the fault-in half.
+            Backing::Anon => self.uffd.wake(addr, len),
         }
     }
 
@@ -191,7 +385,7 @@ impl PinSide {
 /// Where the pin half runs.
 enum PinHalf {
     Inline(Box<PinSide>),
-    Thread(SyncSender<Work>),
+    Thread(Producer),
 }
 
 /// The fault-in half, driven by an event-manager loop over the userfaultfd and a stop event.
@@ -207,6 +401,10 @@ struct FaultSide {
     staged: Vec<bool>,
     zero_page: Mapping,
     noise: Option<Noise>,
+    /// Read buffer of the userfaultfd (taken while events are handled).
+    events: Option<EventBuffer>,
+    /// MADV_POPULATE_READ works here (Linux 5.14+).
+    populate: bool,
     report: ResolverReport,
     done: bool,
 }
@@ -267,34 +465,92 @@ impl FaultSide {
         } else {
             self.report.missing_faults += 1;
         }
-        let repeat = std::mem::replace(&mut self.seen[page as usize], true);
-        if repeat {
+        if self.seen[page as usize] {
+            // Already resolved, or in flight: the pin side finds it pinned and only wakes.
             self.report.repeat_faults += 1;
-        } else if let Err(msg) = self.fault_in(page, guest_hva) {
-            self.fail(msg);
-            return;
+            return self.dispatch(Work {
+                page,
+                count: 1,
+                guest_hva,
+                t0,
+                faulting: true,
+            });
         }
-        if !repeat {
-            if let Some(n) = self.noise.as_mut() {
-                self.report.noise_pages_written += n.write_pages(self.cfg.noise_pages);
+        // The faulting page, then up to `fault_ahead` pages after it that no fault has reached
+        // yet (stopping at the first one already seen, or at the end of memory).
+        let limit = (self.seen.len() as u64 - page).min(u64::from(self.cfg.fault_ahead) + 1);
+        let count = (1..limit)
+            .find(|&i| self.seen[(page + i) as usize])
+            .unwrap_or(limit);
+        self.report.pages_ahead += count - 1;
+        // In chunks, so that the pin side pins and maps one chunk while this thread faults in
+        // the next, and the vCPU resumes once the chunk holding its page is mapped.
+        let mut done = 0;
+        while done < count {
+            let n = (count - done).min(FAULT_AHEAD_CHUNK);
+            for p in page + done..page + done + n {
+                self.seen[p as usize] = true;
             }
+            if let Err(msg) =
+                self.fault_in_range(page + done, n, guest_hva + done * PAGE_SIZE as u64)
+            {
+                return self.fail(msg);
+            }
+            // One drain after a chunk's fault-ins covers every page faulted in on this CPU.
             if let Err(e) = self.drainer.after_fault_in(self.cfg.fault_cpu) {
-                self.fail(e.to_string());
-                return;
+                return self.fail(e.to_string());
             }
+            self.dispatch(Work {
+                page: page + done,
+                count: n as u32,
+                guest_hva: guest_hva + done * PAGE_SIZE as u64,
+                t0,
+                faulting: done == 0,
+            });
+            done += n;
         }
-        let w = Work {
-            page,
-            guest_hva,
-            t0,
-        };
+    }
+
+    fn dispatch(&mut self, w: Work) {
         match self.pin.as_mut() {
             Some(PinHalf::Inline(p)) => p.resolve(w),
-            Some(PinHalf::Thread(tx)) if tx.send(w).is_err() => {
-                self.fail("the pin thread is gone".into())
-            }
-            Some(PinHalf::Thread(_)) => {}
+            Some(PinHalf::Thread(q)) => q.0.push(w),
             None => {}
+        }
+    }
+
+    /// Step 1 for `n` pages, each followed by its noise pages. A run of several shmem pages
+    /// (fault-ahead) is faulted in with one MADV_POPULATE_READ on the pin view: the same
+    /// faults as touching each page (mlocked on fault, on this CPU), in one system call.
+    fn fault_in_range(&mut self, page: u64, n: u64, guest_hva: u64) -> Result<(), String> {
+        let touch = self.cfg.backing == Backing::Shmem
+            && (self.cfg.fault_in == FaultIn::Touch || self.cfg.stage2 != Stage2::Pin);
+        if n > 1 && touch && self.populate {
+            if sys::current_cpu() != Some(self.cfg.fault_cpu) {
+                self.report.fault_cpu_mismatches += 1;
+            }
+            let at = self.mem.pin_view().at(page as usize * PAGE_SIZE);
+            match sys::madvise(at, n as usize * PAGE_SIZE, libc::MADV_POPULATE_READ) {
+                Ok(()) => {
+                    self.write_noise(n);
+                    return Ok(());
+                }
+                // Before Linux 5.14: touch page by page.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.populate = false,
+                Err(e) => return Err(format!("cannot fault in guest pages {page}+{n}: {e}")),
+            }
+        }
+        for i in 0..n {
+            self.fault_in(page + i, guest_hva + i * PAGE_SIZE as u64)?;
+            self.write_noise(1);
+        }
+        Ok(())
+    }
+
+    fn write_noise(&mut self, faulted_pages: u64) {
+        if let Some(noise) = self.noise.as_mut() {
+            let n = u64::from(self.cfg.noise_pages) * faulted_pages;
+            self.report.noise_pages_written += noise.write_pages(n.min(u32::MAX.into()) as u32);
         }
     }
 
@@ -345,27 +601,56 @@ impl FaultSide {
         self.done = true;
     }
 
+    /// Reads and handles every pending event, then keeps polling for `spin` after the last
+    /// one before going back to the event loop.
     fn drain_uffd(&mut self) {
-        loop {
-            match self.uffd.read_event() {
-                Ok(Some(Event::Pagefault { kind, addr, .. })) => {
-                    let minor = matches!(kind, userfaultfd::FaultKind::Minor);
-                    self.handle_fault(addr as u64, minor);
-                    if self.done {
+        self.report.event_loop_wakeups += 1;
+        let mut last = Instant::now();
+        while !self.done {
+            match self.read_batch() {
+                0 => {
+                    if last.elapsed() >= self.cfg.spin || self.ctl.stopping() {
                         return;
                     }
+                    relax();
                 }
-                Ok(Some(other)) => {
-                    self.fail(format!("unexpected userfaultfd event {other:?}"));
-                    return;
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    self.fail(format!("reading userfaultfd failed: {e}"));
-                    return;
-                }
+                _ => last = Instant::now(),
             }
         }
+    }
+
+    /// One non-blocking read of up to [`EVENTS_PER_READ`] events, each handled; returns how
+    /// many were read.
+    fn read_batch(&mut self) -> usize {
+        let mut batch = [(0u64, false); EVENTS_PER_READ];
+        let mut n = 0;
+        let mut buf = self.events.take().expect("event buffer present");
+        let r = self.uffd.read_events(&mut buf).map(|events| {
+            for ev in events {
+                match ev {
+                    Ok(Event::Pagefault { kind, addr, .. }) if n < batch.len() => {
+                        batch[n] = (addr as u64, matches!(kind, userfaultfd::FaultKind::Minor));
+                        n += 1;
+                    }
+                    Ok(other) => return Err(format!("unexpected userfaultfd event {other:?}")),
+                    Err(e) => return Err(format!("reading userfaultfd failed: {e}")),
+                }
+            }
+            Ok(())
+        });
+        self.events = Some(buf);
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(msg)) => self.fail(msg),
+            Err(e) => self.fail(format!("reading userfaultfd failed: {e}")),
+        }
+        for &(addr, minor) in &batch[..n] {
+            if self.done {
+                break;
+            }
+            self.handle_fault(addr, minor);
+        }
+        n
     }
 }
 
@@ -395,7 +680,7 @@ impl MutEventSubscriber for FaultSide {
 pub struct Resolver {
     stop: EventFd,
     fault_thread: Option<JoinHandle<(ResolverReport, Option<PinSide>)>>,
-    pin_thread: Option<JoinHandle<PinSide>>,
+    pin_thread: Option<JoinHandle<(PinSide, u64)>>,
     uffd: Option<Arc<Uffd>>,
 }
 
@@ -449,19 +734,22 @@ impl Resolver {
             drainer: Drainer::new(cfg.policy)?,
             pin_lat: Latencies::with_capacity(pages),
             fault_lat: Latencies::with_capacity(pages),
+            resolve_lat: Latencies::with_capacity(pages),
             retried: 0,
             dead: false,
         };
-        let (pin_half, pin_thread) = if cfg.fault_cpu == cfg.pin_cpu {
+        // `uffd` is the bare round trip: no pin, so no pin thread and no hand-off either.
+        let (pin_half, pin_thread) = if cfg.fault_cpu == cfg.pin_cpu || cfg.stage2 == Stage2::Uffd {
             (PinHalf::Inline(Box::new(pin_side)), None)
         } else {
-            let (tx, rx) = sync_channel::<Work>(1024);
-            let cpu = cfg.pin_cpu;
+            let q = Arc::new(Handoff::new(Instant::now()));
+            let (cpu, spin, rx) = (cfg.pin_cpu, cfg.spin, q.clone());
             let h = std::thread::Builder::new()
                 .name("pinvmm-pin".into())
-                .spawn(move || pin_loop(pin_side, rx, cpu))
+                .spawn(move || pin_loop(pin_side, &rx, cpu, spin))
                 .map_err(ResolverError::Spawn)?;
-            (PinHalf::Thread(tx), Some(h))
+            let _ = q.consumer.set(h.thread().clone());
+            (PinHalf::Thread(Producer(q)), Some(h))
         };
         let staged = mem.staged_pages().map_err(ResolverError::Noise)?;
         let fault_side = FaultSide {
@@ -480,9 +768,13 @@ impl Resolver {
             } else {
                 None
             },
+            events: Some(EventBuffer::new(EVENTS_PER_READ)),
+            populate: true,
             report: ResolverReport {
                 fault_cpu: cfg.fault_cpu,
                 pin_cpu: cfg.pin_cpu,
+                spin_us: cfg.spin.as_micros() as u64,
+                vcpu_cpu: cfg.vcpu_cpu(),
                 ..Default::default()
             },
             done: false,
@@ -511,13 +803,18 @@ impl Resolver {
             Some(Ok(r)) => r,
             _ => (ResolverReport::default(), None),
         };
-        let pin_side = inline.or_else(|| self.pin_thread.take().and_then(|h| h.join().ok()));
+        let pin_side = inline.or_else(|| {
+            let (p, sleeps) = self.pin_thread.take()?.join().ok()?;
+            report.pin_thread_sleeps = sleeps;
+            Some(p)
+        });
         if let Some(p) = pin_side {
             report.pins = p.table.stats;
             report.retried_pins = p.retried;
             report.drain.merge(&p.drainer.stats);
             report.pin_latency = p.pin_lat.summary();
             report.fault_latency = p.fault_lat.summary();
+            report.resolve_latency = p.resolve_lat.summary();
             // Dropping `p` here unregisters the io_uring buffers: every pin is released.
         }
         self.uffd.take();
@@ -556,12 +853,32 @@ fn fault_loop(
     (report, inline)
 }
 
-fn pin_loop(mut side: PinSide, rx: Receiver<Work>, cpu: usize) -> PinSide {
+/// The pin thread: resolves hand-offs as they come, polls for `spin` after the last one, then
+/// sleeps until the next (or until the fault-in side is gone). Returns its side and how many
+/// times it slept.
+fn pin_loop(mut side: PinSide, q: &Handoff, cpu: usize, spin: Duration) -> (PinSide, u64) {
     let _ = sys::pin_thread_to_cpu(cpu);
-    while let Ok(w) = rx.recv() {
-        side.resolve(w);
+    let mut last = Instant::now();
+    loop {
+        if let Some(w) = q.pop() {
+            side.resolve(w);
+            last = Instant::now();
+        } else if q.closed.load(Ordering::Acquire) {
+            // Closed after its last push: one more look, then done.
+            match q.pop() {
+                Some(w) => side.resolve(w),
+                None => break,
+            }
+        } else if last.elapsed() < spin {
+            relax();
+        } else {
+            q.sleeps.fetch_add(1, Ordering::Relaxed);
+            std::thread::park_timeout(Duration::from_millis(100));
+            last = Instant::now();
+        }
     }
-    side
+    let sleeps = q.sleeps.load(Ordering::Relaxed) as u64;
+    (side, sleeps)
 }
 
 /// Faults in and pins every page before boot (`--stage2 eager`). The returned table holds
@@ -582,4 +899,73 @@ pub fn pin_all_eagerly(
         table.pin(page, hva).map_err(|e| e.to_string())?;
     }
     Ok((table, drainer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work(page: u64) -> Work {
+        Work {
+            page,
+            count: 1,
+            guest_hva: page * PAGE_SIZE as u64,
+            t0: Instant::now(),
+            faulting: true,
+        }
+    }
+
+    #[test]
+    fn handoff_keeps_order_across_wraparound_and_threads() {
+        let q = Arc::new(Handoff::new(Instant::now()));
+        let n = HANDOFF_SLOTS as u64 * 3 + 7;
+        let rx = q.clone();
+        let consumer = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            loop {
+                match rx.pop() {
+                    Some(w) => got.push(w.page),
+                    None if rx.closed.load(Ordering::Acquire) => match rx.pop() {
+                        Some(w) => got.push(w.page),
+                        None => break,
+                    },
+                    None => std::thread::park_timeout(Duration::from_millis(1)),
+                }
+            }
+            got
+        });
+        let _ = q.consumer.set(consumer.thread().clone());
+        let producer = Producer(q);
+        for p in 0..n {
+            producer.0.push(work(p));
+        }
+        drop(producer); // closes the ring
+        let got = consumer.join().unwrap();
+        assert_eq!(got, (0..n).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn vcpu_goes_next_to_the_thread_that_wakes_it() {
+        let mut c = ResolverConfig {
+            stage2: Stage2::Pin,
+            backing: Backing::Shmem,
+            fault_in: FaultIn::Touch,
+            policy: DrainPolicy::None,
+            fault_cpu: 0,
+            pin_cpu: 1,
+            noise_pages: 0,
+            inject: None,
+            fault_ahead: 0,
+            spin: DEFAULT_SPIN,
+            vcpus: 1,
+        };
+        assert_eq!(c.vcpu_cpu(), Some(1));
+        c.stage2 = Stage2::Uffd;
+        assert_eq!(c.vcpu_cpu(), Some(0));
+        c.stage2 = Stage2::Kernel;
+        assert_eq!(c.vcpu_cpu(), None);
+        c.stage2 = Stage2::Pin;
+        c.vcpus = 2;
+        assert_eq!(c.vcpu_cpu(), None);
+    }
 }

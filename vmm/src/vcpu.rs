@@ -147,11 +147,16 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 /// Runs a vCPU until its guest exits or the VM is stopped; reports to the main thread.
 pub fn run_loop(id: u8, mut fd: VcpuFd, buses: Buses, ctl: Arc<VmControl>) -> ExitCounts {
     let mut counts = ExitCounts::default();
+    let mut first = true;
     let outcome = loop {
         if ctl.stopping() {
             break VcpuOutcome::Stopped;
         }
-        match handle_exit(fd.run(), &buses, &mut counts) {
+        let r = fd.run();
+        if std::mem::take(&mut first) {
+            ctl.note_first_exit();
+        }
+        match handle_exit(r, &buses, &mut counts) {
             Action::Continue => {}
             Action::Stop(o) => break o,
         }

@@ -14,10 +14,11 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::signal::Killable;
 
 use crate::arch::{self, DeviceAddr};
-use crate::config::{Stage2, VmConfig};
+use crate::config::{Stage2, VmConfig, VmType};
 use crate::control::{Termination, VmControl, VmEvent};
 use crate::hostinfo;
 use crate::memory::GuestMemory;
+use crate::protected;
 use crate::report::{HostFacts, MemAccounting, Outcome, Report, Timing, VcpuResult};
 use crate::stage2::{self, Resolver, ResolverConfig};
 use crate::sys::{self, PAGE_SIZE};
@@ -54,6 +55,8 @@ pub enum VmError {
     Signal(vmm_sys_util::errno::Error),
     #[error("eager pinning before boot failed: {0}")]
     EagerPin(String),
+    #[error("loading the protected VM failed: {0}")]
+    Protected(String),
 }
 
 impl VmError {
@@ -93,17 +96,27 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
 
     // Memory and the boot image, written through the loader view (page cache / staging).
     let mem = GuestMemory::new(cfg.backing, arch::RAM_START, cfg.mem_size)?;
-    let entry = arch::load_boot_image(&mem, cfg.payload.code())?;
     let boot_pages = (arch::DATA_START - arch::RAM_START) / PAGE_SIZE as u64;
-    let prefilled = mem.prefill(cfg.prefill_pct, |page| page < boot_pages)?;
+    // Protected VMs: the loader thread writes through the mlocked view instead (below).
+    let pkvm = cfg.vm_type == VmType::Protected;
+    let (entry, prefilled) = if pkvm {
+        (arch::RAM_START, 0)
+    } else {
+        let entry = arch::load_boot_image(&mem, cfg.payload.code())?;
+        (
+            entry,
+            mem.prefill(cfg.prefill_pct, |page| page < boot_pages)?,
+        )
+    };
 
-    let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
+    let vm = protected::create_vm(&kvm, cfg.vm_type).map_err(VmError::CreateVm)?;
     arch::setup_vm(&vm)?;
 
     // Stage 2: arm userfaultfd (pin/uffd), or pin everything now (eager), or nothing (kernel).
     let mut eager_pins = None;
     let mut eager_pins_count = 0;
     let uffd = match cfg.stage2 {
+        _ if pkvm => None,
         Stage2::Pin | Stage2::Uffd => Some(stage2::arm(&mem)?),
         Stage2::Eager => {
             mem.copy_staged_into_guest_view()
@@ -120,9 +133,20 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
             None
         }
     };
-    register_memory(&vm, &mem)?;
+    register_memory(&vm, &mem, pkvm)?;
 
     let mem = Arc::new(mem);
+    let mut protected_report = if pkvm {
+        let code = cfg.payload.code();
+        let (p, c) = (cfg.prefill_pct, cfg.cpus.fault_cpu);
+        Some(
+            protected::load(&mem, code, entry, boot_pages, p, cfg.policy, c)
+                .map_err(VmError::Protected)?,
+        )
+    } else {
+        None
+    };
+    let counters = Arc::new(protected::RunCounters::default());
     let (ctl, events) = VmControl::new();
     let resolver = match &uffd {
         Some(u) => Some(Resolver::start(
@@ -161,15 +185,31 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         vcpu_fds.push(fd);
     }
     arch::finish_vcpus(&vm, vcpu_fds.len())?;
+    let vcpu_cpu = if pkvm {
+        Some(cfg.cpus.pin_cpu)
+    } else {
+        uffd.as_ref().and_then(|_| resolver_config(cfg).vcpu_cpu())
+    };
     for (id, (fd, args)) in vcpu_fds.into_iter().zip(per_vcpu).enumerate() {
         let id = id as u8;
         let testdev = Arc::new(Mutex::new(TestDevice::new()));
         let mut buses = shared.clone();
         place(&mut buses, arch::TESTDEV, TestDevice::LEN, testdev.clone())?;
         let c = ctl.clone();
+        let (policy, counters) = (cfg.policy, counters.clone());
         let handle = std::thread::Builder::new()
             .name(format!("pinvmm-vcpu{id}"))
-            .spawn(move || vcpu::run_loop(id, fd, buses, c))
+            .spawn(move || {
+                // A failed affinity only costs speed (the resolver reports its CPUs).
+                if let Some(cpu) = vcpu_cpu {
+                    let _ = sys::pin_thread_to_cpu(cpu);
+                }
+                if pkvm {
+                    protected::run_loop(id, fd, buses, c, policy, counters)
+                } else {
+                    vcpu::run_loop(id, fd, buses, c)
+                }
+            })
             .map_err(VmError::Thread)?;
         threads.push(VcpuThread {
             handle,
@@ -206,7 +246,12 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         }
     }
     let guest_ms = ms(t_guest.elapsed());
+    let guest_exit_ms = ms(t_start.elapsed());
+    let first_exit_ms = ctl
+        .first_exit()
+        .map(|t| ms(t.saturating_duration_since(t_start)));
     let acct_running = (hostinfo::status_kb("VmPin"), hostinfo::status_kb("VmLck"));
+    let rss_running = ["RssAnon", "RssFile", "RssShmem"].map(hostinfo::status_kb);
 
     // Teardown: stop the resolver (releasing every pin), close userfaultfd (a vCPU stuck on
     // an unresolved fault is released), then kick the vCPUs out of KVM_RUN.
@@ -233,6 +278,11 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
             .report()
             .clone();
         let memtouch = cfg.payload == Payload::Memtouch;
+        let mark = |m: u32| rep.marks.iter().find(|(v, _)| *v == m).map(|(_, t)| *t);
+        let first_touch_ms = match (mark(1), mark(2)) {
+            (Some(a), Some(b)) if memtouch => Some(ms(b.saturating_sub(a))),
+            _ => None,
+        };
         vcpus.push(VcpuResult {
             id: id as u8,
             outcome: outcomes[id].clone().unwrap_or(VcpuOutcome::Stopped),
@@ -242,13 +292,15 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
             touched_pages: if memtouch { t.args.pages } else { 0 },
             exits,
             bad_device_writes: rep.bad_writes,
+            first_touch_ms,
         });
     }
     let all_exited_ok = vcpus
         .iter()
         .all(|v| v.outcome == VcpuOutcome::Exited { status: 0 });
     let (host_check_pages, host_check_bad_pages) =
-        if cfg.payload == Payload::Memtouch && all_exited_ok {
+        // The host reads zeros from a protected VM's donated pages: nothing to check there.
+        if cfg.payload == Payload::Memtouch && all_exited_ok && !pkvm {
             host_check(&mem, &vcpus, cfg)
         } else {
             (0, 0)
@@ -291,6 +343,10 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         touched,
     );
     let kb = |v: Option<u64>| v.unwrap_or(0);
+    let first_touch_ms = vcpus
+        .iter()
+        .filter_map(|v| v.first_touch_ms)
+        .reduce(f64::max);
     Ok(Report {
         pinvmm_version: env!("CARGO_PKG_VERSION"),
         outcome,
@@ -303,6 +359,11 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         host_check_pages,
         termination,
         resolver: resolver_report,
+        protected: protected_report.as_mut().map(|r| {
+            counters.fill(r);
+            r.vcpu_cpu = cfg.cpus.pin_cpu;
+            r.clone()
+        }),
         eager_pins: eager_pins_count,
         prefilled_pages: prefilled,
         guest_pages: cfg.pages(),
@@ -316,6 +377,9 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
             vm_lck_kb_after: kb(hostinfo::status_kb("VmLck")),
             open_fds_before: acct_before.2,
             open_fds_after: sys::open_fds(),
+            rss_anon_kb_running: kb(rss_running[0]),
+            rss_file_kb_running: kb(rss_running[1]),
+            rss_shmem_kb_running: kb(rss_running[2]),
         },
         timing: Timing {
             setup_ms,
@@ -327,6 +391,12 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
             } else {
                 0.0
             },
+            first_exit_ms,
+            guest_exit_ms,
+            first_touch_ms,
+            first_touch_us_per_page: first_touch_ms
+                .filter(|_| touched > 0)
+                .map(|t| t * 1e3 / touched as f64),
         },
         console,
         console_bytes,
@@ -398,6 +468,10 @@ fn summarize(
             format!("memtouch checksum verified on {touched} pages")
         }
         Outcome::Completed => format!("{} finished with status 0", cfg.payload.name()),
+        Outcome::Terminated if cfg.vm_type == VmType::Protected => {
+            let t = term.expect("terminated has a termination");
+            format!("{}; protected VM terminated, as crosvm does", t.message)
+        }
         Outcome::Terminated => {
             let t = term.expect("terminated has a termination");
             format!(
@@ -443,18 +517,27 @@ fn resolver_config(cfg: &VmConfig) -> ResolverConfig {
         pin_cpu: cfg.cpus.pin_cpu,
         noise_pages: cfg.noise_pages,
         inject: cfg.inject_pin_failure,
+        fault_ahead: cfg.fault_ahead,
+        spin: stage2::DEFAULT_SPIN,
+        vcpus: cfg.vcpus,
     }
 }
 
-fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
+/// Slot 0: the guest view, or for a protected VM the mlocked pin view (the mapping KVM pins).
+fn register_memory(vm: &VmFd, mem: &GuestMemory, pin_view: bool) -> Result<(), VmError> {
+    let view = if pin_view {
+        mem.pin_view()
+    } else {
+        mem.guest_view()
+    };
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
         guest_phys_addr: mem.base(),
         memory_size: mem.size(),
-        userspace_addr: mem.guest_view().addr(),
+        userspace_addr: view.addr(),
     };
-    // SAFETY: the guest view is a live mapping of exactly memory_size bytes owned by `mem`,
+    // SAFETY: the view is a live mapping of exactly memory_size bytes owned by `mem`,
     // which the caller keeps alive until after the VM fd is closed; slot 0 is the only slot.
     unsafe { vm.set_user_memory_region(region) }.map_err(|err| VmError::MemoryRegion {
         gpa: mem.base(),
