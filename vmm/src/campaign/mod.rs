@@ -60,6 +60,10 @@ pub struct CampaignArgs {
     /// Percent of guest memory prefilled through the loader view before boot.
     #[arg(long, default_value_t = 0)]
     pub prefill: u8,
+    /// VM type of every VM: normal (pinvmm's userfaultfd resolver pins) or protected (pKVM:
+    /// KVM pins; arm64 with kvm-arm.mode=protected, Linux 7.x). See `pinvmm run --help`.
+    #[arg(long, value_enum, default_value = "normal")]
+    pub vm_type: crate::protected::VmType,
     /// CPU of the fault-in thread (passed to every VM).
     #[arg(long)]
     pub fault_cpu: Option<usize>,
@@ -110,6 +114,13 @@ pub struct CampaignSpec {
     pub timeout: f64,
     pub inject_pin_failure_rate: Option<f64>,
     pub seed: u64,
+    /// normal | protected (older campaigns, without the field, were normal).
+    #[serde(default = "normal_vm")]
+    pub vm_type: String,
+}
+
+fn normal_vm() -> String {
+    "normal".into()
 }
 
 /// One cell of the campaign.
@@ -178,6 +189,9 @@ pub fn spec_of(a: &CampaignArgs, host: &HostLimits) -> Result<CampaignSpec, Stri
     if a.policies.is_empty() || a.backing.is_empty() || a.fault_in.is_empty() {
         return Err("--policies, --backing and --fault-in each need at least one value".into());
     }
+    if a.vm_type != crate::protected::VmType::Normal && a.inject_pin_failure_rate.is_some() {
+        return Err("--inject-pin-failure-rate works only with --vm-type normal (KVM takes a protected VM's pins)".into());
+    }
     let payload =
         Payload::from_name(&a.guest).ok_or_else(|| format!("unknown guest '{}'", a.guest))?;
     let mem = parse_size(&a.mem)?;
@@ -201,6 +215,7 @@ pub fn spec_of(a: &CampaignArgs, host: &HostLimits) -> Result<CampaignSpec, Stri
     for &b in &a.backing {
         let mut c = VmConfig::new(payload, mem, CpuPlacement { fault_cpu, pin_cpu });
         (c.backing, c.noise_pages, c.prefill_pct) = (b, noise, a.prefill);
+        c.vm_type = a.vm_type;
         c.validate(host).map_err(|e| e.to_string())?;
     }
     if let Some(e) = &a.expect {
@@ -232,6 +247,7 @@ pub fn spec_of(a: &CampaignArgs, host: &HostLimits) -> Result<CampaignSpec, Stri
         timeout: a.timeout,
         inject_pin_failure_rate: a.inject_pin_failure_rate,
         seed: a.seed,
+        vm_type: format!("{:?}", a.vm_type).to_lowercase(),
     })
 }
 
@@ -326,6 +342,10 @@ fn child_args(spec: &CampaignSpec, job: &Job, json: &Path) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     v.push(json.display().to_string());
+    if spec.vm_type != "normal" {
+        v.push("--vm-type".into());
+        v.push(spec.vm_type.clone());
+    }
     if let Some(n) = job.inject_at {
         v.push("--inject-pin-failure".into());
         v.push(n.to_string());
@@ -688,6 +708,7 @@ mod tests {
             prefill: 0,
             fault_cpu: None,
             pin_cpu: None,
+            vm_type: Default::default(),
             jobs: 1,
             timeout: 10.0,
             inject_pin_failure_rate: Some(0.5),
@@ -735,6 +756,16 @@ mod tests {
         bad = a.clone();
         bad.inject_pin_failure_rate = Some(1.5);
         assert!(spec_of(&bad, &host).unwrap_err().contains("1.5"));
+        bad = a.clone();
+        bad.vm_type = crate::protected::VmType::Protected;
+        assert!(spec_of(&bad, &host).unwrap_err().contains("inject"));
+        bad.inject_pin_failure_rate = None;
+        if cfg!(target_arch = "x86_64") {
+            assert!(
+                spec_of(&bad, &host).is_err(),
+                "protected VMs are arm64-only"
+            );
+        }
         bad = a.clone();
         bad.expect = Some("retry==0".into());
         assert!(spec_of(&bad, &host).unwrap_err().contains("retry"));
