@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::journal::RunRecord;
 use super::stats::{Z95, fisher_exact, newcombe_diff, wilson, zero_upper_bound};
+use crate::stats::median;
 
 /// One cell's numbers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -58,19 +59,6 @@ pub struct Comparison {
     pub diff_lo: f64,
     pub diff_hi: f64,
     pub fisher_p: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
 }
 
 /// Summarises records per cell, in a fixed order (backing, fault-in, then policy as the CLI
@@ -140,10 +128,10 @@ fn cell_summary(cell: &str, rs: &[&RunRecord]) -> CellSummary {
         pins_attempted: rs.iter().map(|r| r.pins_attempted).sum(),
         pins_failed: rs.iter().map(|r| r.pins_failed).sum(),
         pins_retried: rs.iter().map(|r| r.pins_retried).sum(),
-        fault_p50_us: median(rs.iter().map(|r| r.fault_p50_us).collect()),
-        fault_p99_us: median(rs.iter().map(|r| r.fault_p99_us).collect()),
-        pin_p50_us: median(rs.iter().map(|r| r.pin_p50_us).collect()),
-        pin_p99_us: median(rs.iter().map(|r| r.pin_p99_us).collect()),
+        fault_p50_us: median(&rs.iter().map(|r| r.fault_p50_us).collect::<Vec<_>>()),
+        fault_p99_us: median(&rs.iter().map(|r| r.fault_p99_us).collect::<Vec<_>>()),
+        pin_p50_us: median(&rs.iter().map(|r| r.pin_p50_us).collect::<Vec<_>>()),
+        pin_p99_us: median(&rs.iter().map(|r| r.pin_p99_us).collect::<Vec<_>>()),
         drains_local: rs.iter().map(|r| r.drains_local).sum(),
         drains_all: rs.iter().map(|r| r.drains_all).sum(),
         drain_ms: rs.iter().map(|r| r.drain_ms).sum(),
