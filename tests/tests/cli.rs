@@ -278,10 +278,30 @@ fn bench() -> Trial {
     })
 }
 
+/// `pinvmm run` filters every thread by default and reports it; `--no-seccomp` turns it off;
+/// either way the VM completes (the filters allow everything a run needs).
+fn seccomp() -> Trial {
+    kvm_test("seccomp::default_all_and_no_seccomp_off", || {
+        for (extra, want) in [(None, "all"), (Some("--no-seccomp"), "off")] {
+            let mut args = vec!["run", "--mem", "8M", "--policy", "lru-add-drain"];
+            args.extend(extra);
+            let r = pinvmm(&args)?;
+            let rep = r.report.ok_or("no JSON report")?;
+            ensure(r.code == 0 && rep["outcome"] == "completed", || {
+                format!("{args:?}: exit {}: {}{}", r.code, r.stdout, r.stderr)
+            })?;
+            ensure(rep["config"]["seccomp"] == want, || {
+                format!("{args:?}: config.seccomp = {}", rep["config"]["seccomp"])
+            })?;
+        }
+        Ok(())
+    })
+}
+
 fn main() {
     let args = Arguments::from_args();
     common::announce();
-    let mut t = vec![bad_inputs(), help(), bench()];
+    let mut t = vec![bad_inputs(), help(), bench(), seccomp()];
     t.extend(gup_check());
     t.extend(exit_codes());
     libtest_mimic::run(&args, t).exit();

@@ -168,6 +168,8 @@ pub struct VmConfig {
     /// Echo the guest's console to stderr as it arrives.
     #[serde(skip)]
     pub echo_console: bool,
+    /// Which threads get a seccomp filter (`seccomp.rs`).
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -278,6 +280,7 @@ impl VmConfig {
             inject_pin_failure: None,
             vm_type: VmType::Normal,
             echo_console: false,
+            seccomp: crate::seccomp::SeccompMode::Threads,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod pin;
 pub mod probe;
 pub mod protected;
 pub mod report;
+pub mod seccomp;
 pub mod stage2;
 pub mod stats;
 pub mod sys;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use guest::Payload;
 use vmm::config::{CpuPlacement, InjectPinFailure, TouchParams, parse_size};
+use vmm::seccomp::SeccompMode;
 use vmm::{Backing, DrainPolicy, ExitCode, FaultIn, HostLimits, Stage2, VmConfig};
 
 #[derive(Parser, Debug)]
@@ -120,6 +121,9 @@ struct RunArgs {
     /// Print nothing on stdout but errors (use with --json).
     #[arg(long, short)]
     quiet: bool,
+    /// Install no seccomp filters (default: every vCPU, resolver and, after setup, the main thread).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 fn parse_payload(s: &str) -> Result<Payload, String> {
@@ -173,6 +177,11 @@ fn build_config(a: &RunArgs, host: &HostLimits) -> Result<VmConfig, String> {
     c.inject_pin_failure = a.inject_pin_failure;
     c.vm_type = a.vm_type;
     c.echo_console = a.console;
+    c.seccomp = if a.no_seccomp {
+        SeccompMode::Off
+    } else {
+        SeccompMode::All
+    };
     c.validate(host).map_err(|e| e.to_string())?;
     Ok(c)
 }

@@ -44,6 +44,7 @@ use crate::control::{Termination, VmControl, VmEvent, errno_name};
 use crate::drain::{DrainError, DrainPolicy, DrainStats, Drainer};
 use crate::memory::GuestMemory;
 use crate::pin::{PinStats, PinTable};
+use crate::seccomp::{self, ThreadKind};
 use crate::stats::{Latencies, LatencySummary};
 use crate::sys::{self, Mapping, PAGE_SIZE};
 
@@ -107,6 +108,8 @@ pub struct ResolverConfig {
     pub spin: Duration,
     /// vCPUs of the VM (a single vCPU is placed next to the thread that wakes it).
     pub vcpus: u8,
+    /// Install the resolver threads' seccomp filters.
+    pub seccomp: bool,
 }
 
 impl ResolverConfig {
@@ -829,6 +832,9 @@ fn fault_loop(
 ) -> (ResolverReport, Option<PinSide>) {
     // A failed affinity shows up as fault_cpu_mismatches in the report.
     let _ = sys::pin_thread_to_cpu(cpu);
+    if let Ok(s) = mgr.subscriber_mut(id) {
+        seccomp::install_or_fail_vm(ThreadKind::Fault, s.cfg.seccomp, &s.ctl);
+    }
     loop {
         let done = mgr.subscriber_mut(id).map(|s| s.done).unwrap_or(true);
         if done {
@@ -858,6 +864,7 @@ fn fault_loop(
 /// times it slept.
 fn pin_loop(mut side: PinSide, q: &Handoff, cpu: usize, spin: Duration) -> (PinSide, u64) {
     let _ = sys::pin_thread_to_cpu(cpu);
+    seccomp::install_or_fail_vm(ThreadKind::Pin, side.cfg.seccomp, &side.ctl);
     let mut last = Instant::now();
     loop {
         if let Some(w) = q.pop() {
@@ -947,6 +954,7 @@ mod tests {
     #[test]
     fn vcpu_goes_next_to_the_thread_that_wakes_it() {
         let mut c = ResolverConfig {
+            seccomp: false,
             stage2: Stage2::Pin,
             backing: Backing::Shmem,
             fault_in: FaultIn::Touch,

@@ -20,6 +20,7 @@ use crate::hostinfo;
 use crate::memory::GuestMemory;
 use crate::protected;
 use crate::report::{HostFacts, MemAccounting, Outcome, Report, Timing, VcpuResult};
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::stage2::{self, Resolver, ResolverConfig};
 use crate::sys::{self, PAGE_SIZE};
 use crate::vcpu::{self, Buses, ExitCounts, VcpuOutcome};
@@ -197,6 +198,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         place(&mut buses, arch::TESTDEV, TestDevice::LEN, testdev.clone())?;
         let c = ctl.clone();
         let (policy, counters) = (cfg.policy, counters.clone());
+        let filter = cfg.seccomp.threads() && !pkvm;
         let handle = std::thread::Builder::new()
             .name(format!("pinvmm-vcpu{id}"))
             .spawn(move || {
@@ -204,6 +206,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
                 if let Some(cpu) = vcpu_cpu {
                     let _ = sys::pin_thread_to_cpu(cpu);
                 }
+                seccomp::install_or_fail_vm(ThreadKind::Vcpu, filter, &c);
                 if pkvm {
                     protected::run_loop(id, fd, buses, c, policy, counters)
                 } else {
@@ -218,6 +221,8 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         });
     }
 
+    // Every VM thread is running (and filtered): the calling thread's own filter comes last.
+    seccomp::install_or_fail_vm(ThreadKind::Main, cfg.seccomp == SeccompMode::All, &ctl);
     let t_guest = Instant::now();
     let setup_ms = ms(t_start.elapsed());
 
@@ -520,6 +525,7 @@ fn resolver_config(cfg: &VmConfig) -> ResolverConfig {
         fault_ahead: cfg.fault_ahead,
         spin: stage2::DEFAULT_SPIN,
         vcpus: cfg.vcpus,
+        seccomp: cfg.seccomp.threads(),
     }
 }
 
