@@ -94,7 +94,10 @@ impl Bus {
     fn find(&self, addr: u64, size: usize) -> Option<(u64, &Entry)> {
         let (base, e) = self.devices.range(..=addr).next_back()?;
         let off = addr - base;
-        (off + size as u64 <= e.len).then_some((off, e))
+        // `off < len` first: an access starting just past the device (possible only with a
+        // zero-length access) is not the device's, and `len - off` cannot underflow or
+        // overflow the way `off + size` could near `u64::MAX` (both found by tests/fuzz).
+        (off < e.len && size as u64 <= e.len - off).then_some((off, e))
     }
 
     /// Dispatches a read; unmapped reads return all ones, as on real buses.
@@ -186,5 +189,18 @@ mod tests {
         // Straddles the end of the device: not dispatched.
         assert_eq!(bus.read(0x102, &mut b), Access::Unmapped);
         assert_eq!(bus.write(u64::MAX, &[1, 2]), Access::Unmapped);
+        // Zero-length access one past the end: not the device's (fuzz finding).
+        assert_eq!(bus.write(0x104, &[]), Access::Unmapped);
+    }
+
+    #[test]
+    fn accesses_near_the_top_of_the_address_space_do_not_overflow() {
+        let mut bus = Bus::new();
+        bus.insert(1, u64::MAX - 1, Arc::new(Mutex::new(Reg(0, vec![]))))
+            .unwrap();
+        let mut b = [0u8; 2];
+        assert_eq!(bus.read(u64::MAX - 1, &mut b), Access::Unmapped);
+        assert_eq!(bus.read(u64::MAX - 2, &mut b), Access::Handled(None));
+        assert_eq!(bus.write(u64::MAX, &[1, 2, 3]), Access::Unmapped);
     }
 }

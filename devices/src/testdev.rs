@@ -87,7 +87,12 @@ impl BusDevice for TestDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let magic = MAGIC.to_le_bytes();
         for (i, d) in data.iter_mut().enumerate() {
-            *d = magic.get(offset as usize + i).copied().unwrap_or(0);
+            // Checked: a direct caller may pass any offset (tests/fuzz found `u64::MAX + i`).
+            *d = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|j| magic.get(j).copied())
+                .unwrap_or(0);
         }
     }
 
@@ -152,6 +157,9 @@ mod tests {
         for _ in 0..1000 {
             d.write(reg::MARK, &[1]);
         }
+        let mut b = [0xaau8; 4];
+        d.read(u64::MAX, &mut b); // fuzz finding: offset + i overflowed
+        assert_eq!(b, [0; 4]);
         assert!(d.report().bad_writes > 0);
         assert_eq!(d.report().marks.len(), TestDevice::MAX_MARKS);
         assert_eq!(d.report().status, None);
