@@ -42,6 +42,12 @@ fn campaign_args(dir: &Path, runs: u32, extra: &[&str]) -> Vec<String> {
     v
 }
 
+/// Runs `pinvmm campaign` to its end.
+fn run_campaign(dir: &Path, runs: u32, extra: &[&str]) -> Result<common::CliRun, Failed> {
+    let args = campaign_args(dir, runs, extra);
+    pinvmm(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// Starts a campaign and sends `signal` once `lines` journal lines exist; returns its exit code.
 fn interrupt_after(
     dir: &Path,
@@ -85,12 +91,7 @@ fn main() {
                     format!("killed campaign exited with {code:?}")
                 })?;
                 let before = journal_keys(&dir).len();
-                let r = pinvmm(
-                    &campaign_args(&dir, 6, &["--resume"])
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>(),
-                )?;
+                let r = run_campaign(&dir, 6, &["--resume"])?;
                 ensure(r.code == 0, || {
                     format!("resume exit {}: {}", r.code, r.stderr)
                 })?;
@@ -105,32 +106,17 @@ fn main() {
                     format!("{} lines, {} unique: {keys:?}", keys.len(), unique.len())
                 })?;
                 // Resuming a finished campaign runs nothing more.
-                let r = pinvmm(
-                    &campaign_args(&dir, 6, &["--resume"])
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>(),
-                )?;
+                let r = run_campaign(&dir, 6, &["--resume"])?;
                 ensure(r.code == 0 && journal_keys(&dir).len() == 12, || {
                     "second resume changed the journal".into()
                 })?;
                 // Without --resume, an existing campaign is refused.
-                let r = pinvmm(
-                    &campaign_args(&dir, 6, &[])
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>(),
-                )?;
+                let r = run_campaign(&dir, 6, &[])?;
                 ensure(r.code == 2 && r.stderr.contains("--resume"), || {
                     format!("{} {}", r.code, r.stderr)
                 })?;
                 // Resuming with other settings is refused.
-                let r = pinvmm(
-                    &campaign_args(&dir, 6, &["--resume", "--prefill", "10"])
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>(),
-                )?;
+                let r = run_campaign(&dir, 6, &["--resume", "--prefill", "10"])?;
                 ensure(
                     r.code == 2 && r.stderr.contains("different settings"),
                     || format!("{} {}", r.code, r.stderr),
@@ -157,7 +143,7 @@ fn main() {
         kvm_test("campaign::ktap_and_injected_truth_is_covered", || {
             // Known truth: each VM fails one pin with probability 0.3 (fixed seed: deterministic).
             let dir = out_dir("truth");
-            let args = campaign_args(
+            let r = run_campaign(
                 &dir,
                 40,
                 &[
@@ -169,8 +155,7 @@ fn main() {
                     "--jobs",
                     "2",
                 ],
-            );
-            let r = pinvmm(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+            )?;
             ensure(r.code == 0, || {
                 format!("exit {}: {}{}", r.code, r.stdout, r.stderr)
             })?;
