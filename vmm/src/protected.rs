@@ -117,44 +117,39 @@ pub fn is_prefilled(page: u64, pct: u8) -> bool {
 /// for the time between reading an image and using it), then write each through the mlocked
 /// view as the VMM's loader/device code does; finally run the policy's drain. Returns when
 /// done: the vCPUs start only afterwards, so the drain precedes every guest fault.
-pub fn load(
-    mem: &Arc<GuestMemory>,
-    code: &[u8],
-    entry: u64,
-    first_data_page: u64,
-    prefill_pct: u8,
-    policy: DrainPolicy,
-    cpu: usize,
-) -> Result<ProtectedReport, String> {
+pub fn load(mem: &Arc<GuestMemory>, plan: LoadPlan) -> Result<ProtectedReport, String> {
     let mem = mem.clone();
-    let code = code.to_vec();
     std::thread::Builder::new()
         .name("pinvmm-loader".into())
-        .spawn(move || {
-            loader(
-                &mem,
-                &code,
-                entry,
-                first_data_page,
-                prefill_pct,
-                policy,
-                cpu,
-            )
-        })
+        .spawn(move || loader(&mem, plan))
         .map_err(|e| format!("cannot start the loader thread: {e}"))?
         .join()
         .map_err(|_| "the loader thread panicked".to_owned())?
 }
 
-fn loader(
-    mem: &GuestMemory,
-    code: &[u8],
-    entry: u64,
-    first_data_page: u64,
-    prefill_pct: u8,
-    policy: DrainPolicy,
-    cpu: usize,
-) -> Result<ProtectedReport, String> {
+/// What the loader thread writes, where, and how it drains afterwards.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    /// The payload, written at guest-physical `entry`.
+    pub code: Vec<u8>,
+    pub entry: u64,
+    /// First page `--prefill` may write (below it: the boot image).
+    pub first_data_page: u64,
+    pub prefill_pct: u8,
+    pub policy: DrainPolicy,
+    /// CPU the loader runs on.
+    pub cpu: usize,
+}
+
+fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, String> {
+    let LoadPlan {
+        code,
+        entry,
+        first_data_page,
+        prefill_pct,
+        policy,
+        cpu,
+    } = plan;
     let t = Instant::now();
     sys::pin_thread_to_cpu(cpu).map_err(|e| format!("cannot pin the loader to CPU {cpu}: {e}"))?;
     let mut settle = Drainer::new(DrainPolicy::None).map_err(|e| e.to_string())?;
@@ -342,16 +337,15 @@ mod tests {
         use crate::config::Backing;
         let mem = Arc::new(GuestMemory::new(Backing::Shmem, 0x4000_0000, 64 * 4096).unwrap());
         let cpu = sys::allowed_cpus()[0];
-        let r = load(
-            &mem,
-            &[1, 2, 3, 4],
-            0x4000_0000,
-            16,
-            50,
-            DrainPolicy::MlockDrain,
+        let plan = LoadPlan {
+            code: vec![1, 2, 3, 4],
+            entry: 0x4000_0000,
+            first_data_page: 16,
+            prefill_pct: 50,
+            policy: DrainPolicy::MlockDrain,
             cpu,
-        )
-        .unwrap();
+        };
+        let r = load(&mem, plan).unwrap();
         assert_eq!(r.loader_cpu, Some(cpu));
         assert_eq!(r.prefilled_pages, 24);
         assert_eq!(r.loader_pages, 25);

@@ -138,12 +138,15 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
 
     let mem = Arc::new(mem);
     let mut protected_report = if pkvm {
-        let code = cfg.payload.code();
-        let (p, c) = (cfg.prefill_pct, cfg.cpus.fault_cpu);
-        Some(
-            protected::load(&mem, code, entry, boot_pages, p, cfg.policy, c)
-                .map_err(VmError::Protected)?,
-        )
+        let plan = protected::LoadPlan {
+            code: cfg.payload.code().to_vec(),
+            entry,
+            first_data_page: boot_pages,
+            prefill_pct: cfg.prefill_pct,
+            policy: cfg.policy,
+            cpu: cfg.cpus.fault_cpu,
+        };
+        Some(protected::load(&mem, plan).map_err(VmError::Protected)?)
     } else {
         None
     };
