@@ -8,6 +8,8 @@
 
 use serde::Serialize;
 
+pub mod workload;
+
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 #[cfg(target_arch = "x86_64")]
