@@ -109,12 +109,16 @@ apt_fetch() {
   ( flock 9; apt_fetch_locked "$@" ) 9> "$CACHE/.fetch.lock"
 }
 apt_fetch_locked() {
-  local pkg=$1 dir=$2 debs=$CACHE/debs deb
+  local pkg=$1 dir=$2 debs=$CACHE/debs deb arch='*'
+  # NAME:ARCH only takes a .deb of that architecture (busybox-static:arm64 and :amd64 share a name).
+  case $pkg in *:*) arch=${pkg#*:} ;; esac
   # .unpacked names the .deb it came from: a changed package name fetches again.
-  case "$(cat "$dir/.unpacked" 2>/dev/null)" in "${pkg%%:*}"_*) return 0 ;; esac
+  # shellcheck disable=SC2254  # $arch is a pattern on purpose
+  case "$(cat "$dir/.unpacked" 2>/dev/null)" in "${pkg%%:*}"_*_$arch.deb) return 0 ;; esac
   ensure_apt_sources
   mkdir -p "$debs"
-  deb=$(ls "$debs/${pkg%%:*}"_*.deb 2>/dev/null | head -1 || true)
+  # shellcheck disable=SC2086
+  deb=$(ls "$debs/${pkg%%:*}"_*_$arch.deb 2>/dev/null | head -1 || true)
   if [ -z "$deb" ]; then
     log "downloading $pkg"
     if ! (cd "$debs" && apt-get -q download "$pkg" >&2 2>"$debs/.err") || grep -q '^E:' "$debs/.err"; then
@@ -129,7 +133,8 @@ apt_fetch_locked() {
       die "cannot download $pkg: it is not in the configured archives (moved or removed?).
   If the archive now has a newer ABI (see above), put its name into KPKG in ci/board/lib.sh."
     fi
-    deb=$(ls "$debs/${pkg%%:*}"_*.deb | head -1)
+    # shellcheck disable=SC2086
+    deb=$(ls "$debs/${pkg%%:*}"_*_$arch.deb | head -1)
   fi
   rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
   dpkg-deb -x "$deb" "$dir.tmp"
