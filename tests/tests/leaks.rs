@@ -8,8 +8,8 @@ mod common;
 use common::{ensure, kvm_test};
 use guest::Payload;
 use libtest_mimic::{Arguments, Failed};
-use vmm::config::InjectPinFailure;
 use vmm::hostinfo::status_kb;
+use vmm::inject::{InjectSpec, Site};
 use vmm::{Backing, DrainPolicy, HostLimits, Outcome, Stage2, VmConfig};
 
 fn snapshot() -> (u64, u64, usize) {
@@ -37,13 +37,11 @@ fn many_vms() -> Result<(), Failed> {
             for policy in DrainPolicy::ALL {
                 for inject in [
                     None,
-                    Some(InjectPinFailure {
-                        nth: 30 + round,
-                        errno: libc::ENOMEM,
-                    }),
+                    Some(InjectSpec::new(Site::PinUpdate, 30 + round, libc::ENOMEM)),
                 ] {
                     let mut c = VmConfig::new(Payload::Memtouch, 8 << 20, host.default_placement());
-                    (c.backing, c.policy, c.inject_pin_failure) = (backing, policy, inject);
+                    (c.backing, c.policy, c.inject) =
+                        (backing, policy, inject.into_iter().collect());
                     if policy == DrainPolicy::Retry && inject.is_some() {
                         c.stage2 = Stage2::Eager; // eager pins fail hard: another exit path
                     }

@@ -7,7 +7,8 @@ mod common;
 use common::{ensure, kvm_test};
 use guest::Payload;
 use libtest_mimic::{Arguments, Failed, Trial};
-use vmm::config::{CpuPlacement, InjectPinFailure};
+use vmm::config::CpuPlacement;
+use vmm::inject::{InjectSpec, Site};
 use vmm::{Backing, DrainPolicy, FaultIn, HostLimits, Outcome, Report, Stage2, VmConfig};
 
 const MEM: u64 = 16 << 20;
@@ -215,10 +216,7 @@ fn others() -> Vec<Trial> {
             for backing in [Backing::Shmem, Backing::Anon] {
                 let mut c = config(Payload::Memtouch);
                 c.backing = backing;
-                c.inject_pin_failure = Some(InjectPinFailure {
-                    nth: 50,
-                    errno: libc::ENOMEM,
-                });
+                c.inject = vec![InjectSpec::new(Site::PinUpdate, 50, libc::ENOMEM)];
                 let r = run(&c)?;
                 let t = r
                     .termination
@@ -238,10 +236,7 @@ fn others() -> Vec<Trial> {
         kvm_test("termination::retry_policy_survives_one_failure", || {
             let mut c = config(Payload::Memtouch);
             c.policy = DrainPolicy::Retry;
-            c.inject_pin_failure = Some(InjectPinFailure {
-                nth: 10,
-                errno: libc::ENOMEM,
-            });
+            c.inject = vec![InjectSpec::new(Site::PinUpdate, 10, libc::ENOMEM)];
             let r = run(&c)?;
             check_memtouch_ok_allowing_one_failure(&r)
         }),

@@ -549,7 +549,7 @@ fn all_drain_and_pin_micro(order: &[usize]) -> Result<Vec<DrainMicro>, String> {
         view.touch_read(p as usize * PAGE_SIZE);
     }
     let hva = |p: u64| view.addr() + p * PAGE_SIZE as u64;
-    let mut table = PinTable::new(pages, None);
+    let mut table = PinTable::new(pages);
     let mut xs = Vec::with_capacity(pages as usize / 2);
     for p in 0..pages / 2 {
         let t = Instant::now();

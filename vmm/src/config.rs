@@ -2,13 +2,13 @@
 //! What a VM is asked to be: plain data, validated once before anything is built.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use guest::Payload;
 use serde::Serialize;
 
 use crate::drain::DrainPolicy;
+pub use crate::inject::InjectSpec;
 pub use crate::protected::VmType;
 use crate::sys::PAGE_SIZE;
 
@@ -44,49 +44,6 @@ pub enum Stage2 {
     Kernel,
     /// Every guest page faulted in and pinned before the first instruction.
     Eager,
-}
-
-/// A forced pin failure, for testing the termination path on hosts that cannot fail naturally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct InjectPinFailure {
-    /// The 1-based index of the pin attempt that fails.
-    pub nth: u64,
-    /// The errno it fails with.
-    pub errno: i32,
-}
-
-impl FromStr for InjectPinFailure {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (n, e) = s.split_once(':').unwrap_or((s, "ENOMEM"));
-        let nth: u64 = n
-            .parse()
-            .ok()
-            .filter(|&v| v > 0)
-            .ok_or_else(|| format!("'{n}' is not a pin number (1, 2, ...)"))?;
-        let errno = errno_from_name(e).ok_or_else(|| {
-            format!("'{e}' is not an errno (use a name like ENOMEM, EFAULT, EAGAIN or a number)")
-        })?;
-        Ok(Self { nth, errno })
-    }
-}
-
-fn errno_from_name(s: &str) -> Option<i32> {
-    let named = [
-        ("ENOMEM", libc::ENOMEM),
-        ("EFAULT", libc::EFAULT),
-        ("EAGAIN", libc::EAGAIN),
-        ("EBUSY", libc::EBUSY),
-        ("EINVAL", libc::EINVAL),
-        ("EPERM", libc::EPERM),
-        ("ENOSPC", libc::ENOSPC),
-        ("EIO", libc::EIO),
-    ];
-    named
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(s))
-        .map(|(_, v)| *v)
-        .or_else(|| s.parse().ok().filter(|&v: &i32| v > 0 && v < 4096))
 }
 
 /// Parses sizes like `64M`, `1G`, `4096`, `16K` (binary units).
@@ -162,7 +119,8 @@ pub struct VmConfig {
     pub touch: TouchParams,
     #[serde(serialize_with = "ser_secs")]
     pub timeout: Duration,
-    pub inject_pin_failure: Option<InjectPinFailure>,
+    /// Host calls made to fail (`--inject`, `--inject-pin-failure`).
+    pub inject: Vec<InjectSpec>,
     /// Ordinary VM, or a pKVM protected VM whose pins KVM takes itself (`protected.rs`).
     pub vm_type: VmType,
     /// Echo the guest's console to stderr as it arrives.
@@ -277,7 +235,7 @@ impl VmConfig {
             fault_ahead: 0,
             touch: TouchParams::default(),
             timeout: Duration::from_secs(60),
-            inject_pin_failure: None,
+            inject: Vec::new(),
             vm_type: VmType::Normal,
             echo_console: false,
             seccomp: crate::seccomp::SeccompMode::Threads,
@@ -356,7 +314,7 @@ impl VmConfig {
             (self.fault_in != FaultIn::Touch, "--fault-in pin"),
             (self.noise_pages > 0, "--noise"),
             (self.fault_ahead > 0, "--fault-ahead"),
-            (self.inject_pin_failure.is_some(), "--inject-pin-failure"),
+            (!self.inject.is_empty(), "--inject"),
         ];
         match conflict.iter().find(|(bad, _)| *bad) {
             Some((_, what)) => Err(ConfigError::ProtectedConflict(what)),
@@ -415,27 +373,6 @@ mod tests {
                 .unwrap_err()
                 .contains("too large")
         );
-    }
-
-    #[test]
-    fn injection_parses() {
-        assert_eq!(
-            "3".parse(),
-            Ok(InjectPinFailure {
-                nth: 3,
-                errno: libc::ENOMEM
-            })
-        );
-        assert_eq!(
-            "5:EFAULT".parse(),
-            Ok(InjectPinFailure {
-                nth: 5,
-                errno: libc::EFAULT
-            })
-        );
-        assert_eq!("5:11".parse(), Ok(InjectPinFailure { nth: 5, errno: 11 }));
-        assert!("0".parse::<InjectPinFailure>().is_err());
-        assert!("2:EWHAT".parse::<InjectPinFailure>().is_err());
     }
 
     #[test]

@@ -7,11 +7,16 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::inject::Site;
 use crate::vcpu::VcpuOutcome;
 
 /// A VM ended by a failed long-term pin, as pKVM ends it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Termination {
+    /// The injection site of the failed call (`pin-update`; `kvm-run` for protected VMs).
+    pub site: String,
+    /// The failed system call.
+    pub call: String,
     pub errno: i32,
     pub errno_name: String,
     pub gpa: u64,
@@ -23,6 +28,79 @@ pub struct Termination {
     pub message: String,
 }
 
+/// A host call the VM needed failed (other than a long-term pin): the VM ends as a VMM error.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HostFailure {
+    /// Where: an injection site (`uffd-continue`, `drain`, `kvm-run`, ...; see
+    /// [`crate::inject::Site`]) or, for calls `--inject` cannot reach, a short name
+    /// (`seccomp`, `fault-in`, `event-loop`, `resolver`).
+    pub site: String,
+    /// The failed system call.
+    pub call: String,
+    pub errno: Option<i32>,
+    pub errno_name: Option<String>,
+    /// The guest-physical address being resolved, when the call was about one.
+    pub gpa: Option<u64>,
+    /// The thread that failed: `fault-in`, `pin`, `vcpuN`, `main`.
+    pub thread: String,
+    /// Whether `--inject` made the call fail.
+    pub injected: bool,
+    pub message: String,
+}
+
+impl HostFailure {
+    /// A failure at an injection site.
+    pub fn at(
+        site: Site,
+        errno: Option<i32>,
+        injected: bool,
+        thread: &str,
+        gpa: Option<u64>,
+        message: String,
+    ) -> Self {
+        Self::named(site.name(), site.call(), errno, thread, message).with(gpa, injected)
+    }
+
+    /// A failure of a call `--inject` has no site for.
+    pub fn named(
+        site: &str,
+        call: &str,
+        errno: Option<i32>,
+        thread: &str,
+        message: String,
+    ) -> Self {
+        Self {
+            site: site.into(),
+            call: call.into(),
+            errno,
+            errno_name: errno.map(errno_name),
+            gpa: None,
+            thread: thread.into(),
+            injected: false,
+            message,
+        }
+    }
+
+    /// One line: what failed where.
+    pub fn describe(&self) -> String {
+        let errno = self.errno_name.as_deref().unwrap_or("an error");
+        let gpa = self
+            .gpa
+            .map(|g| format!(", GPA {g:#x}"))
+            .unwrap_or_default();
+        let injected = if self.injected { " [injected]" } else { "" };
+        format!(
+            "{} failed with {errno} in the {} thread (site {}{gpa}){injected}",
+            self.call, self.thread, self.site
+        )
+    }
+
+    fn with(mut self, gpa: Option<u64>, injected: bool) -> Self {
+        (self.gpa, self.injected) = (gpa, injected);
+        self
+    }
+}
+
 /// Messages to the main thread.
 #[derive(Debug)]
 pub enum VmEvent {
@@ -30,8 +108,8 @@ pub enum VmEvent {
     VcpuDone { id: u8, outcome: VcpuOutcome },
     /// The resolver could not pin a page: the VM must die.
     PinFailed(Termination),
-    /// The resolver hit a host error it cannot recover from.
-    ResolverFailed(String),
+    /// A VM thread hit a host error it cannot recover from.
+    HostFailed(HostFailure),
 }
 
 /// Shared between all of a VM's threads.
@@ -82,24 +160,41 @@ impl VmControl {
     }
 }
 
+/// The errnos reports name and `--inject` accepts by name (the rest appear as numbers).
+const ERRNOS: &[(i32, &str)] = &[
+    (libc::EPERM, "EPERM"),
+    (libc::ENOENT, "ENOENT"),
+    (libc::ESRCH, "ESRCH"),
+    (libc::EINTR, "EINTR"),
+    (libc::EIO, "EIO"),
+    (libc::EBADF, "EBADF"),
+    (libc::EAGAIN, "EAGAIN"),
+    (libc::ENOMEM, "ENOMEM"),
+    (libc::EFAULT, "EFAULT"),
+    (libc::EBUSY, "EBUSY"),
+    (libc::EEXIST, "EEXIST"),
+    (libc::ENODEV, "ENODEV"),
+    (libc::EINVAL, "EINVAL"),
+    (libc::ENOSPC, "ENOSPC"),
+    (libc::ENOSYS, "ENOSYS"),
+    (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+    (libc::EHWPOISON, "EHWPOISON"),
+];
+
 /// Symbolic name of an errno, for reports.
 pub fn errno_name(e: i32) -> String {
-    let known = [
-        (libc::ENOMEM, "ENOMEM"),
-        (libc::EFAULT, "EFAULT"),
-        (libc::EAGAIN, "EAGAIN"),
-        (libc::EBUSY, "EBUSY"),
-        (libc::EINVAL, "EINVAL"),
-        (libc::EPERM, "EPERM"),
-        (libc::ENOSPC, "ENOSPC"),
-        (libc::EIO, "EIO"),
-        (libc::EINTR, "EINTR"),
-        (libc::EEXIST, "EEXIST"),
-        (libc::EHWPOISON, "EHWPOISON"),
-    ];
-    known
+    ERRNOS
         .iter()
         .find(|(n, _)| *n == e)
         .map(|(_, s)| (*s).to_owned())
         .unwrap_or_else(|| format!("errno {e}"))
+}
+
+/// An errno from its name (case-insensitive) or its number (1-4095).
+pub fn errno_from_name(s: &str) -> Option<i32> {
+    ERRNOS
+        .iter()
+        .find(|(_, n)| n.eq_ignore_ascii_case(s))
+        .map(|(v, _)| *v)
+        .or_else(|| s.parse().ok().filter(|&v: &i32| v > 0 && v < 4096))
 }

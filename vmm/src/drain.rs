@@ -13,10 +13,12 @@
 //!   (the kernel calls `lru_cache_disable()` first).
 
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::inject::{Injector, Site};
 use crate::sys::{self, Mapping, PAGE_SIZE};
 
 /// The policies.
@@ -56,10 +58,45 @@ impl DrainPolicy {
 pub enum DrainError {
     #[error("cannot map the drain scratch page: {0}")]
     Scratch(io::Error),
-    #[error("local drain (madvise MADV_COLD on the scratch page) failed: {0}")]
-    Local(io::Error),
-    #[error("all-CPU drain (migrate_pages on self) failed: {0}; does the kernel have CONFIG_NUMA?")]
-    All(io::Error),
+    #[error("local drain (madvise MADV_COLD on the scratch page) failed: {err}{}", tag(*.injected))]
+    Local { err: io::Error, injected: bool },
+    #[error(
+        "all-CPU drain (migrate_pages on self) failed: {err}{}; does the kernel have CONFIG_NUMA?",
+        tag(*.injected)
+    )]
+    All { err: io::Error, injected: bool },
+}
+
+fn tag(injected: bool) -> &'static str {
+    if injected { " [injected]" } else { "" }
+}
+
+impl DrainError {
+    /// The errno of the failed call.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            DrainError::Scratch(e)
+            | DrainError::Local { err: e, .. }
+            | DrainError::All { err: e, .. } => e.raw_os_error(),
+        }
+    }
+
+    /// The failed call.
+    pub fn call(&self) -> &'static str {
+        match self {
+            DrainError::Scratch(_) => "mmap(scratch page)",
+            DrainError::Local { .. } => "madvise(MADV_COLD)",
+            DrainError::All { .. } => "migrate_pages",
+        }
+    }
+
+    /// Whether `--inject drain` made it fail.
+    pub fn injected(&self) -> bool {
+        matches!(
+            self,
+            DrainError::Local { injected: true, .. } | DrainError::All { injected: true, .. }
+        )
+    }
 }
 
 /// Counts and time spent draining, per resolver thread.
@@ -86,6 +123,7 @@ impl DrainStats {
 pub struct Drainer {
     policy: DrainPolicy,
     scratch: Mapping,
+    faults: Arc<Injector>,
     pub stats: DrainStats,
 }
 
@@ -96,8 +134,23 @@ impl Drainer {
         Ok(Self {
             policy,
             scratch,
+            faults: Injector::off(),
             stats: DrainStats::default(),
         })
+    }
+
+    /// Drains that fail as `faults` says (site `drain`).
+    pub fn with_injector(mut self, faults: Arc<Injector>) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// `Err(errno)` instead of the call when `--inject drain` says so.
+    fn injected(&self) -> Result<(), io::Error> {
+        match self.faults.hit(Site::Drain) {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
     }
 
     pub fn policy(&self) -> DrainPolicy {
@@ -135,8 +188,14 @@ impl Drainer {
         if sys::current_cpu() != Some(expect_cpu) {
             self.stats.cpu_mismatches += 1;
         }
-        sys::madvise(self.scratch.as_ptr(), PAGE_SIZE, libc::MADV_COLD)
-            .map_err(DrainError::Local)?;
+        let injected = self.injected();
+        let injected_now = injected.is_err();
+        injected
+            .and_then(|()| sys::madvise(self.scratch.as_ptr(), PAGE_SIZE, libc::MADV_COLD))
+            .map_err(|err| DrainError::Local {
+                err,
+                injected: injected_now,
+            })?;
         self.stats.local_drains += 1;
         self.stats.total_ns += t.elapsed().as_nanos() as u64;
         Ok(())
@@ -145,7 +204,14 @@ impl Drainer {
     /// `lru_add_drain_all()`.
     pub fn drain_all(&mut self) -> Result<(), DrainError> {
         let t = Instant::now();
-        sys::migrate_pages_to_self().map_err(DrainError::All)?;
+        let injected = self.injected();
+        let injected_now = injected.is_err();
+        injected
+            .and_then(|()| sys::migrate_pages_to_self())
+            .map_err(|err| DrainError::All {
+                err,
+                injected: injected_now,
+            })?;
         self.stats.all_drains += 1;
         self.stats.total_ns += t.elapsed().as_nanos() as u64;
         Ok(())

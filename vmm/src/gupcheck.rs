@@ -128,7 +128,7 @@ fn run_case(
             // SAFETY: inside the live loader mapping.
             unsafe { loader.at(p * PAGE_SIZE).write_volatile(1) };
         }
-        let mut table = PinTable::new(pages, None);
+        let mut table = PinTable::new(pages);
         for p in 0..pages {
             let off = p as usize * PAGE_SIZE;
             sys::pin_thread_to_cpu(cpus.0).map_err(|e| format!("affinity: {e}"))?;

@@ -13,6 +13,7 @@ pub mod drain;
 pub mod exit_code;
 pub mod gupcheck;
 pub mod hostinfo;
+pub mod inject;
 pub mod memory;
 pub mod pin;
 pub mod probe;

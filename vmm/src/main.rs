@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use guest::Payload;
-use vmm::config::{CpuPlacement, InjectPinFailure, TouchParams, parse_size};
+use vmm::config::{CpuPlacement, InjectSpec, TouchParams, parse_size};
 use vmm::seccomp::SeccompMode;
 use vmm::{Backing, DrainPolicy, ExitCode, FaultIn, HostLimits, Stage2, VmConfig};
 
@@ -109,9 +109,19 @@ struct RunArgs {
     /// Stop the VM after this many seconds (outcome `timeout`).
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     timeout: f64,
-    /// Force the N-th pin attempt to fail (optionally with ERRNO, default ENOMEM): tests the termination path.
-    #[arg(long, value_name = "N[:ERRNO]")]
-    inject_pin_failure: Option<InjectPinFailure>,
+    /// Make a host call fail: the NTH call (default 1) at SITE fails with ERRNO (a name or
+    /// number; default: one the call really returns) instead of being made, and the VM takes
+    /// the real error path. Repeatable. Sites: uffd-read, uffd-copy (anon), uffd-zeropage (anon
+    /// with --fault-in pin), uffd-continue (shmem), uffd-wake (anon), pin-register, pin-update
+    /// (the long-term pin: exit 5, VM terminated), mlock, drain (mlock-drain, lru-add-drain,
+    /// retry after a failed pin), kvm-run. All but pin-update end the VM as a VMM error (exit 1);
+    /// the JSON report names the site, call, errno and GPA. See docs/RELIABILITY.md.
+    #[arg(long, value_name = "SITE[@NTH][:ERRNO]")]
+    inject: Vec<InjectSpec>,
+    /// Force the N-th pin attempt to fail (optionally with ERRNO, default ENOMEM): tests the
+    /// termination path. Same as --inject pin-update@N:ERRNO.
+    #[arg(long, value_name = "N[:ERRNO]", value_parser = InjectSpec::parse_pin_failure)]
+    inject_pin_failure: Option<InjectSpec>,
     /// Write the JSON report to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -174,7 +184,12 @@ fn build_config(a: &RunArgs, host: &HostLimits) -> Result<VmConfig, String> {
         seed: a.seed,
     };
     c.timeout = Duration::from_secs_f64(a.timeout);
-    c.inject_pin_failure = a.inject_pin_failure;
+    c.inject = a
+        .inject
+        .iter()
+        .chain(&a.inject_pin_failure)
+        .copied()
+        .collect();
     c.vm_type = a.vm_type;
     c.echo_console = a.console;
     c.seccomp = if a.no_seccomp {
@@ -224,11 +239,13 @@ fn run(a: RunArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pinvmm: {e}");
-            return if e.is_host_unsupported() {
-                ExitCode::HostUnsupported
-            } else {
-                ExitCode::VmmError
-            };
+            let failed = vmm::report::SetupFailureReport::new(&cfg, &e);
+            if let Some(p) = &a.json
+                && let Err(e) = write_json(p, &failed)
+            {
+                eprintln!("pinvmm: {e}");
+            }
+            return failed.exit_code();
         }
     };
     if !a.quiet {

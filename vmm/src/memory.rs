@@ -18,6 +18,7 @@ use std::io;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap};
 
 use crate::config::Backing;
+use crate::inject::{Injector, Site};
 use crate::sys::{self, Mapping, PAGE_SIZE};
 
 /// Failures setting up guest memory.
@@ -32,9 +33,14 @@ pub enum MemoryError {
         err: io::Error,
     },
     #[error(
-        "mlock2(MLOCK_ONFAULT) of the pin view ({size} bytes) failed: {err}; raise RLIMIT_MEMLOCK or run with CAP_IPC_LOCK"
+        "mlock2(MLOCK_ONFAULT) of the pin view ({size} bytes) failed: {err}{}; raise RLIMIT_MEMLOCK or run with CAP_IPC_LOCK",
+        if *.injected { " [injected]" } else { "" }
     )]
-    Mlock { size: u64, err: io::Error },
+    Mlock {
+        size: u64,
+        err: io::Error,
+        injected: bool,
+    },
     #[error("cannot set up the loader view: {0}")]
     Loader(String),
     #[error("cannot write {len} bytes at guest address {gpa:#x}: {err}")]
@@ -60,16 +66,37 @@ pub struct GuestMemory {
 impl GuestMemory {
     /// Creates guest memory of `size` bytes at guest-physical `base`.
     pub fn new(backing: Backing, base: u64, size: u64) -> Result<Self, MemoryError> {
+        Self::new_injected(backing, base, size, &Injector::off())
+    }
+
+    /// As [`Self::new`], with the `mlock` site of `faults` armed.
+    pub fn new_injected(
+        backing: Backing,
+        base: u64,
+        size: u64,
+        faults: &Injector,
+    ) -> Result<Self, MemoryError> {
         let len = size as usize;
         let map_err = |view| move |err| MemoryError::Map { view, size, err };
+        let mlock = |m: &Mapping| match faults.hit(Site::Mlock) {
+            Some(errno) => Err(MemoryError::Mlock {
+                size,
+                err: io::Error::from_raw_os_error(errno),
+                injected: true,
+            }),
+            None => m.mlock_onfault().map_err(|err| MemoryError::Mlock {
+                size,
+                err,
+                injected: false,
+            }),
+        };
         let (guest_view, pin_view, loader, memfd) = match backing {
             Backing::Shmem => {
                 let fd = sys::memfd("pinvmm-guest", size)
                     .map_err(|err| MemoryError::Memfd { size, err })?;
                 let guest = Mapping::shared(&fd, len).map_err(map_err("guest"))?;
                 let pin = Mapping::shared(&fd, len).map_err(map_err("pin"))?;
-                pin.mlock_onfault()
-                    .map_err(|err| MemoryError::Mlock { size, err })?;
+                mlock(&pin)?;
                 let off = FileOffset::new(fd.try_clone().map_err(map_err("loader"))?, 0);
                 let loader =
                     GuestMemoryMmap::from_ranges_with_files([(GuestAddress(base), len, Some(off))])
@@ -78,9 +105,7 @@ impl GuestMemory {
             }
             Backing::Anon => {
                 let guest = Mapping::anonymous(len).map_err(map_err("guest"))?;
-                guest
-                    .mlock_onfault()
-                    .map_err(|err| MemoryError::Mlock { size, err })?;
+                mlock(&guest)?;
                 let loader = GuestMemoryMmap::from_ranges(&[(GuestAddress(base), len)])
                     .map_err(|e| MemoryError::Loader(e.to_string()))?;
                 (guest, None, loader, None)

@@ -8,13 +8,13 @@
 //! table is one guest page; pins are released when the rings are dropped (VM teardown).
 
 use std::io;
-
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use io_uring::IoUring;
 use serde::Serialize;
 
-use crate::config::InjectPinFailure;
+use crate::inject::{Injector, Site};
 use crate::sys::PAGE_SIZE;
 
 /// io_uring accepts at most this many registered buffers per ring (IORING_MAX_REG_BUFFERS).
@@ -67,8 +67,13 @@ fn update_slots(ring_fd: i32, offset: u32, iovs: &[Iovec]) -> io::Result<u64> {
 pub enum PinError {
     #[error("cannot create the io_uring for pins: {0} (is kernel.io_uring_disabled set?)")]
     Ring(io::Error),
-    #[error("cannot register a sparse buffer table of {slots} slots: {err}")]
-    Table { slots: u64, err: io::Error },
+    #[error("cannot register a sparse buffer table of {slots} slots: {err}{injected}",
+        injected = if *.injected { " [injected]" } else { "" })]
+    Table {
+        slots: u64,
+        err: io::Error,
+        injected: bool,
+    },
     #[error("long-term pin of guest page {page} (host address {hva:#x}) failed: {err}{injected}",
         injected = if *.injected { " [injected]" } else { "" })]
     Pin {
@@ -88,6 +93,14 @@ impl PinError {
             }
         }
     }
+
+    /// Whether `--inject` made the call fail.
+    pub fn injected(&self) -> bool {
+        matches!(
+            self,
+            PinError::Table { injected: true, .. } | PinError::Pin { injected: true, .. }
+        )
+    }
 }
 
 /// Pin counters.
@@ -104,7 +117,7 @@ pub struct PinStats {
 pub struct PinTable {
     rings: Vec<Option<IoUring>>,
     pinned: Vec<bool>,
-    inject: Option<InjectPinFailure>,
+    faults: Arc<Injector>,
     /// Scratch iovecs of a batched update, kept to avoid allocating per fault.
     iovs: Vec<Iovec>,
     pub stats: PinStats,
@@ -134,23 +147,38 @@ impl std::fmt::Debug for PinTable {
 
 impl PinTable {
     /// A table for `pages` guest pages; rings are created as pages need them.
-    pub fn new(pages: u64, inject: Option<InjectPinFailure>) -> Self {
+    pub fn new(pages: u64) -> Self {
         let rings = pages.div_ceil(SLOTS_PER_RING) as usize;
         Self {
             rings: (0..rings).map(|_| None).collect(),
             pinned: vec![false; pages as usize],
-            inject,
+            faults: Injector::off(),
             iovs: Vec::new(),
             stats: PinStats::default(),
         }
     }
 
+    /// A table whose host calls fail as `faults` says (sites `pin-register`, `pin-update`).
+    pub fn with_injector(mut self, faults: Arc<Injector>) -> Self {
+        self.faults = faults;
+        self
+    }
+
     fn ring(&mut self, idx: usize, slots: u64) -> Result<&IoUring, PinError> {
         if self.rings[idx].is_none() {
             let ring = IoUring::new(2).map_err(PinError::Ring)?;
-            ring.submitter()
-                .register_buffers_sparse(slots as u32)
-                .map_err(|err| PinError::Table { slots, err })?;
+            let r = match self.faults.hit(Site::PinRegister) {
+                Some(errno) => Err((io::Error::from_raw_os_error(errno), true)),
+                None => ring
+                    .submitter()
+                    .register_buffers_sparse(slots as u32)
+                    .map_err(|e| (e, false)),
+            };
+            r.map_err(|(err, injected)| PinError::Table {
+                slots,
+                err,
+                injected,
+            })?;
             self.rings[idx] = Some(ring);
         }
         Ok(self.rings[idx].as_ref().expect("ring created above"))
@@ -167,17 +195,6 @@ impl PinTable {
             self.stats.already_pinned += 1;
             return Ok(());
         }
-        self.stats.attempted += 1;
-        if let Some(inj) = self.inject.filter(|i| i.nth == self.stats.attempted) {
-            self.stats.failed += 1;
-            let err = io::Error::from_raw_os_error(inj.errno);
-            return Err(PinError::Pin {
-                page,
-                hva,
-                err,
-                injected: true,
-            });
-        }
         let ring_idx = (page / SLOTS_PER_RING) as usize;
         let total = self.pinned.len() as u64;
         let slots = (total - ring_idx as u64 * SLOTS_PER_RING).min(SLOTS_PER_RING);
@@ -186,7 +203,18 @@ impl PinTable {
             iov_base: hva as *mut libc::c_void,
             iov_len: PAGE_SIZE,
         };
-        let ring = self.ring(ring_idx, slots)?;
+        self.ring(ring_idx, slots)?;
+        self.stats.attempted += 1;
+        if let Some(errno) = self.faults.hit(Site::PinUpdate) {
+            self.stats.failed += 1;
+            return Err(PinError::Pin {
+                page,
+                hva,
+                err: io::Error::from_raw_os_error(errno),
+                injected: true,
+            });
+        }
+        let ring = self.rings[ring_idx].as_ref().expect("ring created above");
         // SAFETY: hva is a page of the pin view, which stays mapped until after this table
         // (and its rings) are dropped: GuestMemory outlives the resolver that owns the table.
         let r = unsafe { ring.submitter().register_buffers_update(slot, &[iov], None) };
@@ -214,10 +242,10 @@ impl PinTable {
     /// still pins it with its own `pin_user_pages_fast(FOLL_WRITE | FOLL_LONGTERM)`).
     ///
     /// On failure, the pages before the failed one stay pinned and the error names the failed
-    /// page. Counters are per page, as with [`Self::pin`]. With an injected failure configured,
-    /// pages are pinned one by one so the injection hits exactly the n-th attempt.
+    /// page. Counters are per page, as with [`Self::pin`]. With `pin-update` armed, pages are
+    /// pinned one by one so the injection hits exactly the n-th page's pin.
     pub fn pin_range(&mut self, first: u64, hva: u64, n: u64) -> Result<(), PinError> {
-        if n == 1 || self.inject.is_some() {
+        if n == 1 || self.faults.is_armed(Site::PinUpdate) {
             for i in 0..n {
                 self.pin(first + i, hva + i * PAGE_SIZE as u64)?;
             }
@@ -285,17 +313,15 @@ impl PinTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inject::InjectSpec;
     use crate::sys::{Mapping, memfd};
 
     #[test]
     fn pins_pages_and_injects_failures() {
         let f = memfd("pintest", 8 * PAGE_SIZE as u64).unwrap();
         let view = Mapping::shared(&f, 8 * PAGE_SIZE).unwrap();
-        let inject = Some(InjectPinFailure {
-            nth: 3,
-            errno: libc::ENOMEM,
-        });
-        let mut t = PinTable::new(8, inject);
+        let inject = Injector::new(&[InjectSpec::new(Site::PinUpdate, 3, libc::ENOMEM)]);
+        let mut t = PinTable::new(8).with_injector(inject);
         let hva = |p: u64| view.addr() + p * PAGE_SIZE as u64;
         t.pin(0, hva(0)).unwrap();
         t.pin(0, hva(0)).unwrap();
@@ -320,7 +346,7 @@ mod tests {
     fn pins_ranges_in_one_call_and_skips_pinned_pages() {
         let f = memfd("pinrange", 40 * PAGE_SIZE as u64).unwrap();
         let view = Mapping::shared(&f, 40 * PAGE_SIZE).unwrap();
-        let mut t = PinTable::new(40, None);
+        let mut t = PinTable::new(40);
         t.pin(3, view.addr() + 3 * PAGE_SIZE as u64).unwrap();
         t.pin_range(0, view.addr(), 8).unwrap();
         assert!((0..8).all(|p| t.is_pinned(p)) && !t.is_pinned(8));
@@ -344,7 +370,7 @@ mod tests {
     fn a_batch_is_one_update_of_every_slot() {
         let f = memfd("pinbatch", 16 * PAGE_SIZE as u64).unwrap();
         let view = Mapping::shared(&f, 16 * PAGE_SIZE).unwrap();
-        let mut t = PinTable::new(16, None);
+        let mut t = PinTable::new(16);
         let fd = t.ring(0, 16).unwrap().as_raw_fd();
         let iovs: Vec<Iovec> = (0..16)
             .map(|p| Iovec {
@@ -359,11 +385,8 @@ mod tests {
     fn pin_range_with_injection_fails_at_the_nth_page() {
         let f = memfd("pinrange-inj", 8 * PAGE_SIZE as u64).unwrap();
         let view = Mapping::shared(&f, 8 * PAGE_SIZE).unwrap();
-        let inject = Some(InjectPinFailure {
-            nth: 3,
-            errno: libc::EFAULT,
-        });
-        let mut t = PinTable::new(8, inject);
+        let inject = Injector::new(&[InjectSpec::new(Site::PinUpdate, 3, libc::EFAULT)]);
+        let mut t = PinTable::new(8).with_injector(inject);
         let e = t.pin_range(0, view.addr(), 8).unwrap_err();
         assert!(matches!(e, PinError::Pin { page: 2, .. }), "{e}");
         assert_eq!((t.stats.ok, t.stats.failed), (2, 1));

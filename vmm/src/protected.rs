@@ -288,6 +288,8 @@ fn termination(gpa: Option<u64>, consecutive: u64, policy: DrainPolicy) -> Termi
         String::new()
     };
     Termination {
+        site: crate::inject::Site::KvmRun.name().into(),
+        call: crate::inject::Site::KvmRun.call().into(),
         errno: libc::EFAULT,
         errno_name: errno_name(libc::EFAULT),
         gpa: gpa.unwrap_or(0),

@@ -7,9 +7,10 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::VmConfig;
-use crate::control::Termination;
+use crate::control::{HostFailure, Termination};
 use crate::exit_code::ExitCode;
 use crate::hostinfo::{self, GupFix};
+use crate::inject::InjectionReport;
 use crate::stage2::ResolverReport;
 use crate::vcpu::{ExitCounts, VcpuOutcome};
 
@@ -139,6 +140,10 @@ pub struct Report {
     pub host_check_bad_pages: u64,
     pub host_check_pages: u64,
     pub termination: Option<Termination>,
+    /// The host call whose failure ended the VM as a VMM error (site, call, errno, GPA).
+    pub host_failure: Option<HostFailure>,
+    /// Each `--inject` and whether it fired.
+    pub injections: Vec<InjectionReport>,
     pub resolver: Option<ResolverReport>,
     /// `--vm-type protected`: the loader thread, its drain, EFAULTs and retries.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -242,6 +247,16 @@ impl Report {
                 if t.injected { " [injected]" } else { "" }
             );
         }
+        if let Some(f) = &self.host_failure {
+            let _ = writeln!(s, "  HOST CALL FAILED: {}", f.describe());
+        }
+        for i in self.injections.iter().filter(|i| !i.fired) {
+            let _ = writeln!(
+                s,
+                "  note: --inject {} never fired: the VM made {} call(s) at {} (is the site on this configuration's path?)",
+                i.spec, i.site_calls, i.site
+            );
+        }
         let mig: Vec<String> = self
             .vmstat_delta
             .iter()
@@ -272,6 +287,49 @@ impl Report {
             let _ = writeln!(s, "  error: {e}");
         }
         s
+    }
+}
+
+/// The report of a VM that could not be built: `pinvmm run --json` writes it instead of a
+/// [`Report`], so a failed setup (say, an `--inject mlock`) still names what failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupFailureReport {
+    pub pinvmm_version: &'static str,
+    /// `vmm-error` (exit 1) or `host-unsupported` (exit 3).
+    pub outcome: &'static str,
+    pub exit_code: u8,
+    pub summary: String,
+    pub config: VmConfig,
+    pub host: HostFacts,
+    pub host_failure: Option<HostFailure>,
+    pub error: String,
+}
+
+impl SetupFailureReport {
+    pub fn new(config: &VmConfig, err: &crate::vm::VmError) -> Self {
+        let (outcome, code) = if err.is_host_unsupported() {
+            ("host-unsupported", ExitCode::HostUnsupported)
+        } else {
+            ("vmm-error", ExitCode::VmmError)
+        };
+        Self {
+            pinvmm_version: env!("CARGO_PKG_VERSION"),
+            outcome,
+            exit_code: code as u8,
+            summary: format!("the VM could not be built: {err}"),
+            config: config.clone(),
+            host: HostFacts::probe(),
+            host_failure: err.host_failure(),
+            error: err.to_string(),
+        }
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        if self.exit_code == ExitCode::HostUnsupported as u8 {
+            ExitCode::HostUnsupported
+        } else {
+            ExitCode::VmmError
+        }
     }
 }
 

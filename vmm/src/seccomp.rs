@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::control::{VmControl, VmEvent};
+use crate::control::{HostFailure, VmControl, VmEvent};
 
 /// Which threads of a VM `vm::run` filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -93,11 +93,30 @@ pub fn install(_kind: ThreadKind) -> Result<(), SeccompError> {
     Ok(())
 }
 
-/// Installs `kind`'s filter if `enabled`; a failure fails the VM (a `ResolverFailed` event,
+/// Installs `kind`'s filter if `enabled`; a failure fails the VM (a `HostFailed` event,
 /// reported as a VMM error) rather than running it unfiltered unnoticed.
 pub fn install_or_fail_vm(kind: ThreadKind, enabled: bool, ctl: &Arc<VmControl>) {
     if enabled && let Err(e) = install(kind) {
-        ctl.send(VmEvent::ResolverFailed(e.to_string()));
+        let thread = match kind {
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Fault => "fault-in",
+            ThreadKind::Pin => "pin",
+            ThreadKind::Main => "main",
+        };
+        let errno = match &e {
+            SeccompError::Install {
+                err: seccompiler::Error::Prctl(e) | seccompiler::Error::Seccomp(e),
+                ..
+            } => e.raw_os_error(),
+            _ => None,
+        };
+        ctl.send(VmEvent::HostFailed(HostFailure::named(
+            "seccomp",
+            "seccomp(SECCOMP_SET_MODE_FILTER)",
+            errno,
+            thread,
+            e.to_string(),
+        )));
     }
 }
 

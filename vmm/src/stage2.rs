@@ -39,11 +39,12 @@ use userfaultfd::{Event, EventBuffer, FeatureFlags, RegisterMode, Uffd, UffdBuil
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::config::{Backing, FaultIn, InjectPinFailure, Stage2};
-use crate::control::{Termination, VmControl, VmEvent, errno_name};
+use crate::config::{Backing, FaultIn, Stage2};
+use crate::control::{HostFailure, Termination, VmControl, VmEvent, errno_name};
 use crate::drain::{DrainError, DrainPolicy, DrainStats, Drainer};
+use crate::inject::{CallFailure, Injector, Site};
 use crate::memory::GuestMemory;
-use crate::pin::{PinStats, PinTable};
+use crate::pin::{PinError, PinStats, PinTable};
 use crate::seccomp::{self, ThreadKind};
 use crate::stats::{Latencies, LatencySummary};
 use crate::sys::{self, Mapping, PAGE_SIZE};
@@ -55,6 +56,9 @@ const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
 /// touching fresh memory faults every few tens of µs, so this covers the gaps between its
 /// faults; a guest that stops faulting costs at most this much CPU time per pause.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(300);
+
+/// The fault-in thread's name in reports.
+const FAULT_THREAD: &str = "fault-in";
 
 /// Events read from the userfaultfd in one read(2) (several vCPUs may be waiting).
 const EVENTS_PER_READ: usize = 16;
@@ -101,7 +105,6 @@ pub struct ResolverConfig {
     pub fault_cpu: usize,
     pub pin_cpu: usize,
     pub noise_pages: u32,
-    pub inject: Option<InjectPinFailure>,
     /// Pages after the faulting one resolved on the same event (0: one page per fault).
     pub fault_ahead: u32,
     /// How long the resolver threads poll for more work before sleeping (0: never poll).
@@ -265,8 +268,48 @@ impl Drop for Producer {
     }
 }
 
-fn is_eexist(e: &userfaultfd::Error) -> bool {
-    matches!(e, userfaultfd::Error::SystemError(errno) if *errno as i32 == libc::EEXIST)
+/// The errno a userfaultfd error carries, if any.
+fn uffd_errno(e: &userfaultfd::Error) -> Option<i32> {
+    match e {
+        userfaultfd::Error::SystemError(n)
+        | userfaultfd::Error::CopyFailed(n)
+        | userfaultfd::Error::ZeropageFailed(n) => Some(*n as i32),
+        _ => None,
+    }
+}
+
+/// Makes a userfaultfd call at `site`, unless `faults` fails it first.
+fn uffd_call<T>(
+    faults: &Injector,
+    site: Site,
+    call: impl FnOnce() -> Result<T, userfaultfd::Error>,
+) -> Result<T, CallFailure> {
+    if let Some(errno) = faults.hit(site) {
+        return Err(CallFailure::injected(site, errno));
+    }
+    call().map_err(|e| CallFailure {
+        site,
+        errno: uffd_errno(&e),
+        injected: false,
+        detail: e.to_string(),
+    })
+}
+
+fn is_eexist(e: &CallFailure) -> bool {
+    e.errno == Some(libc::EEXIST)
+}
+
+/// A failed drain, for the report.
+fn drain_failure(e: &DrainError, thread: &str, gpa: u64) -> HostFailure {
+    let mut f = HostFailure::named(
+        Site::Drain.name(),
+        e.call(),
+        e.errno(),
+        thread,
+        format!("draining before the pin of GPA {gpa:#x}: {e}"),
+    );
+    (f.gpa, f.injected) = (Some(gpa), e.injected());
+    f
 }
 
 /// One step of polling for work: lets a runnable thread on this CPU (the vCPU) go first.
@@ -280,6 +323,9 @@ struct PinSide {
     mem: Arc<GuestMemory>,
     uffd: Arc<Uffd>,
     ctl: Arc<VmControl>,
+    faults: Arc<Injector>,
+    /// The thread this side runs on, for reports.
+    thread: &'static str,
     table: PinTable,
     drainer: Drainer,
     pin_lat: Latencies,
@@ -290,24 +336,25 @@ struct PinSide {
 }
 
 impl PinSide {
+    fn gpa(&self, page: u64) -> u64 {
+        self.mem.base() + page * PAGE_SIZE as u64
+    }
+
     fn resolve(&mut self, w: Work) {
         if self.dead {
-            return; // The VM is being terminated; leave the vCPU waiting until teardown.
+            return; // The VM is being torn down; teardown releases the waiting vCPU.
         }
         let n = u64::from(w.count);
         if self.cfg.stage2 == Stage2::Pin {
             if let Err(e) = self.drainer.before_pin() {
-                return self.fail_host(e.to_string());
+                return self.fail_host(drain_failure(&e, self.thread, self.gpa(w.page)));
             }
             let pin_hva = |p: u64| self.mem.pin_view().addr() + p * PAGE_SIZE as u64;
             let t = Instant::now();
             let mut r = self.table.pin_range(w.page, pin_hva(w.page), n);
-            if let Err(e) = &r {
+            // A failed pin (not a failed table setup) may be retried, as the policy says.
+            if let Err(PinError::Pin { page: failed, .. }) = r {
                 // Pages before the failed one stay pinned; the retry starts at it.
-                let failed = match e {
-                    crate::pin::PinError::Pin { page, .. } => *page,
-                    _ => w.page,
-                };
                 match self.drainer.after_failed_pin() {
                     Ok(true) => {
                         self.retried += 1;
@@ -315,27 +362,31 @@ impl PinSide {
                         r = self.table.pin_range(failed, pin_hva(failed), left);
                     }
                     Ok(false) => {}
-                    Err(e) => return self.fail_host(e.to_string()),
+                    Err(e) => {
+                        return self.fail_host(drain_failure(&e, self.thread, self.gpa(failed)));
+                    }
                 }
             }
-            if let Err(e) = r {
-                self.dead = true;
-                let errno = e.errno().unwrap_or(0);
-                let (page, injected) = match e {
-                    crate::pin::PinError::Pin { page, injected, .. } => (page, injected),
-                    _ => (w.page, false),
-                };
-                self.ctl.send(VmEvent::PinFailed(Termination {
-                    errno,
-                    errno_name: errno_name(errno),
-                    gpa: self.mem.base() + page * PAGE_SIZE as u64,
-                    hva: pin_hva(page),
-                    page,
-                    injected,
-                    pins_ok_before: self.table.stats.ok,
-                    message: e.to_string(),
-                }));
-                return;
+            match r {
+                Ok(()) => {}
+                Err(e @ PinError::Pin { .. }) => return self.terminate(&e),
+                Err(e) => {
+                    let mut f = HostFailure::at(
+                        Site::PinRegister,
+                        e.errno(),
+                        e.injected(),
+                        self.thread,
+                        Some(self.gpa(w.page)),
+                        format!(
+                            "setting up the pin table for GPA {:#x}: {e}",
+                            self.gpa(w.page)
+                        ),
+                    );
+                    if matches!(e, PinError::Ring(_)) {
+                        f.call = "io_uring_setup".into();
+                    }
+                    return self.fail_host(f);
+                }
             }
             self.pin_lat.record(t.elapsed().as_nanos() as u64);
         }
@@ -343,45 +394,77 @@ impl PinSide {
             self.resolve_lat.record(w.t0.elapsed().as_nanos() as u64);
         }
         if let Err(e) = self.map_for_guest(w.guest_hva, n) {
-            return self.fail_host(format!(
-                "cannot map guest page {} for the guest: {e}",
-                w.page
-            ));
+            let gpa = self.gpa(w.page);
+            let what = format!("mapping guest page {} (GPA {gpa:#x}) for the guest", w.page);
+            return self.fail_host(e.into_host_failure(self.thread, Some(gpa), &what));
         }
         if w.faulting {
             self.fault_lat.record(w.t0.elapsed().as_nanos() as u64);
         }
     }
 
+    /// A failed long-term pin: the VM is terminated, as pKVM terminates it.
+    fn terminate(&mut self, e: &PinError) {
+        self.dead = true;
+        let PinError::Pin {
+            page,
+            hva,
+            injected,
+            ..
+        } = *e
+        else {
+            return;
+        };
+        let errno = e.errno().unwrap_or(0);
+        self.ctl.send(VmEvent::PinFailed(Termination {
+            site: Site::PinUpdate.name().into(),
+            call: Site::PinUpdate.call().into(),
+            errno,
+            errno_name: errno_name(errno),
+            gpa: self.gpa(page),
+            hva,
+            page,
+            injected,
+            pins_ok_before: self.table.stats.ok,
+            message: e.to_string(),
+        }));
+    }
+
     /// Maps `n` pages into the guest view and wakes the faulting vCPU(s).
-    fn map_for_guest(&self, guest_hva: u64, n: u64) -> Result<(), userfaultfd::Error> {
+    fn map_for_guest(&self, guest_hva: u64, n: u64) -> Result<(), CallFailure> {
         let addr = guest_hva as *mut libc::c_void;
         let len = n as usize * PAGE_SIZE;
+        let (f, uffd) = (&*self.faults, &self.uffd);
+        let wake = || uffd_call(f, Site::UffdWake, || uffd.wake(addr, len));
         match self.cfg.backing {
-            Backing::Shmem => match self.uffd.r#continue(addr, len, true) {
-                Ok(mapped) if mapped as usize == len => Ok(()),
-                // Partly mapped already (a racing vCPU, or a range with a mapped page): map
-                // the rest page by page, then wake the whole range.
-                Err(e) if !is_eexist(&e) => Err(e),
-                Ok(_) | Err(_) => {
-                    for i in 0..n as usize {
-                        let a = addr.wrapping_byte_add(i * PAGE_SIZE);
-                        match self.uffd.r#continue(a, PAGE_SIZE, false) {
-                            Err(e) if !is_eexist(&e) => return Err(e),
-                            _ => {}
+            Backing::Shmem => {
+                match uffd_call(f, Site::UffdContinue, || uffd.r#continue(addr, len, true)) {
+                    Ok(mapped) if mapped as usize == len => Ok(()),
+                    // Partly mapped already (a racing vCPU, or a range with a mapped page):
+                    // map the rest page by page, then wake the whole range.
+                    Err(e) if !is_eexist(&e) => Err(e),
+                    Ok(_) | Err(_) => {
+                        for i in 0..n as usize {
+                            let a = addr.wrapping_byte_add(i * PAGE_SIZE);
+                            match uffd_call(f, Site::UffdContinue, || {
+                                uffd.r#continue(a, PAGE_SIZE, false)
+                            }) {
+                                Err(e) if !is_eexist(&e) => return Err(e),
+                                _ => {}
+                            }
                         }
+                        wake()
                     }
-                    self.uffd.wake(addr, len)
                 }
-            },
+            }
             // The pages were copied in (DONTWAKE) by the fault-in half.
-            Backing::Anon => self.uffd.wake(addr, len),
+            Backing::Anon => wake(),
         }
     }
 
-    fn fail_host(&mut self, msg: String) {
+    fn fail_host(&mut self, f: HostFailure) {
         self.dead = true;
-        self.ctl.send(VmEvent::ResolverFailed(msg));
+        self.ctl.send(VmEvent::HostFailed(f));
     }
 }
 
@@ -397,6 +480,7 @@ struct FaultSide {
     mem: Arc<GuestMemory>,
     uffd: Arc<Uffd>,
     ctl: Arc<VmControl>,
+    faults: Arc<Injector>,
     stop: EventFd,
     pin: Option<PinHalf>,
     drainer: Drainer,
@@ -456,10 +540,13 @@ impl FaultSide {
     fn handle_fault(&mut self, guest_hva: u64, minor: bool) {
         let t0 = Instant::now();
         let Some(page) = self.mem.page_of_guest_hva(guest_hva) else {
-            self.fail(format!(
-                "userfaultfd reported a fault at {guest_hva:#x}, outside guest memory"
+            return self.fail(HostFailure::named(
+                "resolver",
+                Site::UffdRead.call(),
+                None,
+                FAULT_THREAD,
+                format!("userfaultfd reported a fault at {guest_hva:#x}, outside guest memory"),
             ));
-            return;
         };
         let guest_hva = guest_hva & !(PAGE_SIZE as u64 - 1);
         self.report.faults += 1;
@@ -494,14 +581,14 @@ impl FaultSide {
             for p in page + done..page + done + n {
                 self.seen[p as usize] = true;
             }
-            if let Err(msg) =
-                self.fault_in_range(page + done, n, guest_hva + done * PAGE_SIZE as u64)
+            if let Err(f) = self.fault_in_range(page + done, n, guest_hva + done * PAGE_SIZE as u64)
             {
-                return self.fail(msg);
+                return self.fail(*f);
             }
             // One drain after a chunk's fault-ins covers every page faulted in on this CPU.
             if let Err(e) = self.drainer.after_fault_in(self.cfg.fault_cpu) {
-                return self.fail(e.to_string());
+                let gpa = self.mem.base() + (page + done) * PAGE_SIZE as u64;
+                return self.fail(drain_failure(&e, FAULT_THREAD, gpa));
             }
             self.dispatch(Work {
                 page: page + done,
@@ -525,7 +612,12 @@ impl FaultSide {
     /// Step 1 for `n` pages, each followed by its noise pages. A run of several shmem pages
     /// (fault-ahead) is faulted in with one MADV_POPULATE_READ on the pin view: the same
     /// faults as touching each page (mlocked on fault, on this CPU), in one system call.
-    fn fault_in_range(&mut self, page: u64, n: u64, guest_hva: u64) -> Result<(), String> {
+    fn fault_in_range(
+        &mut self,
+        page: u64,
+        n: u64,
+        guest_hva: u64,
+    ) -> Result<(), Box<HostFailure>> {
         let touch = self.cfg.backing == Backing::Shmem
             && (self.cfg.fault_in == FaultIn::Touch || self.cfg.stage2 != Stage2::Pin);
         if n > 1 && touch && self.populate {
@@ -540,7 +632,17 @@ impl FaultSide {
                 }
                 // Before Linux 5.14: touch page by page.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.populate = false,
-                Err(e) => return Err(format!("cannot fault in guest pages {page}+{n}: {e}")),
+                Err(e) => {
+                    let mut f = HostFailure::named(
+                        "fault-in",
+                        "madvise(MADV_POPULATE_READ)",
+                        e.raw_os_error(),
+                        FAULT_THREAD,
+                        format!("cannot fault in guest pages {page}+{n}: {e}"),
+                    );
+                    f.gpa = Some(self.mem.base() + page * PAGE_SIZE as u64);
+                    return Err(Box::new(f));
+                }
             }
         }
         for i in 0..n {
@@ -558,7 +660,7 @@ impl FaultSide {
     }
 
     /// Step 1: bring the page into the pin view (or stage it for the pin to fault in).
-    fn fault_in(&mut self, page: u64, guest_hva: u64) -> Result<(), String> {
+    fn fault_in(&mut self, page: u64, guest_hva: u64) -> Result<(), Box<HostFailure>> {
         if sys::current_cpu() != Some(self.cfg.fault_cpu) {
             self.report.fault_cpu_mismatches += 1;
         }
@@ -577,6 +679,7 @@ impl FaultSide {
                 // nothing staged, map the zero page and let the pin's write fault COW it.
                 let dst = guest_hva as *mut libc::c_void;
                 let staged = self.staged.get(page as usize).copied().unwrap_or(false);
+                let (f, uffd) = (&*self.faults, &self.uffd);
                 let r = if staged || self.cfg.fault_in == FaultIn::Touch {
                     let src = if staged {
                         self.mem.staged_page_addr(page).expect("page in range")
@@ -585,22 +688,35 @@ impl FaultSide {
                     };
                     // SAFETY: src is one readable page (staging or our zero page) and dst one
                     // page of the registered guest view; the kernel copies between them.
-                    unsafe { self.uffd.copy(src.cast(), dst, PAGE_SIZE, false) }.map(drop)
+                    uffd_call(f, Site::UffdCopy, || unsafe {
+                        uffd.copy(src.cast(), dst, PAGE_SIZE, false)
+                    })
                 } else {
                     // SAFETY: dst is one page of the registered guest view.
-                    unsafe { self.uffd.zeropage(dst, PAGE_SIZE, false) }.map(drop)
+                    uffd_call(f, Site::UffdZeropage, || unsafe {
+                        uffd.zeropage(dst, PAGE_SIZE, false)
+                    })
                 };
                 match r {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.to_string().contains("EEXIST") => Ok(()),
-                    Err(e) => Err(format!("cannot fill anon guest page {page}: {e}")),
+                    // EEXIST: already mapped (the page raced with another fault).
+                    Ok(_) => Ok(()),
+                    Err(e) if is_eexist(&e) => Ok(()),
+                    Err(e) => {
+                        let gpa = self.mem.base() + page * PAGE_SIZE as u64;
+                        let what = format!("filling anon guest page {page} (GPA {gpa:#x})");
+                        Err(Box::new(e.into_host_failure(
+                            FAULT_THREAD,
+                            Some(gpa),
+                            &what,
+                        )))
+                    }
                 }
             }
         }
     }
 
-    fn fail(&mut self, msg: String) {
-        self.ctl.send(VmEvent::ResolverFailed(msg));
+    fn fail(&mut self, f: HostFailure) {
+        self.ctl.send(VmEvent::HostFailed(f));
         self.done = true;
     }
 
@@ -627,25 +743,35 @@ impl FaultSide {
     fn read_batch(&mut self) -> usize {
         let mut batch = [(0u64, false); EVENTS_PER_READ];
         let mut n = 0;
+        let mut unexpected = None;
         let mut buf = self.events.take().expect("event buffer present");
-        let r = self.uffd.read_events(&mut buf).map(|events| {
-            for ev in events {
-                match ev {
-                    Ok(Event::Pagefault { kind, addr, .. }) if n < batch.len() => {
-                        batch[n] = (addr as u64, matches!(kind, userfaultfd::FaultKind::Minor));
-                        n += 1;
-                    }
-                    Ok(other) => return Err(format!("unexpected userfaultfd event {other:?}")),
-                    Err(e) => return Err(format!("reading userfaultfd failed: {e}")),
+        let uffd = &self.uffd;
+        let r = uffd_call(&self.faults, Site::UffdRead, || {
+            let mut events = uffd.read_events(&mut buf)?;
+            events.try_for_each(|ev| match ev? {
+                Event::Pagefault { kind, addr, .. } if n < batch.len() => {
+                    batch[n] = (addr as u64, matches!(kind, userfaultfd::FaultKind::Minor));
+                    n += 1;
+                    Ok(())
                 }
-            }
-            Ok(())
+                // Not registered for (fork, remap, remove, unmap): the read is not what failed.
+                other => {
+                    unexpected = Some(format!("{other:?}"));
+                    Ok(())
+                }
+            })
         });
         self.events = Some(buf);
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(msg)) => self.fail(msg),
-            Err(e) => self.fail(format!("reading userfaultfd failed: {e}")),
+        if let Err(e) = r {
+            self.fail(e.into_host_failure(FAULT_THREAD, None, "reading guest faults"));
+        } else if let Some(ev) = unexpected {
+            self.fail(HostFailure::named(
+                "resolver",
+                Site::UffdRead.call(),
+                None,
+                FAULT_THREAD,
+                format!("unexpected userfaultfd event {ev}"),
+            ));
         }
         for &(addr, minor) in &batch[..n] {
             if self.done {
@@ -673,7 +799,13 @@ impl MutEventSubscriber for FaultSide {
         ];
         for r in regs {
             if let Err(e) = ops.add(r) {
-                self.fail(format!("cannot watch the resolver's descriptors: {e:?}"));
+                self.fail(HostFailure::named(
+                    "event-loop",
+                    "epoll_ctl",
+                    None,
+                    FAULT_THREAD,
+                    format!("cannot watch the resolver's descriptors: {e:?}"),
+                ));
             }
         }
     }
@@ -719,22 +851,27 @@ pub fn arm(mem: &GuestMemory) -> Result<Arc<Uffd>, ResolverError> {
 }
 
 impl Resolver {
-    /// Starts the resolver threads for an armed guest memory.
+    /// Starts the resolver threads for an armed guest memory; their host calls fail as
+    /// `faults` says.
     pub fn start(
         cfg: ResolverConfig,
         mem: Arc<GuestMemory>,
         uffd: Arc<Uffd>,
         ctl: Arc<VmControl>,
+        faults: Arc<Injector>,
     ) -> Result<Self, ResolverError> {
         let pages = mem.pages() as usize;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(ResolverError::Spawn)?;
+        let inline = cfg.fault_cpu == cfg.pin_cpu || cfg.stage2 == Stage2::Uffd;
         let pin_side = PinSide {
             cfg,
             mem: mem.clone(),
             uffd: uffd.clone(),
             ctl: ctl.clone(),
-            table: PinTable::new(mem.pages(), cfg.inject),
-            drainer: Drainer::new(cfg.policy)?,
+            faults: faults.clone(),
+            thread: if inline { FAULT_THREAD } else { "pin" },
+            table: PinTable::new(mem.pages()).with_injector(faults.clone()),
+            drainer: Drainer::new(cfg.policy)?.with_injector(faults.clone()),
             pin_lat: Latencies::with_capacity(pages),
             fault_lat: Latencies::with_capacity(pages),
             resolve_lat: Latencies::with_capacity(pages),
@@ -742,7 +879,7 @@ impl Resolver {
             dead: false,
         };
         // `uffd` is the bare round trip: no pin, so no pin thread and no hand-off either.
-        let (pin_half, pin_thread) = if cfg.fault_cpu == cfg.pin_cpu || cfg.stage2 == Stage2::Uffd {
+        let (pin_half, pin_thread) = if inline {
             (PinHalf::Inline(Box::new(pin_side)), None)
         } else {
             let q = Arc::new(Handoff::new(Instant::now()));
@@ -760,9 +897,10 @@ impl Resolver {
             mem: mem.clone(),
             uffd: uffd.clone(),
             ctl,
+            faults: faults.clone(),
             stop: stop.try_clone().map_err(ResolverError::Spawn)?,
             pin: Some(pin_half),
-            drainer: Drainer::new(cfg.policy)?,
+            drainer: Drainer::new(cfg.policy)?.with_injector(faults),
             seen: vec![false; pages],
             staged,
             zero_page: Mapping::anonymous(PAGE_SIZE).map_err(ResolverError::Noise)?,
@@ -842,7 +980,13 @@ fn fault_loop(
         }
         if let Err(e) = mgr.run_with_timeout(200) {
             if let Ok(s) = mgr.subscriber_mut(id) {
-                s.fail(format!("resolver event loop failed: {e:?}"));
+                s.fail(HostFailure::named(
+                    "event-loop",
+                    "epoll_wait",
+                    None,
+                    FAULT_THREAD,
+                    format!("resolver event loop failed: {e:?}"),
+                ));
             }
             break;
         }
@@ -893,10 +1037,12 @@ fn pin_loop(mut side: PinSide, q: &Handoff, cpu: usize, spin: Duration) -> (PinS
 pub fn pin_all_eagerly(
     mem: &GuestMemory,
     policy: DrainPolicy,
-    inject: Option<InjectPinFailure>,
+    faults: &Arc<Injector>,
 ) -> Result<(PinTable, Drainer), String> {
-    let mut table = PinTable::new(mem.pages(), inject);
-    let mut drainer = Drainer::new(policy).map_err(|e| e.to_string())?;
+    let mut table = PinTable::new(mem.pages()).with_injector(faults.clone());
+    let mut drainer = Drainer::new(policy)
+        .map_err(|e| e.to_string())?
+        .with_injector(faults.clone());
     let cpu = sys::current_cpu().unwrap_or(0);
     for page in 0..mem.pages() {
         mem.pin_view().touch_read(page as usize * PAGE_SIZE);
@@ -962,7 +1108,6 @@ mod tests {
             fault_cpu: 0,
             pin_cpu: 1,
             noise_pages: 0,
-            inject: None,
             fault_ahead: 0,
             spin: DEFAULT_SPIN,
             vcpus: 1,

@@ -12,7 +12,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::Serialize;
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
-use crate::control::{VmControl, VmEvent, errno_name};
+use crate::control::{HostFailure, VmControl, VmEvent, errno_name};
+use crate::inject::{Injector, Site};
 
 /// How a vCPU's run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -144,15 +145,33 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     r
 }
 
-/// Runs a vCPU until its guest exits or the VM is stopped; reports to the main thread.
-pub fn run_loop(id: u8, mut fd: VcpuFd, buses: Buses, ctl: Arc<VmControl>) -> ExitCounts {
+/// Runs a vCPU until its guest exits or the VM is stopped; reports to the main thread. A
+/// failed KVM_RUN (real, or injected by `faults` at `kvm-run`) is also reported as a host
+/// failure, which ends the VM.
+pub fn run_loop(
+    id: u8,
+    mut fd: VcpuFd,
+    buses: Buses,
+    ctl: Arc<VmControl>,
+    faults: Arc<Injector>,
+) -> ExitCounts {
     let mut counts = ExitCounts::default();
     let mut first = true;
+    let mut injected = false;
     let outcome = loop {
         if ctl.stopping() {
             break VcpuOutcome::Stopped;
         }
-        let r = fd.run();
+        let r = match faults.hit(Site::KvmRun) {
+            Some(errno) => {
+                injected = true;
+                Err(kvm_ioctls::Error::new(errno))
+            }
+            None => {
+                injected = false;
+                fd.run()
+            }
+        };
         if std::mem::take(&mut first) {
             ctl.note_first_exit();
         }
@@ -161,6 +180,17 @@ pub fn run_loop(id: u8, mut fd: VcpuFd, buses: Buses, ctl: Arc<VmControl>) -> Ex
             Action::Stop(o) => break o,
         }
     };
+    if let VcpuOutcome::RunFailed { errno, errno_name } = &outcome {
+        let tag = if injected { " [injected]" } else { "" };
+        ctl.send(VmEvent::HostFailed(HostFailure::at(
+            Site::KvmRun,
+            Some(*errno),
+            injected,
+            &format!("vcpu{id}"),
+            None,
+            format!("KVM_RUN of vCPU {id} failed with {errno_name}{tag}"),
+        )));
+    }
     ctl.send(VmEvent::VcpuDone { id, outcome });
     counts
 }

@@ -15,8 +15,9 @@ use vmm_sys_util::signal::Killable;
 
 use crate::arch::{self, DeviceAddr};
 use crate::config::{Stage2, VmConfig, VmType};
-use crate::control::{Termination, VmControl, VmEvent};
+use crate::control::{HostFailure, Termination, VmControl, VmEvent};
 use crate::hostinfo;
+use crate::inject::{Injector, Site};
 use crate::memory::GuestMemory;
 use crate::protected;
 use crate::report::{HostFacts, MemAccounting, Outcome, Report, Timing, VcpuResult};
@@ -70,6 +71,23 @@ impl VmError {
                 | VmError::Resolver(stage2::ResolverError::Create(_))
         )
     }
+
+    /// The failed host call, for reports, when it is one of the injection sites.
+    pub fn host_failure(&self) -> Option<HostFailure> {
+        match self {
+            VmError::Memory(crate::memory::MemoryError::Mlock { err, injected, .. }) => {
+                Some(HostFailure::at(
+                    Site::Mlock,
+                    err.raw_os_error(),
+                    *injected,
+                    "main",
+                    None,
+                    self.to_string(),
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 struct VcpuThread {
@@ -90,13 +108,14 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
     let vmstat_before = hostinfo::vmstat();
     vcpu::install_kick_handler().map_err(VmError::Signal)?;
 
+    let faults = Injector::new(&cfg.inject);
     let kvm = Kvm::new().map_err(VmError::KvmOpen)?;
     if !kvm.check_extension(kvm_ioctls::Cap::UserMemory) {
         return Err(VmError::KvmCap("KVM_CAP_USER_MEMORY"));
     }
 
     // Memory and the boot image, written through the loader view (page cache / staging).
-    let mem = GuestMemory::new(cfg.backing, arch::RAM_START, cfg.mem_size)?;
+    let mem = GuestMemory::new_injected(cfg.backing, arch::RAM_START, cfg.mem_size, &faults)?;
     let boot_pages = (arch::DATA_START - arch::RAM_START) / PAGE_SIZE as u64;
     // Protected VMs: the loader thread writes through the mlocked view instead (below).
     let pkvm = cfg.vm_type == VmType::Protected;
@@ -122,7 +141,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         Stage2::Eager => {
             mem.copy_staged_into_guest_view()
                 .map_err(|e| VmError::EagerPin(e.to_string()))?;
-            let pins = stage2::pin_all_eagerly(&mem, cfg.policy, cfg.inject_pin_failure)
+            let pins = stage2::pin_all_eagerly(&mem, cfg.policy, &faults)
                 .map_err(|e| VmError::EagerPin(e.to_string()))?;
             eager_pins_count = pins.0.pinned_pages();
             eager_pins = Some(pins);
@@ -158,6 +177,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
             mem.clone(),
             u.clone(),
             ctl.clone(),
+            faults.clone(),
         )?),
         None => None,
     };
@@ -199,7 +219,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         let testdev = Arc::new(Mutex::new(TestDevice::new()));
         let mut buses = shared.clone();
         place(&mut buses, arch::TESTDEV, TestDevice::LEN, testdev.clone())?;
-        let c = ctl.clone();
+        let (c, vcpu_faults) = (ctl.clone(), faults.clone());
         let (policy, counters) = (cfg.policy, counters.clone());
         let filter = cfg.seccomp.threads() && !pkvm;
         let handle = std::thread::Builder::new()
@@ -213,7 +233,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
                 if pkvm {
                     protected::run_loop(id, fd, buses, c, policy, counters)
                 } else {
-                    vcpu::run_loop(id, fd, buses, c)
+                    vcpu::run_loop(id, fd, buses, c, vcpu_faults)
                 }
             })
             .map_err(VmError::Thread)?;
@@ -233,6 +253,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
     let deadline = t_guest + cfg.timeout;
     let mut outcomes: Vec<Option<VcpuOutcome>> = vec![None; threads.len()];
     let mut termination: Option<Termination> = None;
+    let mut host_failure: Option<HostFailure> = None;
     let mut error: Option<String> = None;
     let mut timed_out = false;
     while outcomes.iter().any(Option::is_none) {
@@ -243,8 +264,9 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
                 termination.get_or_insert(t);
                 break;
             }
-            Ok(VmEvent::ResolverFailed(msg)) => {
-                error.get_or_insert(msg);
+            Ok(VmEvent::HostFailed(f)) => {
+                error.get_or_insert_with(|| f.message.clone());
+                host_failure.get_or_insert(f);
                 break;
             }
             Err(_) => {
@@ -366,6 +388,8 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         host_check_bad_pages,
         host_check_pages,
         termination,
+        host_failure,
+        injections: faults.report(),
         resolver: resolver_report,
         protected: protected_report.as_mut().map(|r| {
             counters.fill(r);
@@ -524,7 +548,6 @@ fn resolver_config(cfg: &VmConfig) -> ResolverConfig {
         fault_cpu: cfg.cpus.fault_cpu,
         pin_cpu: cfg.cpus.pin_cpu,
         noise_pages: cfg.noise_pages,
-        inject: cfg.inject_pin_failure,
         fault_ahead: cfg.fault_ahead,
         spin: stage2::DEFAULT_SPIN,
         vcpus: cfg.vcpus,

@@ -127,3 +127,46 @@ fn unique() -> u64 {
 pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
     if cond { Ok(()) } else { Err(msg().into()) }
 }
+
+/// What a reliability test binary tried, printed after its run by [`run_and_count`] (the
+/// README test command must show these counts; cargo passes a harness=false binary's stderr
+/// straight through).
+pub mod tally {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Bad inputs fed to pinvmm (each rejected with exit 2 and a message naming it).
+    pub static INPUTS: AtomicU64 = AtomicU64::new(0);
+    /// Host-call failures injected that fired (`--inject`).
+    pub static FAULTS: AtomicU64 = AtomicU64::new(0);
+    /// Hostile guests run.
+    pub static HOSTILE: AtomicU64 = AtomicU64::new(0);
+    /// VMs run.
+    pub static VMS: AtomicU64 = AtomicU64::new(0);
+    /// Leak checks made, and leaks found (VmPin, VmLck, fds, RSS, MemAvailable).
+    pub static LEAK_CHECKS: AtomicU64 = AtomicU64::new(0);
+    pub static LEAKS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn line(binary: &str) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "[counts] {binary}: inputs tried {}, faults injected {}, hostile guests {}, VMs run {}, leak checks {}, leaks found {}",
+            g(&INPUTS),
+            g(&FAULTS),
+            g(&HOSTILE),
+            g(&VMS),
+            g(&LEAK_CHECKS),
+            g(&LEAKS)
+        )
+    }
+}
+
+/// Runs the trials, prints the binary's counts line, and exits with the harness's status.
+pub fn run_and_count(binary: &str, args: &libtest_mimic::Arguments, trials: Vec<Trial>) -> ! {
+    let conclusion = libtest_mimic::run(args, trials);
+    eprintln!("{}", tally::line(binary));
+    conclusion.exit()
+}

@@ -347,8 +347,8 @@ fn child_args(spec: &CampaignSpec, job: &Job, json: &Path) -> Vec<String> {
         v.push(spec.vm_type.clone());
     }
     if let Some(n) = job.inject_at {
-        v.push("--inject-pin-failure".into());
-        v.push(n.to_string());
+        v.push("--inject".into());
+        v.push(format!("pin-update@{n}:ENOMEM"));
     }
     v
 }
