@@ -7,5 +7,5 @@ pub mod serial;
 pub mod testdev;
 
 pub use bus::{Bus, BusDevice, BusError, StopRequest};
-pub use serial::{ConsoleSink, SerialDevice};
+pub use serial::{ConsoleSink, SerialDevice, WatchedLine};
 pub use testdev::{GuestReport, TestDevice};
