@@ -3,6 +3,7 @@
 //! write `arch::configure_vcpu(..)` with no `cfg` of their own.
 
 use guest::PayloadArgs;
+use serde::Serialize;
 
 /// Where a device lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,20 +49,122 @@ pub enum ArchError {
     },
 }
 
+/// Which input file of a Linux boot something is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootFile {
+    Kernel,
+    Initrd,
+}
+
+impl std::fmt::Display for BootFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BootFile::Kernel => "kernel",
+            BootFile::Initrd => "initrd",
+        })
+    }
+}
+
+/// A guest-physical range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GpaRange {
+    pub start: u64,
+    pub len: u64,
+}
+
+impl GpaRange {
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// What an arch's Linux loader placed, and where the boot vCPU starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinuxBoot {
+    /// First instruction of the boot vCPU (arm64: the Image's load address; x86_64: the
+    /// 64-bit entry of the protected-mode kernel).
+    pub entry: u64,
+    /// arm64: the device tree (x0 at entry); x86_64: boot_params (rsi at entry).
+    pub boot_info: u64,
+    /// The loaded kernel, including the memory its header says it needs beyond the file.
+    pub kernel: GpaRange,
+    pub initrd: Option<GpaRange>,
+    /// The exact command line the guest was given.
+    pub cmdline: String,
+}
+
+/// Why a kernel or initrd could not be loaded. The arch loaders do not know the paths:
+/// `crate::linux` puts "kernel PATH: " or "initrd PATH: " in front, using [`Self::file`].
+#[derive(Debug, thiserror::Error)]
+pub enum LinuxLoadError {
+    /// Not the kernel format this architecture boots.
+    #[error("not {expected}: {found}")]
+    NotAKernel {
+        expected: &'static str,
+        found: String,
+    },
+    /// Shorter than its own header (or the format) says.
+    #[error("truncated: {len} bytes, but {need} bytes are needed ({why})")]
+    Truncated {
+        file: BootFile,
+        len: u64,
+        need: u64,
+        why: String,
+    },
+    /// Damaged contents (bad compressed stream, bad archive).
+    #[error("corrupt: {1}")]
+    Corrupt(BootFile, String),
+    /// A well-formed image this loader cannot boot.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Kernel, initrd and boot structures do not fit guest memory.
+    #[error("{what} needs {need} bytes of guest memory but only {room} are available: raise --mem")]
+    TooLarge {
+        file: BootFile,
+        what: String,
+        need: u64,
+        room: u64,
+    },
+    #[error("cannot read: {err}")]
+    Read { file: BootFile, err: std::io::Error },
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
+    /// Writing guest memory or an arch boot structure (device tree, boot_params) failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl LinuxLoadError {
+    /// The file the error is about, if it is about one.
+    pub fn file(&self) -> Option<BootFile> {
+        match self {
+            Self::NotAKernel { .. } | Self::Unsupported(_) => Some(BootFile::Kernel),
+            Self::Truncated { file, .. }
+            | Self::TooLarge { file, .. }
+            | Self::Read { file, .. }
+            | Self::Corrupt(file, _) => Some(*file),
+            Self::Cmdline(_) | Self::Setup(_) => None,
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::{
-    DATA_START, MAX_MEM, MIN_MEM, RAM_START, SERIAL, TESTDEV, configure_vcpu, finish_vcpus,
-    load_boot_image, setup_vm,
+    DATA_START, LINUX_CMDLINE_BASE, MAX_MEM, MIN_MEM, RAM_START, SERIAL, SERIAL_IRQ, TESTDEV,
+    configure_vcpu, configure_vcpu_linux, finish_vcpus, load_boot_image, load_linux,
+    setup_linux_vm, setup_vm,
 };
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 #[cfg(target_arch = "aarch64")]
 pub use aarch64::{
-    DATA_START, MAX_MEM, MIN_MEM, RAM_START, SERIAL, TESTDEV, configure_vcpu, finish_vcpus,
-    load_boot_image, setup_vm,
+    DATA_START, LINUX_CMDLINE_BASE, MAX_MEM, MIN_MEM, RAM_START, SERIAL, SERIAL_IRQ, TESTDEV,
+    configure_vcpu, configure_vcpu_linux, finish_vcpus, load_boot_image, load_linux,
+    setup_linux_vm, setup_vm,
 };
 
 /// Guest pages memtouch may use: from DATA_START to the end of RAM.

@@ -5,7 +5,8 @@
 //! - [`regs`]: `KVM_ARM_VCPU_INIT` (preferred target + PSCI 0.2) and the boot registers
 //!   (payload arguments in x0..x6).
 //! - [`gic`]: the GICv3, created and initialised once every vCPU exists.
-//! - [`fdt`]: the device tree for Linux guests (prepared; bare payloads need none).
+//! - [`fdt`]: the device tree for Linux guests (bare payloads need none).
+//! - [`linux`]: booting an arm64 Linux Image with an initrd and a device tree.
 //!
 //! The same calls work whatever mode the host's KVM runs in (VHE, nVHE, protected/pKVM): pinvmm
 //! creates ordinary VMs (type 0), which protected-mode hosts run too.
@@ -13,12 +14,16 @@
 pub mod fdt;
 pub mod gic;
 pub mod layout;
+pub mod linux;
 pub mod regs;
 
 use guest::PayloadArgs;
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 
 pub use self::layout::{DATA_START, MAX_MEM, MIN_MEM, RAM_START};
+pub use self::linux::{
+    LINUX_CMDLINE_BASE, SERIAL_IRQ, configure_vcpu_linux, load_linux, setup_linux_vm,
+};
 use super::{ArchError, DeviceAddr};
 use crate::memory::GuestMemory;
 

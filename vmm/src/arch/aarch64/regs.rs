@@ -68,10 +68,25 @@ pub fn boot_registers(entry: u64, args: &PayloadArgs) -> [RegWrite; 9] {
     ]
 }
 
+/// The register writes that start a Linux Image at `entry` (booting.rst): x0 = the device
+/// tree, x1..x3 = 0, EL1h with DAIF masked (the MMU is off after KVM's vCPU reset).
+pub fn linux_boot_registers(entry: u64, fdt: u64) -> [RegWrite; 6] {
+    let w = |id, value, name| RegWrite { id, value, name };
+    [
+        w(xreg(0), fdt, "x0 (device tree)"),
+        w(xreg(1), 0, "x1"),
+        w(xreg(2), 0, "x2"),
+        w(xreg(3), 0, "x3"),
+        w(PSTATE, PSTATE_EL1H_DAIF, "PSTATE"),
+        w(PC, entry, "PC"),
+    ]
+}
+
 /// The `KVM_ARM_VCPU_INIT` argument: the host's preferred target with PSCI 0.2.
 ///
-/// No vCPU gets `KVM_ARM_VCPU_POWER_OFF`: bare payloads have no PSCI `CPU_ON` caller, so every
-/// vCPU starts running at the entry point (each on its own share of memory).
+/// Bare payloads: no vCPU gets `KVM_ARM_VCPU_POWER_OFF` (they have no PSCI `CPU_ON` caller,
+/// so every vCPU starts at the entry point, each on its own share of memory). Linux guests
+/// add it for secondary vCPUs (`linux::linux_vcpu_init`).
 pub fn vcpu_init(vm: &VmFd) -> Result<kvm_vcpu_init, ArchError> {
     let mut kvi = kvm_vcpu_init::default();
     vm.get_preferred_target(&mut kvi)
@@ -114,6 +129,16 @@ mod tests {
         assert_eq!(xreg(0), 0x6030_0000_0010_0000);
         assert_eq!(xreg(6), 0x6030_0000_0010_000c);
         assert_eq!(PSTATE_EL1H_DAIF, 0x3c5);
+    }
+
+    #[test]
+    fn linux_starts_with_the_device_tree_in_x0() {
+        let regs = linux_boot_registers(0x8000_0000, 0x8fe0_0000);
+        assert_eq!(regs[0].id, xreg(0));
+        assert_eq!(regs[0].value, 0x8fe0_0000);
+        assert!(regs[1..4].iter().all(|r| r.value == 0));
+        assert_eq!(regs[4].value, PSTATE_EL1H_DAIF);
+        assert_eq!((regs[5].id, regs[5].value), (PC, 0x8000_0000));
     }
 
     #[test]

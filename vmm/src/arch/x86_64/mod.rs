@@ -7,10 +7,15 @@
 //! on every page-table level, 2 MiB pages (this CPUID offers no 1 GiB pages), IOPL=3 so `out`
 //! exits to the VMM, and no `hlt` (it faults at CPL3). The same setup runs on VMX/SVM hosts.
 
+pub mod linux;
+
 use guest::PayloadArgs;
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
+pub use self::linux::{
+    LINUX_CMDLINE_BASE, SERIAL_IRQ, configure_vcpu_linux, load_linux, setup_linux_vm,
+};
 use super::{ArchError, DeviceAddr};
 use crate::memory::GuestMemory;
 
