@@ -4,7 +4,9 @@
 //! aligned. They report by storing to the MMIO test device and never use `wfi`.
 //!
 //! Registers on entry: x0 = start, x1 = pages, x2 = stride, x3 = passes, x4 = seed,
-//! x5 = test device base (MMIO), x6 = serial data register (MMIO, byte wide).
+//! x5 = test device base (MMIO), x6 = serial data register (MMIO, byte wide), x7 = first GPA
+//! past RAM, x8 = a GPA far from RAM that nothing backs (0: none). (memtouch and hello use x7
+//! and x8 as scratch: they never read them before writing them.)
 //!
 //! Every MMIO access is a single `str`/`strb` with an immediate offset and no writeback, so the
 //! data abort carries a valid syndrome (ISV=1) and KVM can hand it to the VMM as an MMIO exit.
@@ -99,6 +101,139 @@ global_asm!(
     "    b pinvmm_a64_crash_start",
     ".global pinvmm_a64_crash_end",
     "pinvmm_a64_crash_end:",
+    // ---- oob: reads and writes outside RAM (just past its end, and far away) ----
+    // MMU off: every access is a stage-2 abort outside any memslot, an MMIO exit (single
+    // register, no writeback: ISV=1). RESULT = the AND of every value read; EXIT 0 if all ones.
+    ".balign 4",
+    ".global pinvmm_a64_oob_start",
+    "pinvmm_a64_oob_start:",
+    "    mov x9, #-1",
+    "    str xzr, [x7]", // just past RAM: dropped...
+    "    ldr x10, [x7]", // ...so this reads all ones, not 0
+    "    and x9, x9, x10",
+    "    ldr x10, [x7, #0xff8]",
+    "    and x9, x9, x10",
+    "    cbz x8, pinvmm_a64_oob_report",
+    "    str xzr, [x8]", // far away
+    "    ldr x10, [x8]",
+    "    and x9, x9, x10",
+    "pinvmm_a64_oob_report:",
+    "    str x9, [x5, #0x18]", // RESULT
+    "    cmn x9, #1",
+    "    cset w10, ne",
+    "    str w10, [x5, #0x0c]", // EXIT
+    "pinvmm_a64_oob_stuck:",
+    "    b pinvmm_a64_oob_stuck",
+    ".global pinvmm_a64_oob_end",
+    "pinvmm_a64_oob_end:",
+    // ---- garbage: every device register, every aligned width, unmapped MMIO ----
+    // (Device memory faults on unaligned accesses, so wide accesses only at aligned offsets.)
+    ".balign 4",
+    ".global pinvmm_a64_garbage_start",
+    "pinvmm_a64_garbage_start:",
+    // 1. The UART's 8 byte registers: patterns 0x00, 0xff, 0xa5 (xor the offset), reads, and
+    //    32-bit accesses at offsets 0 and 4.
+    "    movz w12, #0xff00",
+    "    movk w12, #0xa5, lsl #16",
+    "    mov x11, #3",
+    "pinvmm_a64_gb_pat:",
+    "    mov x9, #0",
+    "pinvmm_a64_gb_ser:",
+    "    add x10, x6, x9",
+    "    eor w13, w12, w9",
+    "    strb w13, [x10]",
+    "    ldrb w14, [x10]",
+    "    add x9, x9, #1",
+    "    cmp x9, #8",
+    "    b.lo pinvmm_a64_gb_ser",
+    "    str w12, [x6]",
+    "    str w12, [x6, #4]",
+    "    ldr w14, [x6]",
+    "    ldr w14, [x6, #4]",
+    "    lsr w12, w12, #8",
+    "    subs x11, x11, #1",
+    "    b.ne pinvmm_a64_gb_pat",
+    // 2. Loopback flood: 8N1, MCR loopback, 256 bytes into the 64-byte receive FIFO.
+    "    mov w13, #3",
+    "    strb w13, [x6, #3]",
+    "    mov w13, #0x10",
+    "    strb w13, [x6, #4]",
+    "    mov x9, #256",
+    "pinvmm_a64_gb_loop:",
+    "    strb w9, [x6]",
+    "    subs x9, x9, #1",
+    "    b.ne pinvmm_a64_gb_loop",
+    "    strb wzr, [x6, #4]",
+    // 3. The test device: every byte offset of its window and past it but EXIT (0xc, which
+    //    ends the run: its job), 32-bit at every 4-aligned one but EXIT, 64-bit at 0x10.
+    "    movz w13, #0xbeef",
+    "    movk w13, #0xdead, lsl #16",
+    "    mov x9, #0",
+    "pinvmm_a64_gb_td:",
+    "    cmp x9, #0xc",
+    "    b.eq pinvmm_a64_gb_td_next",
+    "    add x10, x5, x9",
+    "    strb w13, [x10]",
+    "    ldrb w14, [x10]",
+    "    tst x9, #3",
+    "    b.ne pinvmm_a64_gb_td_next",
+    "    str w13, [x10]",
+    "    ldr w14, [x10]",
+    "pinvmm_a64_gb_td_next:",
+    "    add x9, x9, #1",
+    "    cmp x9, #0x28",
+    "    b.lo pinvmm_a64_gb_td",
+    "    str x13, [x5, #0x10]",
+    "    mov x9, #100", // MARK, far more often than the device keeps
+    "pinvmm_a64_gb_mark:",
+    "    str w9, [x5, #0x10]",
+    "    subs x9, x9, #1",
+    "    b.ne pinvmm_a64_gb_mark",
+    // 4. MMIO nothing answers: past RAM, far away, past the test device's window.
+    "    mov x13, #-1",
+    "    str x13, [x7]",
+    "    ldr x14, [x7]",
+    "    cbz x8, pinvmm_a64_gb_near",
+    "    str w13, [x8]",
+    "    ldr w14, [x8]",
+    "pinvmm_a64_gb_near:",
+    "    str w13, [x5, #0x800]",
+    "    ldr w14, [x5, #0x800]",
+    // 5. The device still works: clear ERRORS (garbage went there), report MAGIC as the
+    //    result, EXIT 0 if it reads back right.
+    "    str xzr, [x5, #0x08]",
+    "    ldr w9, [x5]",
+    "    str x9, [x5, #0x18]",
+    "    movz w10, #0x4950", // "PINV"
+    "    movk w10, #0x564e, lsl #16",
+    "    cmp w9, w10",
+    "    cset w10, ne",
+    "    str w10, [x5, #0x0c]",
+    "pinvmm_a64_gb_stuck:",
+    "    b pinvmm_a64_gb_stuck",
+    ".global pinvmm_a64_garbage_end",
+    "pinvmm_a64_garbage_end:",
+    // ---- flood: 256 KiB on the serial port (lines of 63 characters), then EXIT 0 ----
+    ".balign 4",
+    ".global pinvmm_a64_flood_start",
+    "pinvmm_a64_flood_start:",
+    "    mov x9, #0",
+    "    movz x11, #0x4, lsl #16", // FLOOD_BYTES
+    "    mov w12, #0x0a",
+    "pinvmm_a64_fl_loop:",
+    "    and x10, x9, #0x3f",
+    "    add w13, w10, #0x30",
+    "    cmp x10, #0x3f",
+    "    csel w13, w12, w13, eq",
+    "    strb w13, [x6]",
+    "    add x9, x9, #1",
+    "    cmp x9, x11",
+    "    b.lo pinvmm_a64_fl_loop",
+    "    str wzr, [x5, #0x0c]",
+    "pinvmm_a64_fl_stuck:",
+    "    b pinvmm_a64_fl_stuck",
+    ".global pinvmm_a64_flood_end",
+    "pinvmm_a64_flood_end:",
     ".popsection",
 );
 
@@ -111,6 +246,12 @@ unsafe extern "C" {
     static pinvmm_a64_spin_end: u8;
     static pinvmm_a64_crash_start: u8;
     static pinvmm_a64_crash_end: u8;
+    static pinvmm_a64_oob_start: u8;
+    static pinvmm_a64_oob_end: u8;
+    static pinvmm_a64_garbage_start: u8;
+    static pinvmm_a64_garbage_end: u8;
+    static pinvmm_a64_flood_start: u8;
+    static pinvmm_a64_flood_end: u8;
 }
 
 pub(crate) fn code(p: Payload) -> &'static [u8] {
@@ -130,6 +271,18 @@ pub(crate) fn code(p: Payload) -> &'static [u8] {
         Payload::Crash => bytes(
             &raw const pinvmm_a64_crash_start,
             &raw const pinvmm_a64_crash_end,
+        ),
+        Payload::Oob => bytes(
+            &raw const pinvmm_a64_oob_start,
+            &raw const pinvmm_a64_oob_end,
+        ),
+        Payload::Garbage => bytes(
+            &raw const pinvmm_a64_garbage_start,
+            &raw const pinvmm_a64_garbage_end,
+        ),
+        Payload::Flood => bytes(
+            &raw const pinvmm_a64_flood_start,
+            &raw const pinvmm_a64_flood_end,
         ),
     }
 }

@@ -33,15 +33,37 @@ pub enum Payload {
     Spin,
     /// Executes an undefined instruction: a guest crash.
     Crash,
+    /// Hostile: reads and writes guest-physical memory outside its RAM, just past the end and
+    /// far away; exits 0 if every read returned all ones (nothing answered, nothing was kept).
+    Oob,
+    /// Hostile: writes garbage to every register of the serial port and the test device (all
+    /// widths, UART loopback flood, MARK flood) and to unmapped ports and MMIO; exits 0 if the
+    /// test device still reads back its magic.
+    Garbage,
+    /// Hostile: writes [`FLOOD_BYTES`] to the serial port (4 times what the VMM keeps), then
+    /// exits 0.
+    Flood,
 }
 
 impl Payload {
     /// All payloads, for `--help` and tests.
-    pub const ALL: [Payload; 4] = [
+    pub const ALL: [Payload; 7] = [
         Payload::Memtouch,
         Payload::Hello,
         Payload::Spin,
         Payload::Crash,
+        Payload::Oob,
+        Payload::Garbage,
+        Payload::Flood,
+    ];
+
+    /// The payloads that attack the VMM (for tests and `--help`).
+    pub const HOSTILE: [Payload; 5] = [
+        Payload::Oob,
+        Payload::Garbage,
+        Payload::Flood,
+        Payload::Crash,
+        Payload::Spin,
     ];
 
     /// The payload's name on the command line.
@@ -51,6 +73,9 @@ impl Payload {
             Payload::Hello => "hello",
             Payload::Spin => "spin",
             Payload::Crash => "crash",
+            Payload::Oob => "oob",
+            Payload::Garbage => "garbage",
+            Payload::Flood => "flood",
         }
     }
 
@@ -82,7 +107,15 @@ pub struct PayloadArgs {
     pub testdev: u64,
     /// Address of the serial port's data register.
     pub serial: u64,
+    /// First guest-physical address past RAM (hostile payloads touch it).
+    pub ram_end: u64,
+    /// A guest-physical address far from RAM that nothing backs, reachable by the payload
+    /// (x86: inside its page tables); 0 when there is none.
+    pub far: u64,
 }
+
+/// Bytes the `flood` payload writes to the serial port.
+pub const FLOOD_BYTES: u64 = 256 << 10;
 
 impl PayloadArgs {
     /// The value memtouch leaves at `addr` after its last pass.

@@ -52,7 +52,10 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Guest payload: memtouch (write+verify every page), hello (serial line), spin (never ends), crash.
+    /// Guest payload: memtouch (write+verify every page), hello (serial line), spin (never ends),
+    /// crash (undefined instruction); hostile ones: oob (touches memory outside RAM), garbage
+    /// (garbage to every device register, unmapped ports and MMIO), flood (256 KiB on the
+    /// serial port; 64 KiB are kept).
     #[arg(long, default_value = "memtouch", value_parser = parse_payload)]
     guest: Payload,
     /// Guest memory size (K, M, G suffixes; a multiple of 4 KiB).

@@ -155,8 +155,12 @@ pub struct Report {
     pub vmstat_delta: BTreeMap<String, i64>,
     pub memory: MemAccounting,
     pub timing: Timing,
+    /// The first `vm::CONSOLE_KEEP_BYTES` bytes the guest wrote to its console.
     pub console: String,
+    /// Every byte the guest wrote to its console.
     pub console_bytes: u64,
+    /// Whether the guest wrote more than was kept.
+    pub console_truncated: bool,
     pub error: Option<String>,
 }
 

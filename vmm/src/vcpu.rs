@@ -36,8 +36,33 @@ pub enum VcpuOutcome {
 pub struct ExitCounts {
     pub pio: u64,
     pub mmio: u64,
+    /// Accesses no device answered (reads got all ones, writes were dropped).
     pub unmapped: u64,
     pub interrupted: u64,
+    /// The first of them.
+    pub first_unmapped: Option<UnmappedAccess>,
+}
+
+/// An access to an address no device claims.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct UnmappedAccess {
+    /// `pio` or `mmio`.
+    pub bus: &'static str,
+    pub addr: u64,
+    pub write: bool,
+    pub len: usize,
+}
+
+impl std::fmt::Display for UnmappedAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, dir) = match (self.bus, self.write) {
+            ("pio", true) => ("port", "write to"),
+            ("pio", false) => ("port", "read from"),
+            (_, true) => ("GPA", "write to"),
+            (_, false) => ("GPA", "read from"),
+        };
+        write!(f, "{}-byte {dir} {what} {:#x}", self.len, self.addr)
+    }
 }
 
 /// The buses a vCPU dispatches to (its own clones).
@@ -54,7 +79,7 @@ pub enum Action {
     Stop(VcpuOutcome),
 }
 
-fn account(a: Access, counts: &mut ExitCounts) -> Action {
+fn account(a: Access, counts: &mut ExitCounts, at: UnmappedAccess) -> Action {
     match a {
         Access::Handled(Some(StopRequest::GuestExit(status))) => {
             Action::Stop(VcpuOutcome::Exited { status })
@@ -62,8 +87,18 @@ fn account(a: Access, counts: &mut ExitCounts) -> Action {
         Access::Handled(None) => Action::Continue,
         Access::Unmapped => {
             counts.unmapped += 1;
+            counts.first_unmapped.get_or_insert(at);
             Action::Continue
         }
+    }
+}
+
+fn at(bus: &'static str, addr: u64, write: bool, len: usize) -> UnmappedAccess {
+    UnmappedAccess {
+        bus,
+        addr,
+        write,
+        len,
     }
 }
 
@@ -76,19 +111,23 @@ pub fn handle_exit(
     match r {
         Ok(VcpuExit::IoOut(port, data)) => {
             counts.pio += 1;
-            account(buses.pio.write(port.into(), data), counts)
+            let a = at("pio", port.into(), true, data.len());
+            account(buses.pio.write(port.into(), data), counts, a)
         }
         Ok(VcpuExit::IoIn(port, data)) => {
             counts.pio += 1;
-            account(buses.pio.read(port.into(), data), counts)
+            let a = at("pio", port.into(), false, data.len());
+            account(buses.pio.read(port.into(), data), counts, a)
         }
         Ok(VcpuExit::MmioWrite(addr, data)) => {
             counts.mmio += 1;
-            account(buses.mmio.write(addr, data), counts)
+            let a = at("mmio", addr, true, data.len());
+            account(buses.mmio.write(addr, data), counts, a)
         }
         Ok(VcpuExit::MmioRead(addr, data)) => {
             counts.mmio += 1;
-            account(buses.mmio.read(addr, data), counts)
+            let a = at("mmio", addr, false, data.len());
+            account(buses.mmio.read(addr, data), counts, a)
         }
         Ok(VcpuExit::Hlt) => Action::Stop(VcpuOutcome::Halted),
         Ok(VcpuExit::Shutdown) => Action::Stop(VcpuOutcome::Crashed {
@@ -242,6 +281,10 @@ mod tests {
             Action::Continue
         );
         assert_eq!((c.unmapped, c.mmio), (2, 1));
+        assert_eq!(
+            c.first_unmapped.map(|a| a.to_string()).as_deref(),
+            Some("4-byte read from port 0x80")
+        );
     }
 
     #[test]

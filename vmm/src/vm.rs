@@ -26,6 +26,10 @@ use crate::stage2::{self, Resolver, ResolverConfig};
 use crate::sys::{self, PAGE_SIZE};
 use crate::vcpu::{self, Buses, ExitCounts, VcpuOutcome};
 
+/// Bytes of the guest's console kept for the report: a guest flooding its serial port costs
+/// the VMM this much memory at most (the rest is counted, not kept).
+pub const CONSOLE_KEEP_BYTES: usize = 64 << 10;
+
 /// Failures that stop a VM from being built (as opposed to outcomes of a run).
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -183,7 +187,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
     };
 
     // Devices: one shared serial port, one test device per vCPU.
-    let console = ConsoleSink::new(64 << 10, cfg.echo_console);
+    let console = ConsoleSink::new(CONSOLE_KEEP_BYTES, cfg.echo_console);
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::Thread)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console.clone())));
     let mut shared = Buses::default();
@@ -195,6 +199,8 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         seed: cfg.touch.seed,
         testdev: arch::TESTDEV.addr(),
         serial: arch::SERIAL.addr(),
+        ram_end: arch::RAM_START + cfg.mem_size,
+        far: arch::far_unmapped_gpa(cfg.mem_size),
         ..Default::default()
     };
     let per_vcpu = arch::split_touch_range(cfg.mem_size, cfg.vcpus, base_args);
@@ -364,6 +370,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         Outcome::Completed
     };
     let touched: u64 = vcpus.iter().map(|v| v.touched_pages).sum();
+    let console_truncated = console_bytes > CONSOLE_KEEP_BYTES as u64;
     let summary = summarize(
         outcome,
         &vcpus,
@@ -371,7 +378,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         error.as_deref(),
         cfg,
         touched,
-    );
+    ) + &hostile_notes(&vcpus, console_bytes, console_truncated);
     let kb = |v: Option<u64>| v.unwrap_or(0);
     let first_touch_ms = vcpus
         .iter()
@@ -432,6 +439,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         },
         console,
         console_bytes,
+        console_truncated,
         error,
     })
 }
@@ -485,6 +493,30 @@ fn host_check(mem: &GuestMemory, vcpus: &[VcpuResult], cfg: &VmConfig) -> (u64, 
         }
     }
     (n, bad)
+}
+
+/// What a guest did to the VMM's devices, when it did more than a well-behaved guest does.
+fn hostile_notes(vcpus: &[VcpuResult], console_bytes: u64, truncated: bool) -> String {
+    let mut s = String::new();
+    let unmapped: u64 = vcpus.iter().map(|v| v.exits.unmapped).sum();
+    if unmapped > 0 {
+        let first = vcpus.iter().find_map(|v| v.exits.first_unmapped);
+        s += &format!(
+            "; {unmapped} accesses to addresses no device answers (first: {}; reads return all ones, writes are dropped)",
+            first.map_or_else(|| "?".into(), |a| a.to_string())
+        );
+    }
+    let bad: u64 = vcpus.iter().map(|v| v.bad_device_writes).sum();
+    if bad > 0 {
+        s += &format!("; {bad} writes to undefined test-device registers (ignored)");
+    }
+    if truncated {
+        s += &format!(
+            "; console: {console_bytes} bytes written, the first and last {} kept (truncated)",
+            CONSOLE_KEEP_BYTES / 2
+        );
+    }
+    s
 }
 
 fn summarize(

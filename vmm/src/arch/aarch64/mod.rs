@@ -3,7 +3,7 @@
 //!
 //! - [`layout`]: the guest-physical map (GIC, UART, test device below RAM at 2 GiB).
 //! - [`regs`]: `KVM_ARM_VCPU_INIT` (preferred target + PSCI 0.2) and the boot registers
-//!   (payload arguments in x0..x6).
+//!   (payload arguments in x0..x8).
 //! - [`gic`]: the GICv3, created and initialised once every vCPU exists.
 //! - [`fdt`]: the device tree for Linux guests (bare payloads need none).
 //! - [`linux`]: booting an arm64 Linux Image with an initrd and a device tree.
@@ -48,6 +48,12 @@ pub fn setup_vm(vm: &VmFd) -> Result<(), ArchError> {
 /// `KVM_DEV_ARM_VGIC_CTRL_INIT` (a GICv3 refuses KVM_RUN until then).
 pub fn finish_vcpus(vm: &VmFd, vcpus: usize) -> Result<(), ArchError> {
     gic::create_and_init(vm, vcpus)
+}
+
+/// A guest-physical address far from RAM (1 GiB past its end, well inside the 40-bit IPA
+/// space) that nothing backs: hostile payloads touch it.
+pub fn far_unmapped_gpa(mem_size: u64) -> u64 {
+    RAM_START + mem_size + (1 << 30)
 }
 
 /// Copies the payload to its slot at the start of RAM; returns the entry point.

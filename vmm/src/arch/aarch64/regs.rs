@@ -13,6 +13,8 @@
 //! | x4  | seed                                       |
 //! | x5  | test device base (MMIO)                    |
 //! | x6  | serial data register (MMIO)                |
+//! | x7  | first GPA past RAM (hostile payloads)      |
+//! | x8  | a GPA far from RAM nothing backs (or 0)    |
 
 use std::mem::offset_of;
 
@@ -53,7 +55,7 @@ pub struct RegWrite {
 }
 
 /// The register writes that start a payload at `entry` (pure: unit-tested without KVM).
-pub fn boot_registers(entry: u64, args: &PayloadArgs) -> [RegWrite; 9] {
+pub fn boot_registers(entry: u64, args: &PayloadArgs) -> [RegWrite; 11] {
     let w = |id, value, name| RegWrite { id, value, name };
     [
         w(xreg(0), args.start, "x0 (start)"),
@@ -63,6 +65,8 @@ pub fn boot_registers(entry: u64, args: &PayloadArgs) -> [RegWrite; 9] {
         w(xreg(4), args.seed, "x4 (seed)"),
         w(xreg(5), args.testdev, "x5 (test device)"),
         w(xreg(6), args.serial, "x6 (serial)"),
+        w(xreg(7), args.ram_end, "x7 (end of RAM)"),
+        w(xreg(8), args.far, "x8 (far unmapped address)"),
         w(PSTATE, PSTATE_EL1H_DAIF, "PSTATE"),
         w(PC, entry, "PC"),
     ]
@@ -151,15 +155,17 @@ mod tests {
             seed: 5,
             testdev: 6,
             serial: 7,
+            ram_end: 8,
+            far: 9,
         };
         let regs = boot_registers(0x8000_0000, &a);
-        let xs: Vec<u64> = regs[..7].iter().map(|r| r.value).collect();
-        assert_eq!(xs, [1, 2, 3, 4, 5, 6, 7]);
-        for (n, r) in regs[..7].iter().enumerate() {
+        let xs: Vec<u64> = regs[..9].iter().map(|r| r.value).collect();
+        assert_eq!(xs, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        for (n, r) in regs[..9].iter().enumerate() {
             assert_eq!(r.id, xreg(n));
         }
         assert_eq!(
-            regs[8],
+            regs[10],
             RegWrite {
                 id: PC,
                 value: 0x8000_0000,

@@ -57,6 +57,24 @@ pub fn finish_vcpus(_vm: &VmFd, _vcpus: usize) -> Result<(), ArchError> {
     Ok(())
 }
 
+/// GiB of guest-physical space the identity map covers: RAM and one more GiB (where
+/// [`far_unmapped_gpa`] lies), up to the 16 GiB the page directories have room for.
+fn mapped_gib(mem_size: u64) -> u64 {
+    (mem_size.div_ceil(1 << 30) + 1).min(MAX_PDS)
+}
+
+/// A guest-physical address far from RAM that the payload's page tables map but nothing
+/// backs (the last page of the identity map): hostile payloads touch it. 0 when RAM fills the
+/// whole map (16 GiB).
+pub fn far_unmapped_gpa(mem_size: u64) -> u64 {
+    let end = mapped_gib(mem_size) << 30;
+    if end > RAM_START + mem_size + (1 << 20) {
+        end - 4096
+    } else {
+        0
+    }
+}
+
 /// Writes the GDT, the identity-mapped page tables and the payload; returns the entry point.
 pub fn load_boot_image(mem: &GuestMemory, code: &[u8]) -> Result<u64, ArchError> {
     if code.len() as u64 > PAYLOAD_MAX {
@@ -71,7 +89,7 @@ pub fn load_boot_image(mem: &GuestMemory, code: &[u8]) -> Result<u64, ArchError>
     mem.load(GDT, &gdt_bytes)?;
 
     let user = PTE_P | PTE_RW | PTE_US;
-    let pds = mem.size().div_ceil(1 << 30).min(MAX_PDS);
+    let pds = mapped_gib(mem.size());
     mem.load(PML4, &(PDPT | user).to_le_bytes())?;
     for i in 0..pds {
         let pd = PD + i * 0x1000;
@@ -147,6 +165,8 @@ pub fn configure_vcpu(
         r12: args.seed,
         r13: args.testdev,
         r14: args.serial,
+        r15: args.ram_end,
+        rbp: args.far,
         ..Default::default()
     };
     vcpu.set_regs(&regs).map_err(|err| ArchError::Set {
@@ -170,5 +190,9 @@ mod tests {
         assert_eq!(mem.read_u64(PD + 8).unwrap(), (2 << 20) | 0x87);
         assert_eq!(mem.read_u64(PAYLOAD).unwrap(), 0x9090_9090_9090_9090);
         assert!(load_boot_image(&mem, &vec![0; 0x10001]).is_err());
+        // One GiB past RAM is mapped too: the far unmapped address is inside the map.
+        assert_eq!(mem.read_u64(PDPT + 8).unwrap(), (PD + 0x1000) | 7);
+        assert_eq!(far_unmapped_gpa(4 << 20), (2 << 30) - 4096);
+        assert_eq!(far_unmapped_gpa(MAX_MEM), 0);
     }
 }
