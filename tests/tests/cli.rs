@@ -70,6 +70,193 @@ fn bad_inputs() -> Trial {
     })
 }
 
+/// A newc cpio archive of `entries` (name, contents), as `guest/linux/build` writes one.
+fn cpio(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut a = Vec::new();
+    for (name, data) in entries.iter().chain(&[("TRAILER!!!", &b""[..])]) {
+        a.extend_from_slice(
+            format!(
+                "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+                1,
+                0o100_755,
+                0,
+                0,
+                1,
+                0,
+                data.len(),
+                0,
+                0,
+                0,
+                0,
+                name.len() + 1,
+                0
+            )
+            .as_bytes(),
+        );
+        a.extend_from_slice(name.as_bytes());
+        a.push(0);
+        a.resize(a.len().next_multiple_of(4), 0);
+        a.extend_from_slice(data);
+        a.resize(a.len().next_multiple_of(4), 0);
+    }
+    a
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip to memory");
+    e.finish().expect("gzip to memory")
+}
+
+/// An arm64 Image header (64 bytes) with a PE/COFF section table whose raw data ends at
+/// `raw_end`, claiming `image_size` bytes from the load address.
+fn arm64_image(image_size: u64, raw_end: u32, file_len: usize) -> Vec<u8> {
+    let mut h = vec![0u8; 64];
+    h[0..2].copy_from_slice(b"MZ");
+    h[16..24].copy_from_slice(&image_size.to_le_bytes());
+    h[24..32].copy_from_slice(&0xau64.to_le_bytes());
+    h[56..60].copy_from_slice(b"ARMd");
+    h[60..64].copy_from_slice(&64u32.to_le_bytes());
+    h.extend_from_slice(b"PE\0\0");
+    h.extend_from_slice(&[0, 0, 1, 0]); // machine, 1 section
+    h.extend_from_slice(&[0; 16]); // no optional header
+    let mut sec = vec![0u8; 40];
+    sec[16..20].copy_from_slice(&(raw_end - 0x1000).to_le_bytes());
+    sec[20..24].copy_from_slice(&0x1000u32.to_le_bytes());
+    h.extend(sec);
+    h.resize(file_len, 0);
+    h
+}
+
+/// Bad kernels, initramfs and command lines: exit 2, one line naming the file (or value) and
+/// what is wrong. The inputs are generated here; the arm64 Image cases run where pinvmm boots
+/// arm64 Images (the aarch64 build), the rest everywhere.
+fn bad_linux_inputs() -> Trial {
+    plain_test(
+        "bad_input::linux_kernel_initrd_cmdline_give_exit_2_and_name_the_file",
+        || {
+            let dir = std::env::temp_dir().join(format!("pinvmm-badlinux-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let file = |name: &str, data: &[u8]| -> Result<String, Failed> {
+                let p = dir.join(name);
+                std::fs::write(&p, data).map_err(|e| format!("{}: {e}", p.display()))?;
+                Ok(p.display().to_string())
+            };
+            let kernel = file("Image", &arm64_image(0x40_0000, 0x20_0000, 0x20_0000))?;
+            let init = cpio(&[("init", b"#!/bin/sh\n")]);
+            let good_gz = gzip(&init);
+            let mut damaged = good_gz.clone();
+            damaged[14] ^= 0xff;
+            damaged[15] ^= 0xff;
+            let initrd = |name: &str, data: &[u8]| file(name, data);
+            let dir_s = dir.display().to_string();
+            let missing = format!("{dir_s}/no-such-Image");
+            let mut cases: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+            let mut case = |args: &[&str], needles: &[&str]| {
+                let mut a = vec!["run".to_owned(), "--mem".into(), "64M".into()];
+                a.extend(args.iter().map(|s| (*s).to_owned()));
+                cases.push((a, needles.iter().map(|s| (*s).to_owned()).collect()));
+            };
+            case(&["--kernel", &missing], &[&missing, "cannot open"]);
+            let empty = file("empty", b"")?;
+            case(&["--kernel", &empty], &[&empty, "kernel", "empty"]);
+            case(&["--kernel", &dir_s], &[&dir_s, "not a regular file"]);
+            case(
+                &["--kernel", &kernel, "--initrd", &missing],
+                &[&missing, "initrd", "cannot open"],
+            );
+            case(
+                &["--kernel", &kernel, "--initrd", &empty],
+                &[&empty, "initrd", "empty"],
+            );
+            let text = initrd("text.cpio", b"just some text\n")?;
+            case(
+                &["--kernel", &kernel, "--initrd", &text],
+                &[&text, "not an initramfs"],
+            );
+            let cut = initrd("cut.cpio.gz", &good_gz[..good_gz.len() - 12])?;
+            case(
+                &["--kernel", &kernel, "--initrd", &cut],
+                &[&cut, "truncated"],
+            );
+            let bad = initrd("damaged.cpio.gz", &damaged)?;
+            case(&["--kernel", &kernel, "--initrd", &bad], &[&bad, "corrupt"]);
+            let cut_cpio = initrd("cut.cpio", &init[..init.len() - 8])?;
+            case(
+                &["--kernel", &kernel, "--initrd", &cut_cpio],
+                &[&cut_cpio, "truncated"],
+            );
+            let no_init = initrd("noinit.cpio.gz", &gzip(&cpio(&[("bin/sh", b"x")])))?;
+            case(
+                &["--kernel", &kernel, "--initrd", &no_init],
+                &[&no_init, "no /init"],
+            );
+            case(
+                &["--kernel", &kernel, "--cmdline", "quiet \u{7}"],
+                &["printable ASCII"],
+            );
+            let long = "x".repeat(2100);
+            case(&["--kernel", &kernel, "--cmdline", &long], &["2047 bytes"]);
+            case(
+                &["--kernel", &kernel, "--cmdline", "pinvmm.fill=lots"],
+                &["pinvmm.fill=lots"],
+            );
+            case(
+                &["--kernel", &kernel, "--cmdline", "pinvmm.fil=1M"],
+                &["pinvmm.fil"],
+            );
+            case(&["--initrd", &kernel], &["--kernel"]);
+            case(&["--kernel", &kernel, "--guest", "hello"], &["--guest"]);
+            case(&["--kernel", &kernel, "--stride", "2"], &["--stride"]);
+            case(
+                &["--kernel", &kernel, "--vm-type", "protected"],
+                &["protected"],
+            );
+            if cfg!(target_arch = "aarch64") {
+                let rnd = file("random", &[0x5a; 4096])?;
+                case(&["--kernel", &rnd], &[&rnd, "not an arm64 Linux Image"]);
+                let gz = file(
+                    "Image.gz",
+                    &gzip(&arm64_image(0x40_0000, 0x20_0000, 0x20_0000)),
+                )?;
+                case(&["--kernel", &gz], &[&gz, "gzip"]);
+                let short = file("short", &arm64_image(0x40_0000, 0x20_0000, 0x10_0000))?;
+                case(&["--kernel", &short], &[&short, "truncated", "2097152"]);
+                let big = file("big", &arm64_image(80 << 20, 0x20_0000, 0x20_0000))?;
+                case(&["--kernel", &big], &[&big, "raise --mem"]);
+                let init_big = initrd("big.cpio", &[init.clone(), vec![0; 62 << 20]].concat())?;
+                case(
+                    &["--kernel", &kernel, "--initrd", &init_big],
+                    &[&init_big, "raise --mem"],
+                );
+            }
+            for (args, needles) in &cases {
+                let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                let r = pinvmm(&a)?;
+                let text = format!("{}{}", r.stderr, r.stdout);
+                ensure(r.code == 2, || {
+                    format!("{args:?}: exit {} (want 2): {text}", r.code)
+                })?;
+                for n in needles {
+                    ensure(text.contains(n.as_str()), || {
+                        format!("{args:?}: message does not name {n:?}: {text}")
+                    })?;
+                }
+                ensure(!text.contains("panicked"), || {
+                    format!("{args:?} panicked: {text}")
+                })?;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            println!(
+                "bad Linux inputs tried: {}, all rejected with exit code 2 naming the file or value",
+                cases.len()
+            );
+            Ok(())
+        },
+    )
+}
+
 fn exit_codes() -> Vec<Trial> {
     let case = |name: &str, args: &'static [&'static str], code: i32, outcome: &'static str| {
         kvm_test(name, move || {
@@ -219,6 +406,8 @@ fn help() -> Trial {
                 "mlock-drain",
                 "lru-add-drain",
                 "--inject-pin-failure",
+                "--kernel",
+                "pinvmm-result",
                 "Exit codes",
                 "5  VM terminated",
             ] {
@@ -301,7 +490,7 @@ fn seccomp() -> Trial {
 fn main() {
     let args = Arguments::from_args();
     common::announce();
-    let mut t = vec![bad_inputs(), help(), bench(), seccomp()];
+    let mut t = vec![bad_inputs(), bad_linux_inputs(), help(), bench(), seccomp()];
     t.extend(gup_check());
     t.extend(exit_codes());
     libtest_mimic::run(&args, t).exit();

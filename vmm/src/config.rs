@@ -123,6 +123,8 @@ pub struct VmConfig {
     pub inject: Vec<InjectSpec>,
     /// Ordinary VM, or a pKVM protected VM whose pins KVM takes itself (`protected.rs`).
     pub vm_type: VmType,
+    /// Boot this Linux kernel (and initrd) instead of `payload` (`linux.rs`).
+    pub linux: Option<crate::linux::LinuxConfig>,
     /// Echo the guest's console to stderr as it arrives.
     #[serde(skip)]
     pub echo_console: bool,
@@ -181,6 +183,10 @@ pub enum ConfigError {
         "{0} cannot be combined with --vm-type protected: userfaultfd cannot be combined with protected VMs (KVM_RUN fails with EFAULT), and KVM takes the long-term pins itself"
     )]
     ProtectedConflict(&'static str),
+    #[error(
+        "--kernel cannot be combined with --vm-type protected: pinvmm boots Linux guests in ordinary VMs only (its protected-VM loader writes bare payloads)"
+    )]
+    ProtectedLinux,
 }
 
 /// Largest vCPU count accepted.
@@ -237,6 +243,7 @@ impl VmConfig {
             timeout: Duration::from_secs(60),
             inject: Vec::new(),
             vm_type: VmType::Normal,
+            linux: None,
             echo_console: false,
             seccomp: crate::seccomp::SeccompMode::Threads,
         }
@@ -304,6 +311,9 @@ impl VmConfig {
     fn validate_protected(&self) -> Result<(), ConfigError> {
         if !cfg!(target_arch = "aarch64") {
             return Err(ConfigError::ProtectedArch(std::env::consts::ARCH));
+        }
+        if self.linux.is_some() {
+            return Err(ConfigError::ProtectedLinux);
         }
         let conflict = [
             (

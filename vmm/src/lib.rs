@@ -14,6 +14,7 @@ pub mod exit_code;
 pub mod gupcheck;
 pub mod hostinfo;
 pub mod inject;
+pub mod linux;
 pub mod memory;
 pub mod pin;
 pub mod probe;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use guest::Payload;
 use vmm::config::{CpuPlacement, InjectSpec, TouchParams, parse_size};
+use vmm::linux::LinuxConfig;
 use vmm::seccomp::SeccompMode;
 use vmm::{Backing, DrainPolicy, ExitCode, FaultIn, HostLimits, Stage2, VmConfig};
 
@@ -58,6 +59,28 @@ struct RunArgs {
     /// serial port; 64 KiB are kept).
     #[arg(long, default_value = "memtouch", value_parser = parse_payload)]
     guest: Payload,
+    /// Boot this Linux kernel instead of a payload (arm64: a raw Image; x86_64: a bzImage).
+    ///
+    /// pinvmm writes a device tree (arm64) or boot_params (x86_64), loads the kernel and
+    /// initrd through the not-mlocked loader view (as crosvm does) and boots with the command
+    /// line "<console arguments> <--cmdline>". Every stage-2 fault of the guest is resolved
+    /// by a long-term pin under --policy, as for payloads. The workload of guest/linux/build
+    /// reads pinvmm.fill=SIZE|N% pinvmm.seed=N pinvmm.forks=N pinvmm.tmpfs=SIZE from the
+    /// command line and prints one line 'pinvmm-result: {...}', whose checksum the host
+    /// recomputes: exit 0 only when that line is there and verifies, 4 when it is missing or
+    /// wrong. Example:
+    ///   guest/linux/build --arch arm64 --out initrd.cpio.gz
+    ///   pinvmm run --kernel Image --initrd initrd.cpio.gz --mem 256M
+    ///       --cmdline 'pinvmm.fill=96M' --policy mlock-drain --console
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["guest", "stride", "passes", "seed"])]
+    kernel: Option<PathBuf>,
+    /// Initramfs for --kernel (newc cpio, plain or compressed; guest/linux/build makes one).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel, after pinvmm's console arguments
+    /// (e.g. "pinvmm.fill=128M pinvmm.seed=7 quiet").
+    #[arg(long, value_name = "ARGS", requires = "kernel", default_value = "")]
+    cmdline: String,
     /// Guest memory size (K, M, G suffixes; a multiple of 4 KiB).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     mem: u64,
@@ -109,9 +132,9 @@ struct RunArgs {
     /// memtouch: seed mixed into every value.
     #[arg(long, default_value_t = TouchParams::default().seed)]
     seed: u64,
-    /// Stop the VM after this many seconds (outcome `timeout`).
-    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
-    timeout: f64,
+    /// Stop the VM after this many seconds (outcome `timeout`; default 60, 600 with --kernel).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
     /// Make a host call fail: the NTH call (default 1) at SITE fails with ERRNO (a name or
     /// number; default: one the call really returns) instead of being made, and the VM takes
     /// the real error path. Repeatable. Sites: uffd-read, uffd-copy (anon), uffd-zeropage (anon
@@ -166,10 +189,12 @@ fn build_config(a: &RunArgs, host: &HostLimits) -> Result<VmConfig, String> {
             .parse()
             .map_err(|_| format!("--pin-cpu '{n}' is neither a CPU number nor 'same'"))?,
     };
-    if !a.timeout.is_finite() || a.timeout <= 0.0 || a.timeout > 86_400.0 {
+    let timeout = a
+        .timeout
+        .unwrap_or(if a.kernel.is_some() { 600.0 } else { 60.0 });
+    if !timeout.is_finite() || timeout <= 0.0 || timeout > 86_400.0 {
         return Err(format!(
-            "--timeout {} is out of range: use more than 0 and at most 86400 seconds",
-            a.timeout
+            "--timeout {timeout} is out of range: use more than 0 and at most 86400 seconds"
         ));
     }
     let mut c = VmConfig::new(a.guest, a.mem, CpuPlacement { fault_cpu, pin_cpu });
@@ -186,7 +211,7 @@ fn build_config(a: &RunArgs, host: &HostLimits) -> Result<VmConfig, String> {
         passes: a.passes,
         seed: a.seed,
     };
-    c.timeout = Duration::from_secs_f64(a.timeout);
+    c.timeout = Duration::from_secs_f64(timeout);
     c.inject = a
         .inject
         .iter()
@@ -194,6 +219,11 @@ fn build_config(a: &RunArgs, host: &HostLimits) -> Result<VmConfig, String> {
         .copied()
         .collect();
     c.vm_type = a.vm_type;
+    c.linux = a.kernel.as_ref().map(|k| LinuxConfig {
+        kernel: k.clone(),
+        initrd: a.initrd.clone(),
+        cmdline: a.cmdline.clone(),
+    });
     c.echo_console = a.console;
     c.seccomp = if a.no_seccomp {
         SeccompMode::Off

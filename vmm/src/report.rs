@@ -145,6 +145,9 @@ pub struct Report {
     /// Each `--inject` and whether it fired.
     pub injections: Vec<InjectionReport>,
     pub resolver: Option<ResolverReport>,
+    /// `--kernel`: what was booted, how it ended, its result line and the verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linux: Option<crate::linux::LinuxReport>,
     /// `--vm-type protected`: the loader thread, its drain, EFAULTs and retries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protected: Option<crate::protected::ProtectedReport>,
@@ -178,7 +181,11 @@ impl Report {
         let _ = writeln!(
             s,
             "  guest {} | {} MiB {} | stage2 {:?} | policy {} | fault-in {:?} | fault CPU {} / pin CPU {} | vCPUs {}",
-            c.payload.name(),
+            if c.linux.is_some() {
+                "linux"
+            } else {
+                c.payload.name()
+            },
             c.mem_size >> 20,
             c.backing,
             c.stage2,
@@ -188,7 +195,10 @@ impl Report {
             c.cpus.pin_cpu,
             c.vcpus
         );
-        for v in &self.vcpus {
+        if let Some(l) = &self.linux {
+            human_linux(&mut s, l);
+        }
+        for v in self.vcpus.iter().filter(|_| self.linux.is_none()) {
             let check = match v.expected {
                 Some(e) if e == v.result => "verified".to_owned(),
                 Some(e) => format!("WRONG (expected {e:#x})"),
@@ -299,7 +309,8 @@ impl Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct SetupFailureReport {
     pub pinvmm_version: &'static str,
-    /// `vmm-error` (exit 1) or `host-unsupported` (exit 3).
+    /// `vmm-error` (exit 1), `bad-input` (exit 2: a bad kernel or initrd) or
+    /// `host-unsupported` (exit 3).
     pub outcome: &'static str,
     pub exit_code: u8,
     pub summary: String,
@@ -311,7 +322,9 @@ pub struct SetupFailureReport {
 
 impl SetupFailureReport {
     pub fn new(config: &VmConfig, err: &crate::vm::VmError) -> Self {
-        let (outcome, code) = if err.is_host_unsupported() {
+        let (outcome, code) = if err.is_bad_input() {
+            ("bad-input", ExitCode::BadInput)
+        } else if err.is_host_unsupported() {
             ("host-unsupported", ExitCode::HostUnsupported)
         } else {
             ("vmm-error", ExitCode::VmmError)
@@ -331,8 +344,62 @@ impl SetupFailureReport {
     pub fn exit_code(&self) -> ExitCode {
         if self.exit_code == ExitCode::HostUnsupported as u8 {
             ExitCode::HostUnsupported
+        } else if self.exit_code == ExitCode::BadInput as u8 {
+            ExitCode::BadInput
         } else {
             ExitCode::VmmError
+        }
+    }
+}
+
+fn human_linux(s: &mut String, l: &crate::linux::LinuxReport) {
+    let secs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |ms| format!("{:.2} s", ms / 1e3));
+    let _ = writeln!(
+        s,
+        "  kernel {} ({} MiB at {:#x}){} | cmdline: {}",
+        l.kernel.display(),
+        l.boot.kernel.len >> 20,
+        l.boot.kernel.start,
+        match (&l.initrd, l.boot.initrd) {
+            (Some(p), Some(r)) => format!(
+                " | initrd {} ({} KiB at {:#x})",
+                p.display(),
+                r.len >> 10,
+                r.start
+            ),
+            _ => String::new(),
+        },
+        l.boot.cmdline
+    );
+    let _ = writeln!(
+        s,
+        "  boot: first console output {} | result line {} (after launch) | ended by {}",
+        secs(l.first_console_ms),
+        secs(l.result_line_ms),
+        l.end
+    );
+    match (&l.result, &l.expected_checksum) {
+        (Some(r), Some(want)) => {
+            let _ = writeln!(
+                s,
+                "  workload: status {} | filled {} MiB seed {} | checksum {:#018x} {} | tmpfs {} MiB | forks {} | errors {} | {} ms in the guest",
+                r.status,
+                r.fill_bytes >> 20,
+                r.seed,
+                r.checksum,
+                if l.checksum_verified {
+                    "verified".to_owned()
+                } else {
+                    format!("WRONG (expected {want})")
+                },
+                r.tmpfs_bytes >> 20,
+                r.forks,
+                r.errors,
+                r.elapsed_ms
+            );
+        }
+        _ => {
+            let _ = writeln!(s, "  workload: no result line");
         }
     }
 }

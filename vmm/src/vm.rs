@@ -13,11 +13,13 @@ use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::signal::Killable;
 
+use crate::arch::LinuxBoot;
 use crate::arch::{self, DeviceAddr};
 use crate::config::{Stage2, VmConfig, VmType};
 use crate::control::{HostFailure, Termination, VmControl, VmEvent};
 use crate::hostinfo;
 use crate::inject::{Injector, Site};
+use crate::linux::{self, LinuxReport};
 use crate::memory::GuestMemory;
 use crate::protected;
 use crate::report::{HostFacts, MemAccounting, Outcome, Report, Timing, VcpuResult};
@@ -29,6 +31,8 @@ use crate::vcpu::{self, Buses, ExitCounts, VcpuOutcome};
 /// Bytes of the guest's console kept for the report: a guest flooding its serial port costs
 /// the VMM this much memory at most (the rest is counted, not kept).
 pub const CONSOLE_KEEP_BYTES: usize = 64 << 10;
+/// The same for a Linux guest, whose boot log alone is tens of KiB.
+pub const LINUX_CONSOLE_KEEP_BYTES: usize = 256 << 10;
 
 /// Failures that stop a VM from being built (as opposed to outcomes of a run).
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,10 @@ pub enum VmError {
     EagerPin(String),
     #[error("loading the protected VM failed: {0}")]
     Protected(String),
+    #[error(transparent)]
+    Linux(#[from] crate::linux::LinuxError),
+    #[error("cannot wire the UART's interrupt to GSI {gsi} (KVM_IRQFD): {err}")]
+    Irqfd { gsi: u32, err: kvm_ioctls::Error },
 }
 
 impl VmError {
@@ -92,6 +100,11 @@ impl VmError {
             _ => None,
         }
     }
+
+    /// Whether the user's input is at fault (a bad kernel or initrd): exit 2.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, VmError::Linux(e) if e.is_bad_input())
+    }
 }
 
 struct VcpuThread {
@@ -113,18 +126,27 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
     vcpu::install_kick_handler().map_err(VmError::Signal)?;
 
     let faults = Injector::new(&cfg.inject);
-    let kvm = Kvm::new().map_err(VmError::KvmOpen)?;
-    if !kvm.check_extension(kvm_ioctls::Cap::UserMemory) {
-        return Err(VmError::KvmCap("KVM_CAP_USER_MEMORY"));
-    }
-
     // Memory and the boot image, written through the loader view (page cache / staging).
     let mem = GuestMemory::new_injected(cfg.backing, arch::RAM_START, cfg.mem_size, &faults)?;
     let boot_pages = (arch::DATA_START - arch::RAM_START) / PAGE_SIZE as u64;
     // Protected VMs: the loader thread writes through the mlocked view instead (below).
     let pkvm = cfg.vm_type == VmType::Protected;
+    let linux_boot = match &cfg.linux {
+        Some(l) => Some(linux::load(&mem, cfg.vcpus, l)?),
+        None => None,
+    };
     let (entry, prefilled) = if pkvm {
         (arch::RAM_START, 0)
+    } else if let Some(boot) = &linux_boot {
+        // Prefill only free RAM: a marker inside the kernel, initrd or boot structures
+        // would corrupt them.
+        let busy = linux_busy_pages(boot);
+        (
+            boot.entry,
+            mem.prefill(cfg.prefill_pct, |page| {
+                page < boot_pages || busy.iter().any(|r| r.contains(&page))
+            })?,
+        )
     } else {
         let entry = arch::load_boot_image(&mem, cfg.payload.code())?;
         (
@@ -133,8 +155,17 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         )
     };
 
+    // KVM is opened after the images are loaded, so a bad kernel or initrd is reported as
+    // such (exit 2) even on a host without KVM.
+    let kvm = Kvm::new().map_err(VmError::KvmOpen)?;
+    if !kvm.check_extension(kvm_ioctls::Cap::UserMemory) {
+        return Err(VmError::KvmCap("KVM_CAP_USER_MEMORY"));
+    }
     let vm = protected::create_vm(&kvm, cfg.vm_type).map_err(VmError::CreateVm)?;
     arch::setup_vm(&vm)?;
+    if linux_boot.is_some() {
+        arch::setup_linux_vm(&vm)?;
+    }
 
     // Stage 2: arm userfaultfd (pin/uffd), or pin everything now (eager), or nothing (kernel).
     let mut eager_pins = None;
@@ -186,9 +217,19 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         None => None,
     };
 
-    // Devices: one shared serial port, one test device per vCPU.
-    let console = ConsoleSink::new(CONSOLE_KEEP_BYTES, cfg.echo_console);
+    // Devices: one shared serial port, one test device per vCPU. A Linux console is long:
+    // keep more of it, and watch it for the workload's result line.
+    let console_keep = match linux_boot {
+        Some(_) => LINUX_CONSOLE_KEEP_BYTES,
+        None => CONSOLE_KEEP_BYTES,
+    };
+    let console = ConsoleSink::new(console_keep, cfg.echo_console);
+    let console = match linux_boot {
+        Some(_) => console.watching(linux::MARKER),
+        None => console,
+    };
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::Thread)?;
+    let serial_irqfd = serial_irq.try_clone().map_err(VmError::Thread)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console.clone())));
     let mut shared = Buses::default();
     place(&mut shared, arch::SERIAL, SerialDevice::LEN, serial)?;
@@ -211,10 +252,21 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         let fd = vm
             .create_vcpu(id.into())
             .map_err(|err| VmError::CreateVcpu { id, err })?;
-        arch::configure_vcpu(&kvm, &vm, &fd, entry, args)?;
+        match &linux_boot {
+            Some(boot) => arch::configure_vcpu_linux(&kvm, &vm, &fd, id, boot)?,
+            None => arch::configure_vcpu(&kvm, &vm, &fd, entry, args)?,
+        }
         vcpu_fds.push(fd);
     }
     arch::finish_vcpus(&vm, vcpu_fds.len())?;
+    if linux_boot.is_some() {
+        // Bare payloads poll the UART; Linux's 8250 driver waits for its interrupt.
+        vm.register_irqfd(&serial_irqfd, arch::SERIAL_IRQ)
+            .map_err(|err| VmError::Irqfd {
+                gsi: arch::SERIAL_IRQ,
+                err,
+            })?;
+    }
     let vcpu_cpu = if pkvm {
         Some(cfg.cpus.pin_cpu)
     } else {
@@ -262,10 +314,18 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
     let mut host_failure: Option<HostFailure> = None;
     let mut error: Option<String> = None;
     let mut timed_out = false;
+    // A Linux guest ends as a whole: the first vCPU to stop (PSCI SYSTEM_OFF, reset) ends it.
+    let mut first_done: Option<VcpuOutcome> = None;
     while outcomes.iter().any(Option::is_none) {
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
-            Ok(VmEvent::VcpuDone { id, outcome }) => outcomes[id as usize] = Some(outcome),
+            Ok(VmEvent::VcpuDone { id, outcome }) => {
+                first_done.get_or_insert(outcome.clone());
+                outcomes[id as usize] = Some(outcome);
+                if linux_boot.is_some() {
+                    break;
+                }
+            }
             Ok(VmEvent::PinFailed(t)) => {
                 termination.get_or_insert(t);
                 break;
@@ -313,7 +373,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
             .unwrap_or_else(|p| p.into_inner())
             .report()
             .clone();
-        let memtouch = cfg.payload == Payload::Memtouch;
+        let memtouch = is_memtouch(cfg);
         let mark = |m: u32| rep.marks.iter().find(|(v, _)| *v == m).map(|(_, t)| *t);
         let first_touch_ms = match (mark(1), mark(2)) {
             (Some(a), Some(b)) if memtouch => Some(ms(b.saturating_sub(a))),
@@ -336,16 +396,28 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         .all(|v| v.outcome == VcpuOutcome::Exited { status: 0 });
     let (host_check_pages, host_check_bad_pages) =
         // The host reads zeros from a protected VM's donated pages: nothing to check there.
-        if cfg.payload == Payload::Memtouch && all_exited_ok && !pkvm {
+        if is_memtouch(cfg) && all_exited_ok && !pkvm {
             host_check(&mem, &vcpus, cfg)
         } else {
             (0, 0)
         };
     drop(vm);
     drop(eager_pins);
-    let (console, console_bytes) = console.snapshot();
+    let (console_text, console_bytes) = console.snapshot();
     drop(mem);
     let teardown_ms = ms(t_teardown.elapsed());
+    let linux_report = match (linux_boot, &cfg.linux) {
+        (Some(boot), Some(l)) => Some(linux::report(
+            l,
+            boot,
+            first_done.as_ref(),
+            &console,
+            &console_text,
+            t_start,
+        )),
+        _ => None,
+    };
+    let console = console_text;
 
     let outcome = if termination.is_some() {
         Outcome::Terminated
@@ -358,6 +430,12 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         .any(|v| matches!(v.outcome, VcpuOutcome::RunFailed { .. }))
     {
         Outcome::VmmError
+    } else if let Some(l) = &linux_report {
+        if l.failure.is_some() {
+            Outcome::GuestFailed
+        } else {
+            Outcome::Completed
+        }
     } else if !all_exited_ok
         || vcpus
             .iter()
@@ -370,7 +448,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         Outcome::Completed
     };
     let touched: u64 = vcpus.iter().map(|v| v.touched_pages).sum();
-    let console_truncated = console_bytes > CONSOLE_KEEP_BYTES as u64;
+    let console_truncated = console_bytes > console_keep as u64;
     let summary = summarize(
         outcome,
         &vcpus,
@@ -378,7 +456,8 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         error.as_deref(),
         cfg,
         touched,
-    ) + &hostile_notes(&vcpus, console_bytes, console_truncated);
+        linux_report.as_ref(),
+    ) + &hostile_notes(&vcpus, console_bytes, console_truncated, console_keep);
     let kb = |v: Option<u64>| v.unwrap_or(0);
     let first_touch_ms = vcpus
         .iter()
@@ -398,6 +477,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         host_failure,
         injections: faults.report(),
         resolver: resolver_report,
+        linux: linux_report,
         protected: protected_report.as_mut().map(|r| {
             counters.fill(r);
             r.vcpu_cpu = cfg.cpus.pin_cpu;
@@ -496,7 +576,7 @@ fn host_check(mem: &GuestMemory, vcpus: &[VcpuResult], cfg: &VmConfig) -> (u64, 
 }
 
 /// What a guest did to the VMM's devices, when it did more than a well-behaved guest does.
-fn hostile_notes(vcpus: &[VcpuResult], console_bytes: u64, truncated: bool) -> String {
+fn hostile_notes(vcpus: &[VcpuResult], console_bytes: u64, truncated: bool, keep: usize) -> String {
     let mut s = String::new();
     let unmapped: u64 = vcpus.iter().map(|v| v.exits.unmapped).sum();
     if unmapped > 0 {
@@ -513,7 +593,7 @@ fn hostile_notes(vcpus: &[VcpuResult], console_bytes: u64, truncated: bool) -> S
     if truncated {
         s += &format!(
             "; console: {console_bytes} bytes written, the first and last {} kept (truncated)",
-            CONSOLE_KEEP_BYTES / 2
+            keep / 2
         );
     }
     s
@@ -526,8 +606,12 @@ fn summarize(
     error: Option<&str>,
     cfg: &VmConfig,
     touched: u64,
+    linux: Option<&LinuxReport>,
 ) -> String {
     match outcome {
+        Outcome::Completed | Outcome::GuestFailed if linux.is_some() => {
+            linux.map(LinuxReport::summary).unwrap_or_default()
+        }
         Outcome::Completed if cfg.payload == Payload::Memtouch => {
             format!("memtouch checksum verified on {touched} pages")
         }
@@ -569,6 +653,27 @@ fn summarize(
             }
         }
     }
+}
+
+/// Whether the run's guest is the memtouch payload (whose result the host checks page by page).
+fn is_memtouch(cfg: &VmConfig) -> bool {
+    cfg.linux.is_none() && cfg.payload == Payload::Memtouch
+}
+
+/// Guest page ranges a Linux boot occupies before the first instruction (kernel with its BSS,
+/// initrd, and the boot structure at `boot_info` with the 2 MiB a device tree may take).
+fn linux_busy_pages(boot: &LinuxBoot) -> Vec<std::ops::Range<u64>> {
+    let page = PAGE_SIZE as u64;
+    let pages = |start: u64, len: u64| {
+        let first = start.saturating_sub(arch::RAM_START) / page;
+        first..(start + len).saturating_sub(arch::RAM_START).div_ceil(page)
+    };
+    let mut busy = vec![
+        pages(boot.kernel.start, boot.kernel.len),
+        pages(boot.boot_info, 2 << 20),
+    ];
+    busy.extend(boot.initrd.map(|r| pages(r.start, r.len)));
+    busy
 }
 
 fn resolver_config(cfg: &VmConfig) -> ResolverConfig {
