@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ensure, kvm_test, pinvmm, plain_test};
+use common::{ensure, kvm_test, pinvmm, plain_test, tally};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// Bad inputs and the text the error must contain (the bad value, named).
@@ -46,9 +46,66 @@ const BAD_INPUTS: &[(&[&str], &str)] = &[
     (&[], "Usage"),
 ];
 
+/// Bad `--config FILE.json` contents and what the error must name: the field and its value.
+const BAD_CONFIGS: &[(&str, &[&str])] = &[
+    (r#"{"vcpus": "two"}"#, &["\"vcpus\"", "two"]),
+    (r#"{"vcpus": 0}"#, &["\"vcpus\"", "0"]),
+    (r#"{"vcpus": 2.5}"#, &["\"vcpus\"", "2.5"]),
+    (r#"{"mem": true}"#, &["\"mem\"", "true", "a boolean"]),
+    (r#"{"mem": "12345"}"#, &["12345", "multiple of"]),
+    (r#"{"mem": [64]}"#, &["\"mem\"", "a list"]),
+    (r#"{"policy": 3}"#, &["\"policy\"", "3", "mlock-drain"]),
+    (r#"{"policy": "sometimes"}"#, &["\"policy\"", "sometimes"]),
+    (r#"{"timeout": "soon"}"#, &["\"timeout\"", "soon"]),
+    (
+        r#"{"quiet": "yes"}"#,
+        &["\"quiet\"", "true or false", "yes"],
+    ),
+    (r#"{"inject": 7}"#, &["\"inject\"", "7"]),
+    (
+        r#"{"inject": ["drain", {"site": "x"}]}"#,
+        &["\"inject\"", "list of strings"],
+    ),
+    (r#"{"inject": ["nowhere@2"]}"#, &["\"inject\"", "nowhere"]),
+    (
+        r#"{"guest": null, "frobnicate": 1}"#,
+        &["unknown field \"frobnicate\""],
+    ),
+    (r#"{"config": "other.json"}"#, &["unknown field \"config\""]),
+    (r#"{"mem": "64M","#, &["not valid JSON", "line 1"]),
+    ("", &["not valid JSON"]),
+    (r#"["mem", "64M"]"#, &["JSON object", "a list"]),
+    (r#""64M""#, &["JSON object", "a string"]),
+];
+
 fn bad_inputs() -> Trial {
     plain_test("bad_input::corpus_gives_exit_2_and_names_the_value", || {
         let mut tried = 0;
+        let dir = std::env::temp_dir().join(format!("pinvmm-cli-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for (i, (text, needles)) in BAD_CONFIGS.iter().enumerate() {
+            let file = dir.join(format!("bad{i}.json"));
+            std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
+            let path = file.to_str().ok_or("temp path is not UTF-8")?;
+            let r = pinvmm(&["run", "--config", path])?;
+            tried += 1;
+            let text_out = format!("{}{}", r.stderr, r.stdout);
+            ensure(r.code == 2 && !text_out.contains("panicked"), || {
+                format!("config {text:?}: exit {} (want 2): {text_out}", r.code)
+            })?;
+            for needle in needles.iter().chain(&[path]) {
+                ensure(text_out.contains(needle), || {
+                    format!("config {text:?}: message does not name {needle:?}: {text_out}")
+                })?;
+            }
+        }
+        let missing = dir.join("missing.json");
+        let r = pinvmm(&["run", "--config", missing.to_str().ok_or("temp path")?])?;
+        tried += 1;
+        ensure(r.code == 2 && r.stderr.contains("missing.json"), || {
+            format!("missing config: exit {}: {}", r.code, r.stderr)
+        })?;
+        let _ = std::fs::remove_dir_all(&dir);
         for (args, needle) in BAD_INPUTS {
             let r = pinvmm(args)?;
             tried += 1;
@@ -63,7 +120,8 @@ fn bad_inputs() -> Trial {
                 format!("{args:?} panicked: {text}")
             })?;
         }
-        println!(
+        tally::add(&tally::INPUTS, tried);
+        eprintln!(
             "bad inputs tried: {tried}, all rejected with exit code 2 and a message naming the value"
         );
         Ok(())
@@ -248,7 +306,8 @@ fn bad_linux_inputs() -> Trial {
                 })?;
             }
             let _ = std::fs::remove_dir_all(&dir);
-            println!(
+            tally::add(&tally::INPUTS, cases.len() as u64);
+            eprintln!(
                 "bad Linux inputs tried: {}, all rejected with exit code 2 naming the file or value",
                 cases.len()
             );
@@ -487,11 +546,71 @@ fn seccomp() -> Trial {
     })
 }
 
+/// A config file sets the options, the command line overrides them, and `--print-config`
+/// writes a file that reads back to itself.
+fn config_file() -> Trial {
+    plain_test(
+        "config::file_then_command_line_and_print_round_trip",
+        || {
+            let dir = std::env::temp_dir().join(format!("pinvmm-cli-good-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let file = dir.join("run.json");
+            let text = r#"{"mem": "8M", "policy": "mlock-drain", "vcpus": 2, "inject": ["drain@5"], "quiet": true, "fault_ahead": 3}"#;
+            std::fs::write(&file, text).map_err(|e| format!("{e}"))?;
+            let path = file.to_str().ok_or("temp path")?;
+            // `--json -` explicitly: pinvmm() would add a fresh report path to every `run`.
+            let r = pinvmm(&[
+                "run",
+                "--config",
+                path,
+                "--policy",
+                "retry",
+                "--json",
+                "-",
+                "--print-config",
+            ])?;
+            ensure(r.code == 0, || format!("exit {}: {}", r.code, r.stderr))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&r.stdout).map_err(|e| format!("{e}: {}", r.stdout))?;
+            ensure(
+                v["mem"] == 8 << 20
+                    && v["policy"] == "retry"
+                    && v["vcpus"] == 2
+                    && v["fault-ahead"] == 3
+                    && v["quiet"] == true
+                    && v["inject"] == serde_json::json!(["drain@5:EINVAL"]),
+                || format!("merged config: {v}"),
+            )?;
+            let printed = dir.join("printed.json");
+            std::fs::write(&printed, &r.stdout).map_err(|e| format!("{e}"))?;
+            let again = pinvmm(&[
+                "run",
+                "--config",
+                printed.to_str().ok_or("temp path")?,
+                "--json",
+                "-",
+                "--print-config",
+            ])?;
+            let _ = std::fs::remove_dir_all(&dir);
+            ensure(again.code == 0 && again.stdout == r.stdout, || {
+                format!("round trip differs:\n{}\n{}", r.stdout, again.stdout)
+            })
+        },
+    )
+}
+
 fn main() {
     let args = Arguments::from_args();
     common::announce();
-    let mut t = vec![bad_inputs(), bad_linux_inputs(), help(), bench(), seccomp()];
+    let mut t = vec![
+        bad_inputs(),
+        bad_linux_inputs(),
+        config_file(),
+        help(),
+        bench(),
+        seccomp(),
+    ];
     t.extend(gup_check());
     t.extend(exit_codes());
-    libtest_mimic::run(&args, t).exit();
+    common::run_and_count("cli", &args, t)
 }

@@ -8,6 +8,7 @@ pub mod arch;
 pub mod bench;
 pub mod campaign;
 pub mod config;
+pub mod config_file;
 pub mod control;
 pub mod drain;
 pub mod exit_code;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode as ProcessExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use guest::Payload;
 use vmm::config::{CpuPlacement, InjectSpec, TouchParams, parse_size};
 use vmm::linux::LinuxConfig;
@@ -51,8 +51,22 @@ enum Command {
     },
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 struct RunArgs {
+    /// Read run options from FILE, a JSON object whose keys are these long option names and
+    /// whose values are what the options take: {"mem": "64M", "policy": "mlock-drain",
+    /// "vcpus": 2, "quiet": true, "inject": ["drain@3"]} (strings or numbers; true/false for
+    /// flags; a list for --inject). Options on the command line override the file's (--inject
+    /// adds to its list). `--print-config` writes such a file.
+    #[arg(long, value_name = "FILE.json")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Print the effective run options (defaults, --config file and command line merged and
+    /// checked) as a JSON config file on stdout, and exit without running a VM.
+    #[arg(long)]
+    #[serde(skip)]
+    print_config: bool,
     /// Guest payload: memtouch (write+verify every page), hello (serial line), spin (never ends),
     /// crash (undefined instruction); hostile ones: oob (touches memory outside RAM), garbage
     /// (garbage to every device register, unmapped ports and MMIO), flood (256 KiB on the
@@ -147,6 +161,7 @@ struct RunArgs {
     /// Force the N-th pin attempt to fail (optionally with ERRNO, default ENOMEM): tests the
     /// termination path. Same as --inject pin-update@N:ERRNO.
     #[arg(long, value_name = "N[:ERRNO]", value_parser = InjectSpec::parse_pin_failure)]
+    #[serde(skip)]
     inject_pin_failure: Option<InjectSpec>,
     /// Write the JSON report to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
@@ -244,15 +259,67 @@ fn write_json<T: serde::Serialize>(path: &PathBuf, v: &T) -> Result<(), String> 
     std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// `--config FILE`: parses the file's options, then this command line's again after them.
+fn with_config_file(a: RunArgs) -> Result<RunArgs, String> {
+    let Some(path) = a.config.as_ref() else {
+        return Ok(a);
+    };
+    let name = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("config {name}: cannot read it: {e}"))?;
+    let cli = Cli::command();
+    let run = cli.find_subcommand("run").expect("run is a subcommand");
+    let mut words: Vec<std::ffi::OsString> = vec!["pinvmm".into(), "run".into()];
+    words.extend(vmm::config_file::args_from_json(run, &name, &text)?);
+    // This command line (after "pinvmm run"), parsed last: its options win.
+    words.extend(std::env::args_os().skip(2));
+    let m = Cli::command()
+        .args_override_self(true)
+        .try_get_matches_from(words)
+        .map_err(|e| format!("config {name}: {}", e.to_string().trim_end()))?;
+    match Cli::from_arg_matches(&m).map_err(|e| e.to_string())?.cmd {
+        Command::Run(a) => Ok(a),
+        _ => Err("internal: the merged command line is not `run`".into()),
+    }
+}
+
 fn run(a: RunArgs) -> ExitCode {
-    let host = HostLimits::probe();
-    let cfg = match build_config(&a, &host) {
-        Ok(c) => c,
+    let a = match with_config_file(a) {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("pinvmm: bad input: {e}");
             return ExitCode::BadInput;
         }
     };
+    let host = HostLimits::probe();
+    let cfg = match build_config(&a, &host) {
+        Ok(c) => c,
+        Err(e) => {
+            let from = a.config.as_ref().map_or_else(String::new, |p| {
+                format!(
+                    " (options from config {} and the command line)",
+                    p.display()
+                )
+            });
+            eprintln!("pinvmm: bad input: {e}{from}");
+            return ExitCode::BadInput;
+        }
+    };
+    if a.print_config {
+        // --inject-pin-failure is printed as the --inject it stands for.
+        let mut a = a;
+        a.inject = cfg.inject.clone();
+        return match serde_json::to_value(&a) {
+            Ok(v) => {
+                print!("{}", vmm::config_file::to_json(v));
+                ExitCode::Ok
+            }
+            Err(e) => {
+                eprintln!("pinvmm: cannot encode the config: {e}");
+                ExitCode::VmmError
+            }
+        };
+    }
     // Check where the report goes before spending time on the VM.
     if let Some(dir) = a
         .json

@@ -199,7 +199,9 @@ impl Report {
             human_linux(&mut s, l);
         }
         for v in self.vcpus.iter().filter(|_| self.linux.is_none()) {
+            let finished = matches!(v.outcome, VcpuOutcome::Exited { .. });
             let check = match v.expected {
+                _ if !finished => "(not checked: the vCPU did not finish)".to_owned(),
                 Some(e) if e == v.result => "verified".to_owned(),
                 Some(e) => format!("WRONG (expected {e:#x})"),
                 None => "-".to_owned(),
