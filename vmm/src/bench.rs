@@ -984,7 +984,7 @@ fn loadavg() -> String {
 }
 
 /// UTC date and time, from the system clock (no time-zone database needed).
-fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -58,7 +58,8 @@ pub fn mem_total_bytes() -> Option<u64> {
     meminfo_kb("MemTotal").map(|k| k * 1024)
 }
 
-fn meminfo_kb(key: &str) -> Option<u64> {
+/// A /proc/meminfo value in KiB (MemAvailable, Shmem, Mlocked, ...).
+pub fn meminfo_kb(key: &str) -> Option<u64> {
     kb_field("/proc/meminfo", key)
 }
 

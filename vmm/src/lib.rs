@@ -24,6 +24,7 @@ pub mod report;
 pub mod seccomp;
 pub mod stage2;
 pub mod stats;
+pub mod stress;
 pub mod sys;
 pub mod vcpu;
 pub mod vm;

@@ -40,6 +40,11 @@ enum Command {
     Report(vmm::campaign::plot::ReportArgs),
     /// Measure the stage-2 paths, drain policies, launch latency and RSS side by side (issue 8).
     Bench(vmm::bench::BenchArgs),
+    /// Run many VMs in parallel in one process for a bounded time (every policy and backing in
+    /// turn), then check nothing leaked: VmPin, VmLck, fds and RSS of the process, the host's
+    /// MemAvailable, Shmem and Mlocked. Exit 0 when every VM completed and nothing leaked.
+    #[command(after_help = ExitCode::TABLE)]
+    Stress(vmm::stress::StressArgs),
     /// Check (KTAP, no KVM needed) whether this kernel's long-term pins of mlocked shmem fail
     /// under the seed's conditions: exit 0 when every case passes or is skipped, 1 otherwise.
     GupCheck(vmm::gupcheck::GupCheckArgs),
@@ -385,6 +390,7 @@ fn main() -> ProcessExitCode {
         Command::Report(a) => vmm::campaign::plot::report_main(&a).into(),
         Command::GupCheck(a) => vmm::gupcheck::main(&a).into(),
         Command::Bench(a) => vmm::bench::main(&a).into(),
+        Command::Stress(a) => vmm::stress::main(&a).into(),
         Command::Probe { json } => {
             let p = vmm::probe::probe();
             print!("{}", p.human());

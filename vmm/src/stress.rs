@@ -1,0 +1,608 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! `pinvmm stress`: many VMs in parallel in this one process for a bounded time, every drain
+//! policy and backing in turn, then checks nothing leaked: VmPin, VmLck, open fds and RSS of
+//! the process, and the host's MemAvailable, Shmem and Mlocked back to where they were.
+//!
+//! In-process on purpose: the VMs share the process-wide state a leak would grow (pins,
+//! locked pages, descriptors, allocator) and its signal handling, so what one VM leaves
+//! behind is what the next ones and the final check see.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use guest::Payload;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::config::{Backing, HostLimits, VmConfig, parse_size};
+use crate::drain::DrainPolicy;
+use crate::exit_code::ExitCode;
+use crate::hostinfo;
+use crate::report::Outcome;
+
+/// `pinvmm stress` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StressArgs {
+    /// How long to keep starting VMs (e.g. 60s, 5m, 90); running VMs then finish.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// VMs running at once (default: twice the usable CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallel: Option<u16>,
+    /// Guest memory of each VM (memtouch writes and verifies every page of it).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub mem: u64,
+    /// Drain policies to cycle through.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "none,lru-add-drain,mlock-drain,retry"
+    )]
+    pub policies: Vec<DrainPolicy>,
+    /// Backings to cycle through.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "shmem,anon")]
+    pub backings: Vec<Backing>,
+    /// Seconds one VM may take before it counts as a failure (timeout).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub vm_timeout: u64,
+    /// Write the summary as JSON to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+    /// No progress bar and no table (errors and, with --json -, the JSON only).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Parses `60s`, `5m`, `1h`, `90` (seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1.0),
+        Some((i, 'm')) => (&t[..i], 60.0),
+        Some((i, 'h')) => (&t[..i], 3600.0),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v > 0.0)
+        .ok_or_else(|| format!("'{s}' is not a duration (examples: 60s, 5m, 90)"))?;
+    let secs = v * mult;
+    if secs > 7.0 * 86_400.0 {
+        return Err(format!("'{s}' is longer than a week"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// One policy x backing cell.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CellResult {
+    pub policy: String,
+    pub backing: String,
+    pub vms: u64,
+    pub completed: u64,
+    /// Ended by a failed long-term pin: the subject of pinvmm, not a stress failure (it happens
+    /// naturally under policy none on kernels without the GUP fix, with movable memory).
+    pub terminated: u64,
+    pub failed: u64,
+    /// Mean guest time per VM, seconds.
+    pub mean_guest_s: f64,
+}
+
+/// A VM that did not complete (nor terminate by a failed pin).
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub policy: String,
+    pub backing: String,
+    pub outcome: String,
+    pub summary: String,
+}
+
+/// A value before and after the run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct BeforeAfter {
+    pub before: u64,
+    pub after: u64,
+}
+
+impl BeforeAfter {
+    fn grew_by(&self) -> i64 {
+        self.after as i64 - self.before as i64
+    }
+}
+
+/// What `pinvmm stress` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct StressSummary {
+    pub pinvmm_version: &'static str,
+    pub date_utc: String,
+    pub kernel_release: String,
+    pub cpu: String,
+    pub online_cpus: usize,
+    pub kvm_backend: String,
+    pub duration_s: f64,
+    pub wall_s: f64,
+    pub parallel: u16,
+    pub mem_bytes: u64,
+    pub vms: u64,
+    pub completed: u64,
+    pub terminated: u64,
+    pub failed: u64,
+    /// Most VMs seen running at once.
+    pub max_running: u64,
+    pub cells: Vec<CellResult>,
+    /// The first failures (at most 20).
+    pub failures: Vec<Failure>,
+    /// This process, KiB (fds: count).
+    pub vm_pin_kb: BeforeAfter,
+    pub vm_lck_kb: BeforeAfter,
+    pub open_fds: BeforeAfter,
+    pub rss_kb: BeforeAfter,
+    /// The host (/proc/meminfo), KiB; `mem_available_min_kb` while the VMs ran.
+    pub mem_available_kb: BeforeAfter,
+    pub mem_available_min_kb: u64,
+    pub shmem_kb: BeforeAfter,
+    pub mlocked_kb: BeforeAfter,
+    /// What did not come back, one line each; empty when nothing leaked.
+    pub leaks: Vec<String>,
+    /// Interrupted by Ctrl-C / SIGTERM.
+    pub interrupted: bool,
+    pub ok: bool,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+struct Shared {
+    cells: Vec<(DrainPolicy, Backing)>,
+    next: AtomicU64,
+    running: AtomicU64,
+    max_running: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+    results: Mutex<Results>,
+}
+
+#[derive(Default)]
+struct Results {
+    cells: BTreeMap<usize, (CellResult, f64)>,
+    failures: Vec<Failure>,
+}
+
+/// Process counters a leak would grow.
+fn process_counters() -> [u64; 4] {
+    [
+        hostinfo::status_kb("VmPin").unwrap_or(0),
+        hostinfo::status_kb("VmLck").unwrap_or(0),
+        crate::sys::open_fds() as u64,
+        hostinfo::status_kb("VmRSS").unwrap_or(0),
+    ]
+}
+
+/// MemAvailable, Shmem, Mlocked (KiB).
+fn host_counters() -> [u64; 3] {
+    ["MemAvailable", "Shmem", "Mlocked"].map(|k| hostinfo::meminfo_kb(k).unwrap_or(0))
+}
+
+/// Runs the stress and writes its summary; the exit code is 0 when every VM completed (or
+/// was terminated by a failed pin) and nothing leaked, 1 otherwise, 7 if interrupted.
+pub fn main(a: &StressArgs) -> ExitCode {
+    let host = HostLimits::probe();
+    let parallel = a
+        .parallel
+        .unwrap_or((2 * host.allowed_cpus.len()).clamp(1, 256) as u16);
+    // Validate one VM of each cell before starting anything.
+    let cells: Vec<(DrainPolicy, Backing)> = a
+        .policies
+        .iter()
+        .flat_map(|&p| a.backings.iter().map(move |&b| (p, b)))
+        .collect();
+    if cells.is_empty() {
+        eprintln!("pinvmm: bad input: --policies and --backings must not be empty");
+        return ExitCode::BadInput;
+    }
+    let config = |(policy, backing): (DrainPolicy, Backing)| {
+        let mut c = VmConfig::new(Payload::Memtouch, a.mem, host.default_placement());
+        (c.policy, c.backing) = (policy, backing);
+        c.timeout = Duration::from_secs(a.vm_timeout.max(1));
+        c
+    };
+    if let Err(e) = config(cells[0]).validate(&host) {
+        eprintln!("pinvmm: bad input: {e}");
+        return ExitCode::BadInput;
+    }
+    let need = a.mem * u64::from(parallel);
+    if need > host.ram / 2 {
+        eprintln!(
+            "pinvmm: bad input: {parallel} VMs of {} MiB need {} MiB, more than half of this host's RAM ({} MiB): lower --parallel or --mem",
+            a.mem >> 20,
+            need >> 20,
+            host.ram >> 20
+        );
+        return ExitCode::BadInput;
+    }
+
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let _ = vmm_sys_util::signal::register_signal_handler(sig, on_interrupt);
+    }
+    // Warm-up VM: one-time allocations (signal handlers, thread-locals) are not leaks.
+    let mut warm = config(cells[0]);
+    warm.mem_size = crate::arch::MIN_MEM.max(4 << 20);
+    if let Err(e) = crate::vm::run(&warm) {
+        eprintln!("pinvmm: the warm-up VM failed: {e}");
+        return ExitCode::VmmError;
+    }
+    let proc_before = process_counters();
+    let host_before = host_counters();
+
+    let shared = Arc::new(Shared {
+        cells: cells.clone(),
+        next: AtomicU64::new(0),
+        running: AtomicU64::new(0),
+        max_running: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        results: Mutex::new(Results::default()),
+    });
+    let t0 = Instant::now();
+    let deadline = t0 + a.duration;
+    let workers: Vec<_> = (0..parallel)
+        .map(|_| {
+            let (s, cfgs) = (
+                shared.clone(),
+                cells.iter().map(|&c| config(c)).collect::<Vec<_>>(),
+            );
+            std::thread::spawn(move || worker(&s, &cfgs, deadline))
+        })
+        .collect();
+
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(a.duration.as_secs().max(1))
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {elapsed}/{len}s | {msg}").expect("valid template"),
+    );
+    let mut avail_min = host_before[0];
+    while workers.iter().any(|w| !w.is_finished()) {
+        std::thread::sleep(Duration::from_millis(250));
+        let avail = host_counters()[0];
+        avail_min = avail_min.min(avail);
+        bar.set_position(t0.elapsed().as_secs().min(a.duration.as_secs()));
+        bar.set_message(format!(
+            "VMs done {} failed {} running {} | MemAvailable {:.1} GiB{}",
+            shared.done.load(Ordering::Relaxed),
+            shared.failed.load(Ordering::Relaxed),
+            shared.running.load(Ordering::Relaxed),
+            avail as f64 / (1 << 20) as f64,
+            if Instant::now() > deadline {
+                " | finishing the running VMs"
+            } else {
+                ""
+            }
+        ));
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    bar.finish_and_clear();
+    let wall = t0.elapsed();
+
+    let proc_after = process_counters();
+    let host_after = settle(host_before, a.mem);
+    let r = shared
+        .results
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone_out();
+    let ba = |i: usize, b: &[u64], a: &[u64]| BeforeAfter {
+        before: b[i],
+        after: a[i],
+    };
+    let mut s = StressSummary {
+        pinvmm_version: env!("CARGO_PKG_VERSION"),
+        date_utc: crate::bench::utc_now(),
+        kernel_release: hostinfo::kernel_release(),
+        cpu: hostinfo::cpu_model(),
+        online_cpus: host.allowed_cpus.len(),
+        kvm_backend: hostinfo::kvm_backend(),
+        duration_s: a.duration.as_secs_f64(),
+        wall_s: wall.as_secs_f64(),
+        parallel,
+        mem_bytes: a.mem,
+        vms: r.0.iter().map(|c| c.vms).sum(),
+        completed: r.0.iter().map(|c| c.completed).sum(),
+        terminated: r.0.iter().map(|c| c.terminated).sum(),
+        failed: r.0.iter().map(|c| c.failed).sum(),
+        max_running: shared.max_running.load(Ordering::Relaxed),
+        cells: r.0,
+        failures: r.1,
+        vm_pin_kb: ba(0, &proc_before, &proc_after),
+        vm_lck_kb: ba(1, &proc_before, &proc_after),
+        open_fds: ba(2, &proc_before, &proc_after),
+        rss_kb: ba(3, &proc_before, &proc_after),
+        mem_available_kb: ba(0, &host_before, &host_after),
+        mem_available_min_kb: avail_min,
+        shmem_kb: ba(1, &host_before, &host_after),
+        mlocked_kb: ba(2, &host_before, &host_after),
+        leaks: Vec::new(),
+        interrupted: INTERRUPTED.load(Ordering::SeqCst),
+        ok: false,
+    };
+    s.leaks = leaks(&s);
+    s.ok = s.failed == 0 && s.leaks.is_empty() && s.vms > 0;
+    if !a.quiet {
+        eprint!("{}", s.human());
+    }
+    if let Some(p) = &a.json {
+        let text = serde_json::to_string_pretty(&s).unwrap_or_default();
+        let w = if p.as_os_str() == "-" {
+            println!("{text}");
+            Ok(())
+        } else {
+            std::fs::write(p, text + "\n")
+        };
+        if let Err(e) = w {
+            eprintln!("pinvmm: cannot write {}: {e}", p.display());
+            return ExitCode::BadInput;
+        }
+    }
+    if s.interrupted {
+        ExitCode::Interrupted
+    } else if s.ok {
+        ExitCode::Ok
+    } else {
+        ExitCode::VmmError
+    }
+}
+
+fn worker(s: &Shared, cfgs: &[VmConfig], deadline: Instant) {
+    while Instant::now() < deadline && !INTERRUPTED.load(Ordering::SeqCst) {
+        let i = s.next.fetch_add(1, Ordering::Relaxed) as usize % cfgs.len();
+        let c = &cfgs[i];
+        let n = s.running.fetch_add(1, Ordering::Relaxed) + 1;
+        s.max_running.fetch_max(n, Ordering::Relaxed);
+        let r = crate::vm::run(c);
+        s.running.fetch_sub(1, Ordering::Relaxed);
+        s.done.fetch_add(1, Ordering::Relaxed);
+        let (outcome, summary, guest_s) = match &r {
+            Ok(r) => (r.outcome, r.summary.clone(), r.timing.guest_ms / 1e3),
+            Err(e) => (Outcome::VmmError, e.to_string(), 0.0),
+        };
+        let mut res = s.results.lock().unwrap_or_else(|p| p.into_inner());
+        let (cell, total_s) = res.cells.entry(i).or_insert_with(|| {
+            let (p, b) = s.cells[i];
+            let cell = CellResult {
+                policy: p.name().into(),
+                backing: b.to_string(),
+                ..Default::default()
+            };
+            (cell, 0.0)
+        });
+        cell.vms += 1;
+        *total_s += guest_s;
+        cell.mean_guest_s = *total_s / cell.vms as f64;
+        match outcome {
+            Outcome::Completed => cell.completed += 1,
+            Outcome::Terminated => cell.terminated += 1,
+            _ => {
+                cell.failed += 1;
+                s.failed.fetch_add(1, Ordering::Relaxed);
+                let f = Failure {
+                    policy: cell.policy.clone(),
+                    backing: cell.backing.clone(),
+                    outcome: format!("{outcome:?}"),
+                    summary,
+                };
+                if res.failures.len() < 20 {
+                    res.failures.push(f);
+                }
+            }
+        }
+    }
+}
+
+impl Results {
+    fn clone_out(&self) -> (Vec<CellResult>, Vec<Failure>) {
+        (
+            self.cells.values().map(|(c, _)| c.clone()).collect(),
+            self.failures.clone(),
+        )
+    }
+}
+
+/// The host's counters once they are back within the tolerance of their baseline (freed
+/// memory can take a moment to show, and other processes' short VMs come and go), or after
+/// 20 s.
+fn settle(before: [u64; 3], vm_mem: u64) -> [u64; 3] {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = host_counters();
+        if host_leaks(before, now, vm_mem).is_empty() || Instant::now() > give_up {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// How far Shmem and Mlocked may move by themselves while we run (other processes on a
+/// shared host, their VMs included): half a VM, at least 64 MiB. The process's own counters
+/// catch a single leaked page; these catch what a process cannot see of itself (pages still
+/// referenced after every descriptor and mapping is gone).
+fn host_slack_kb(vm_mem: u64) -> u64 {
+    (vm_mem / 2 / 1024).max(64 << 10)
+}
+
+/// MemAvailable moves more (a compiler starting elsewhere takes hundreds of MiB): at least
+/// 256 MiB, or one VM.
+fn available_slack_kb(vm_mem: u64) -> u64 {
+    (vm_mem / 1024).max(256 << 10)
+}
+
+fn host_leaks(before: [u64; 3], after: [u64; 3], vm_mem: u64) -> Vec<String> {
+    let (slack, avail) = (host_slack_kb(vm_mem), available_slack_kb(vm_mem));
+    let mut l = Vec::new();
+    if after[0] + avail < before[0] {
+        l.push(format!(
+            "MemAvailable {} -> {} kB (more than {avail} kB lower)",
+            before[0], after[0]
+        ));
+    }
+    if after[1] > before[1] + slack {
+        l.push(format!(
+            "Shmem {} -> {} kB (more than {slack} kB higher)",
+            before[1], after[1]
+        ));
+    }
+    if after[2] > before[2] + slack {
+        l.push(format!(
+            "Mlocked {} -> {} kB (more than {slack} kB higher)",
+            before[2], after[2]
+        ));
+    }
+    l
+}
+
+/// RSS may move by allocator noise, not by a VM's memory.
+const RSS_SLACK_KB: u64 = 4096;
+
+fn leaks(s: &StressSummary) -> Vec<String> {
+    let mut l = Vec::new();
+    for (name, v) in [
+        ("VmPin", s.vm_pin_kb),
+        ("VmLck", s.vm_lck_kb),
+        ("open fds", s.open_fds),
+    ] {
+        if v.after != v.before {
+            l.push(format!("{name} {} -> {}", v.before, v.after));
+        }
+    }
+    if s.rss_kb.grew_by() > RSS_SLACK_KB as i64 {
+        l.push(format!(
+            "VmRSS {} -> {} kB (more than {RSS_SLACK_KB} kB higher)",
+            s.rss_kb.before, s.rss_kb.after
+        ));
+    }
+    l.extend(host_leaks(
+        [
+            s.mem_available_kb.before,
+            s.shmem_kb.before,
+            s.mlocked_kb.before,
+        ],
+        [
+            s.mem_available_kb.after,
+            s.shmem_kb.after,
+            s.mlocked_kb.after,
+        ],
+        s.mem_bytes,
+    ));
+    l
+}
+
+impl StressSummary {
+    /// A table and a verdict for a terminal.
+    pub fn human(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "pinvmm stress: {} VMs of {} MiB, {} at a time (max seen {}), {:.0} s of starts, {:.0} s wall | {} | {} CPUs | {}",
+            self.vms,
+            self.mem_bytes >> 20,
+            self.parallel,
+            self.max_running,
+            self.duration_s,
+            self.wall_s,
+            self.kernel_release,
+            self.online_cpus,
+            self.date_utc
+        );
+        let _ = writeln!(
+            s,
+            "| policy | backing | VMs | completed | terminated | failed | mean guest s |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        for c in &self.cells {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {:.2} |",
+                c.policy, c.backing, c.vms, c.completed, c.terminated, c.failed, c.mean_guest_s
+            );
+        }
+        for f in &self.failures {
+            let _ = writeln!(
+                s,
+                "  FAILED {}/{}: {}: {}",
+                f.policy, f.backing, f.outcome, f.summary
+            );
+        }
+        let d = |v: BeforeAfter| format!("{} -> {}", v.before, v.after);
+        let _ = writeln!(
+            s,
+            "  process: VmPin {} kB, VmLck {} kB, fds {}, VmRSS {} kB",
+            d(self.vm_pin_kb),
+            d(self.vm_lck_kb),
+            d(self.open_fds),
+            d(self.rss_kb)
+        );
+        let _ = writeln!(
+            s,
+            "  host: MemAvailable {} kB (lowest while running {} kB), Shmem {} kB, Mlocked {} kB",
+            d(self.mem_available_kb),
+            self.mem_available_min_kb,
+            d(self.shmem_kb),
+            d(self.mlocked_kb)
+        );
+        let verdict = if self.interrupted {
+            "INTERRUPTED".to_owned()
+        } else if self.ok {
+            format!("OK: {} VMs, 0 failed, leaks found: 0", self.vms)
+        } else {
+            format!(
+                "FAILED: {} failed VMs, leaks found: {} ({})",
+                self.failed,
+                self.leaks.len(),
+                self.leaks.join("; ")
+            )
+        };
+        let _ = writeln!(s, "  {verdict}");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("soon").unwrap_err().contains("soon"));
+        assert!(parse_duration("9999h").unwrap_err().contains("week"));
+    }
+
+    #[test]
+    fn host_leaks_allow_noise_but_not_a_vm() {
+        let mem = 256 << 20;
+        let before = [20 << 20, 100 << 10, 0];
+        assert!(host_leaks(before, [(20 << 20) - (250 << 10), 100 << 10, 512], mem).is_empty());
+        let l = host_leaks(
+            before,
+            [(20 << 20) - (300 << 10), 356 << 10, 256 << 10],
+            mem,
+        );
+        assert_eq!(l.len(), 3, "{l:?}");
+    }
+}
