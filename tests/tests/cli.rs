@@ -33,6 +33,16 @@ const BAD_INPUTS: &[(&[&str], &str)] = &[
     (&["run", "--stage2", "warp"], "warp"),
     (&["run", "--fault-in", "magic"], "magic"),
     (
+        &["run", "--backing", "hugetlb", "--mem", "17M"],
+        "2097152-byte granule",
+    ),
+    (&["run", "--backing", "shmem-thp", "--mem", "5M"], "6 MiB"),
+    // No host reserves 8192 hugetlb pages by chance: the error names the sysctl and the count.
+    (
+        &["run", "--backing", "hugetlb", "--mem", "16G"],
+        "needs 8192 free 2 MiB pages",
+    ),
+    (
         &[
             "run",
             "--json",

@@ -8,6 +8,7 @@ use common::{ensure, kvm_test};
 use guest::Payload;
 use libtest_mimic::{Arguments, Failed, Trial};
 use vmm::config::CpuPlacement;
+use vmm::hugepages::{HUGE_PAGE_SIZE, HostSetting};
 use vmm::inject::{InjectSpec, Site};
 use vmm::{Backing, DrainPolicy, FaultIn, HostLimits, Outcome, Report, Stage2, VmConfig};
 
@@ -55,12 +56,84 @@ fn check_memtouch_ok(r: &Report) -> Result<(), Failed> {
                 res.pins.ok, res.pins.failed, unique_faults
             )
         })?;
-        // Data pages + page tables + code: every page the guest touched was pinned.
-        ensure(res.pins.ok >= touched + 4, || {
-            format!("pins ok {} < touched {touched} + 4 boot pages", res.pins.ok)
-        })?;
+        let granule = r.config.backing.granule();
+        if granule > 4096 {
+            // One pin per 2 MiB page, and memtouch (from 1 MiB on) touches every one.
+            let want = r.config.mem_size / granule;
+            ensure(res.pins.ok == want && res.granule_bytes == granule, || {
+                format!(
+                    "pins ok {} != {want} granules of {granule} bytes ({} in the report)",
+                    res.pins.ok, res.granule_bytes
+                )
+            })?;
+        } else {
+            // Data pages + page tables + code: every page the guest touched was pinned.
+            ensure(res.pins.ok >= touched + 4, || {
+                format!("pins ok {} < touched {touched} + 4 boot pages", res.pins.ok)
+            })?;
+        }
     }
     Ok(())
+}
+
+/// What a huge page backing needs from the host, set up as root and put back when the guard
+/// drops: hugetlb pages in the pool, or shmem THP allowed on MADV_HUGEPAGE.
+fn host_huge_pages(backing: Backing, mem: u64) -> Result<Option<HostSetting>, Failed> {
+    let r = match backing {
+        Backing::Hugetlb => HostSetting::reserve_hugetlb(mem / HUGE_PAGE_SIZE),
+        Backing::ShmemThp => HostSetting::allow_shmem_thp(),
+        Backing::Shmem | Backing::Anon => Ok(None),
+    };
+    r.map_err(|e| format!("{backing} backing: {e}").into())
+}
+
+fn huge_page_backings() -> Vec<Trial> {
+    vec![
+        kvm_test("backing::hugetlb_pins_one_buffer_per_2m_page", || {
+            let _pool = host_huge_pages(Backing::Hugetlb, MEM)?;
+            for (stage2, policy) in [
+                (Stage2::Pin, DrainPolicy::MlockDrain),
+                (Stage2::Uffd, DrainPolicy::None),
+                (Stage2::Eager, DrainPolicy::None),
+            ] {
+                let mut c = config(Payload::Memtouch);
+                (c.backing, c.stage2, c.policy) = (Backing::Hugetlb, stage2, policy);
+                let r = run(&c)?;
+                check_memtouch_ok(&r)?;
+                let g = &r.granule;
+                ensure(g.granule_bytes == HUGE_PAGE_SIZE, || format!("{g:?}"))?;
+                // Every resident granule is a hugetlb page (where PFNs are readable).
+                ensure(g.huge_folio_granules == g.resident_granules, || {
+                    format!("{stage2:?}: {g:?}")
+                })?;
+                let pages = MEM / 4096;
+                match stage2 {
+                    Stage2::Pin => {
+                        let res = r.resolver.as_ref().ok_or("no resolver report")?;
+                        ensure(
+                            res.pins.ok == pages / 512 && res.faults <= pages / 512 + 1,
+                            || format!("{res:?}"),
+                        )?;
+                    }
+                    Stage2::Eager => ensure(r.eager_pins == pages / 512, || {
+                        format!("eager pins {} != {}", r.eager_pins, pages / 512)
+                    })?,
+                    _ => {}
+                }
+            }
+            Ok(())
+        }),
+        kvm_test("backing::shmem_thp_resolves_2m_granules", || {
+            let _thp = host_huge_pages(Backing::ShmemThp, MEM)?;
+            let mut c = config(Payload::Memtouch);
+            c.backing = Backing::ShmemThp;
+            let r = run(&c)?;
+            check_memtouch_ok(&r)?;
+            ensure(r.granule.granule_bytes == HUGE_PAGE_SIZE, || {
+                format!("{:?}", r.granule)
+            })
+        }),
+    ]
 }
 
 fn matrix() -> Vec<Trial> {
@@ -259,5 +332,6 @@ fn main() {
     common::announce();
     let mut trials = matrix();
     trials.extend(others());
+    trials.extend(huge_page_backings());
     libtest_mimic::run(&args, trials).exit();
 }

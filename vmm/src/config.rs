@@ -20,6 +20,31 @@ pub enum Backing {
     Shmem,
     /// Private anonymous memory, one mlocked mapping (shows Hugh Dickins' point in the seed).
     Anon,
+    /// memfd of 2 MiB hugetlb pages (MFD_HUGETLB), mapped as shmem is: every fault is resolved,
+    /// pinned (one io_uring buffer) and mapped (one UFFDIO_CONTINUE) 2 MiB at a time. Needs
+    /// pages in the hugetlb pool (/proc/sys/vm/nr_hugepages). Hugetlb pages never sit in LRU or
+    /// mlock batches: a performance backing, the drain policies have nothing to drain.
+    Hugetlb,
+    /// memfd with MADV_HUGEPAGE (2 MiB shmem THP where the kernel gives them): faults resolved
+    /// 2 MiB at a time as for hugetlb, but UFFDIO_CONTINUE on shmem maps 4 KiB PTEs, so KVM
+    /// maps 4 KiB pages. Needs shmem_enabled to allow madvise (always, within_size, advise).
+    ShmemThp,
+}
+
+impl Backing {
+    /// Bytes the resolver faults in, pins and maps per unit: 4 KiB, or 2 MiB for the huge
+    /// page backings.
+    pub fn granule(self) -> u64 {
+        match self {
+            Backing::Shmem | Backing::Anon => PAGE_SIZE as u64,
+            Backing::Hugetlb | Backing::ShmemThp => crate::hugepages::HUGE_PAGE_SIZE,
+        }
+    }
+
+    /// Whether the backing is a memfd (guest, pin and loader views of one file).
+    pub fn is_memfd(self) -> bool {
+        self != Backing::Anon
+    }
 }
 
 /// Who faults a page into the mlocked pin view before the long-term pin.
@@ -151,6 +176,33 @@ pub enum ConfigError {
         "guest memory size {size} bytes is above what pinvmm maps on this architecture ({max} bytes)"
     )]
     MemTooLarge { size: u64, max: u64 },
+    #[error(
+        "guest memory size {size} bytes is not a multiple of the {backing} backing's {granule}-byte granule: round it (e.g. {rounded} bytes = {rounded_mib} MiB)",
+        rounded = size.next_multiple_of(*granule),
+        rounded_mib = size.next_multiple_of(*granule) >> 20
+    )]
+    MemNotGranuleAligned {
+        size: u64,
+        backing: Backing,
+        granule: u64,
+    },
+    #[error(
+        "the hugetlb backing needs {needed} free 2 MiB pages, {available} are available ({total} in the pool): reserve them with `sysctl vm.nr_hugepages={want}` (or echo {want} > /proc/sys/vm/nr_hugepages) as root"
+    )]
+    HugePagesShort {
+        needed: u64,
+        available: u64,
+        total: u64,
+        want: u64,
+    },
+    #[error(
+        "the hugetlb backing needs 2 MiB hugetlb pages, which this kernel does not offer (no /sys/kernel/mm/hugepages/hugepages-2048kB)"
+    )]
+    NoHugetlb,
+    #[error(
+        "the shmem-thp backing needs shmem THP to honour MADV_HUGEPAGE, but shmem_enabled is '{0}' here: `echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled` as root (or use --backing hugetlb)"
+    )]
+    ShmemThpDisabled(String),
     #[error("guest memory size {size} bytes is more than this host's RAM ({ram} bytes)")]
     MemAboveRam { size: u64, ram: u64 },
     #[error(
@@ -199,6 +251,10 @@ pub struct HostLimits {
     pub memlock: Option<u64>,
     pub cap_ipc_lock: bool,
     pub allowed_cpus: Vec<usize>,
+    /// The 2 MiB hugetlb pool (None: the kernel has none).
+    pub hugetlb: Option<crate::hugepages::HugetlbPool>,
+    /// The effective shmem THP mode for 2 MiB folios (None: unknown, no THP).
+    pub shmem_thp_mode: Option<String>,
 }
 
 impl HostLimits {
@@ -209,6 +265,8 @@ impl HostLimits {
             memlock: crate::sys::memlock_limit(),
             cap_ipc_lock: crate::sys::has_cap_ipc_lock(),
             allowed_cpus: crate::sys::allowed_cpus(),
+            hugetlb: crate::hugepages::HugetlbPool::probe(),
+            shmem_thp_mode: crate::hugepages::shmem_thp_mode().ok(),
         }
     }
 
@@ -262,6 +320,15 @@ impl VmConfig {
         if size > max {
             return Err(ConfigError::MemTooLarge { size, max });
         }
+        let granule = self.backing.granule();
+        if !size.is_multiple_of(granule) {
+            return Err(ConfigError::MemNotGranuleAligned {
+                size,
+                backing: self.backing,
+                granule,
+            });
+        }
+        self.validate_huge_pages(host)?;
         if size > host.ram {
             return Err(ConfigError::MemAboveRam {
                 size,
@@ -306,6 +373,33 @@ impl VmConfig {
         Ok(())
     }
 
+    /// The huge page backings need the host's pool or THP setting (checked again, with the
+    /// same advice, when the memory is mapped: the pool may shrink in between).
+    fn validate_huge_pages(&self, host: &HostLimits) -> Result<(), ConfigError> {
+        match self.backing {
+            Backing::Hugetlb => {
+                let pool = host.hugetlb.ok_or(ConfigError::NoHugetlb)?;
+                let needed = self.mem_size / crate::hugepages::HUGE_PAGE_SIZE;
+                if pool.available() < needed {
+                    return Err(ConfigError::HugePagesShort {
+                        needed,
+                        available: pool.available(),
+                        total: pool.total,
+                        want: pool.total_for(needed),
+                    });
+                }
+            }
+            Backing::ShmemThp => {
+                let mode = host.shmem_thp_mode.as_deref().unwrap_or("never");
+                if !crate::hugepages::shmem_thp_mode_allows_madvise(mode) {
+                    return Err(ConfigError::ShmemThpDisabled(mode.into()));
+                }
+            }
+            Backing::Shmem | Backing::Anon => {}
+        }
+        Ok(())
+    }
+
     /// A protected VM has no userfaultfd resolver: only the options that apply to KVM's own
     /// pins are accepted.
     fn validate_protected(&self) -> Result<(), ConfigError> {
@@ -320,7 +414,10 @@ impl VmConfig {
                 self.stage2 != Stage2::Pin,
                 "--stage2 (other than the default)",
             ),
-            (self.backing != Backing::Shmem, "--backing anon"),
+            (
+                self.backing != Backing::Shmem,
+                "--backing (other than shmem)",
+            ),
             (self.fault_in != FaultIn::Touch, "--fault-in pin"),
             (self.noise_pages > 0, "--noise"),
             (self.fault_ahead > 0, "--fault-ahead"),
@@ -343,6 +440,8 @@ impl fmt::Display for Backing {
         f.write_str(match self {
             Backing::Shmem => "shmem",
             Backing::Anon => "anon",
+            Backing::Hugetlb => "hugetlb",
+            Backing::ShmemThp => "shmem-thp",
         })
     }
 }
@@ -357,6 +456,12 @@ mod tests {
             memlock: Some(64 << 10),
             cap_ipc_lock: false,
             allowed_cpus: vec![0, 1],
+            hugetlb: Some(crate::hugepages::HugetlbPool {
+                total: 8,
+                free: 8,
+                reserved: 0,
+            }),
+            shmem_thp_mode: Some("never".into()),
         }
     }
 
@@ -415,6 +520,42 @@ mod tests {
         let mut c = cfg(64 << 20);
         c.prefill_pct = 101;
         assert_eq!(c.validate(&h), Err(ConfigError::Prefill(101)));
+    }
+
+    #[test]
+    fn huge_page_backings_check_size_and_host() {
+        let mut h = host();
+        h.cap_ipc_lock = true;
+        let mut c = cfg(16 << 20);
+        c.backing = Backing::Hugetlb;
+        assert_eq!(c.validate(&h), Ok(()));
+        c.mem_size = (16 << 20) + 4096;
+        let e = c.validate(&h).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::MemNotGranuleAligned { granule, .. } if granule == 2 << 20)
+        );
+        assert!(e.to_string().contains("18 MiB"), "{e}");
+        c.mem_size = 32 << 20;
+        let e = c.validate(&h).unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::HugePagesShort {
+                needed: 16,
+                available: 8,
+                total: 8,
+                want: 16
+            }
+        );
+        assert!(e.to_string().contains("vm.nr_hugepages=16"), "{e}");
+        h.hugetlb = None;
+        assert_eq!(c.validate(&h), Err(ConfigError::NoHugetlb));
+        c.backing = Backing::ShmemThp;
+        let e = c.validate(&h).unwrap_err().to_string();
+        assert!(e.contains("'never'") && e.contains("shmem_enabled"), "{e}");
+        h.shmem_thp_mode = Some("advise".into());
+        assert_eq!(c.validate(&h), Ok(()));
+        assert_eq!(Backing::ShmemThp.granule(), 2 << 20);
+        assert_eq!(Backing::Anon.granule(), 4096);
     }
 
     #[test]

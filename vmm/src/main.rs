@@ -100,7 +100,7 @@ struct RunArgs {
     /// (e.g. "pinvmm.fill=128M pinvmm.seed=7 quiet").
     #[arg(long, value_name = "ARGS", requires = "kernel", default_value = "")]
     cmdline: String,
-    /// Guest memory size (K, M, G suffixes; a multiple of 4 KiB).
+    /// Guest memory size (K, M, G suffixes; a multiple of 4 KiB, of 2 MiB for --backing hugetlb or shmem-thp).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     mem: u64,
     /// Number of vCPUs; memtouch splits its range between them.

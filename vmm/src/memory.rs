@@ -8,6 +8,10 @@
 //! - the *loader view* (vm-memory), not mlocked: how the VMM writes the payload and prefill,
 //!   leaving those pages in the page cache and on the LRU before the guest touches them.
 //!
+//! hugetlb and shmem-thp backings: as shmem, with 2 MiB-aligned views of a memfd of hugetlb
+//! pages (MFD_HUGETLB) or of shmem asked for THP (MADV_HUGEPAGE); the resolver then works in
+//! 2 MiB granules (see [`GuestMemory::granule`]).
+//!
 //! anon backing: one private anonymous mapping is both the guest view and the pin view
 //! (mlocked on fault). The loader writes into a private *staging* area instead; the resolver
 //! copies a staged page in (UFFDIO_COPY) when the guest first faults on it.
@@ -18,6 +22,7 @@ use std::io;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap};
 
 use crate::config::Backing;
+use crate::hugepages::{HUGE_PAGE_SIZE, HugetlbPool, NR_HUGEPAGES};
 use crate::inject::{Injector, Site};
 use crate::sys::{self, Mapping, PAGE_SIZE};
 
@@ -41,6 +46,14 @@ pub enum MemoryError {
         err: io::Error,
         injected: bool,
     },
+    #[error(
+        "cannot map {needed} hugetlb pages of 2 MiB: the pool has {available} available; reserve more with `sysctl vm.nr_hugepages={want}` (or echo {want} > {NR_HUGEPAGES}) as root"
+    )]
+    HugePagesShort {
+        needed: u64,
+        available: u64,
+        want: u64,
+    },
     #[error("cannot set up the loader view: {0}")]
     Loader(String),
     #[error("cannot write {len} bytes at guest address {gpa:#x}: {err}")]
@@ -61,6 +74,15 @@ pub struct GuestMemory {
     loader: GuestMemoryMmap,
     /// Keeps the memfd alive for the loader view's FileOffset (shmem).
     _memfd: Option<File>,
+}
+
+/// How many of the guest's resident granules sit in 2 MiB folios (what the pin really got).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct HugeFolios {
+    /// Granules with their first page resident in the pin view.
+    pub resident: u64,
+    /// Of those, granules whose page is part of a hugetlb page or a transparent huge page.
+    pub huge: u64,
 }
 
 impl GuestMemory {
@@ -91,12 +113,29 @@ impl GuestMemory {
             }),
         };
         let (guest_view, pin_view, loader, memfd) = match backing {
-            Backing::Shmem => {
-                let fd = sys::memfd("pinvmm-guest", size)
-                    .map_err(|err| MemoryError::Memfd { size, err })?;
-                let guest = Mapping::shared(&fd, len).map_err(map_err("guest"))?;
-                let pin = Mapping::shared(&fd, len).map_err(map_err("pin"))?;
-                mlock(&pin)?;
+            Backing::Shmem | Backing::Hugetlb | Backing::ShmemThp => {
+                let fd = if backing == Backing::Hugetlb {
+                    sys::memfd_hugetlb("pinvmm-guest", size)
+                } else {
+                    sys::memfd("pinvmm-guest", size)
+                }
+                .map_err(|err| MemoryError::Memfd { size, err })?;
+                let view = |name| {
+                    let m = if backing == Backing::Shmem {
+                        Mapping::shared(&fd, len)
+                    } else {
+                        Mapping::shared_aligned(&fd, len, HUGE_PAGE_SIZE as usize)
+                    };
+                    m.map_err(|err| Self::map_error(backing, name, size, err))
+                };
+                let guest = view("guest")?;
+                let pin = view("pin")?;
+                // Not on hugetlb: mlock never marks a hugetlb mapping locked (its pages are
+                // never on the LRU), so MLOCK_ONFAULT is lost and mlock2 faults every page in
+                // at once (measured: the whole guest allocated before boot).
+                if backing != Backing::Hugetlb {
+                    mlock(&pin)?;
+                }
                 let off = FileOffset::new(fd.try_clone().map_err(map_err("loader"))?, 0);
                 let loader =
                     GuestMemoryMmap::from_ranges_with_files([(GuestAddress(base), len, Some(off))])
@@ -111,10 +150,30 @@ impl GuestMemory {
                 (guest, None, loader, None)
             }
         };
-        // 4 KiB granule: transparent huge pages would pin 2 MiB per fault and hide the effect.
-        guest_view.no_huge_pages().map_err(map_err("guest"))?;
-        if let Some(p) = &pin_view {
-            p.no_huge_pages().map_err(map_err("pin"))?;
+        let views = [Some(&guest_view), pin_view.as_ref()];
+        match backing {
+            // 4 KiB granule: transparent huge pages would pin 2 MiB per fault and hide the effect.
+            Backing::Shmem | Backing::Anon => {
+                for (v, name) in views.iter().zip(["guest", "pin"]) {
+                    if let Some(v) = v {
+                        v.no_huge_pages().map_err(map_err(name))?;
+                    }
+                }
+            }
+            // Every view that may fault a page first (the loader writes the boot pages) asks
+            // for a 2 MiB folio, or the first granule would be made of 4 KiB ones.
+            Backing::ShmemThp => {
+                for (v, name) in views.iter().zip(["guest", "pin"]) {
+                    if let Some(v) = v {
+                        v.huge_pages().map_err(map_err(name))?;
+                    }
+                }
+                if let Some(r) = loader.iter().next() {
+                    sys::madvise(r.as_ptr(), len, libc::MADV_HUGEPAGE)
+                        .map_err(map_err("loader"))?;
+                }
+            }
+            Backing::Hugetlb => {}
         }
         Ok(Self {
             backing,
@@ -129,6 +188,74 @@ impl GuestMemory {
 
     pub fn backing(&self) -> Backing {
         self.backing
+    }
+
+    /// A failed mmap of a view; on hugetlb, ENOMEM means the pool is short (the mmap reserves
+    /// every page of the file), which deserves advice rather than an errno.
+    fn map_error(backing: Backing, view: &'static str, size: u64, err: io::Error) -> MemoryError {
+        if backing == Backing::Hugetlb && err.raw_os_error() == Some(libc::ENOMEM) {
+            let needed = size / HUGE_PAGE_SIZE;
+            let pool = HugetlbPool::probe().unwrap_or_default();
+            return MemoryError::HugePagesShort {
+                needed,
+                available: pool.available(),
+                want: pool.total_for(needed),
+            };
+        }
+        MemoryError::Map { view, size, err }
+    }
+
+    /// Bytes the resolver faults in, pins and maps at a time (see [`Backing::granule`]).
+    pub fn granule(&self) -> usize {
+        self.backing.granule() as usize
+    }
+
+    /// Number of granules.
+    pub fn granules(&self) -> u64 {
+        self.size / self.granule() as u64
+    }
+
+    /// Granule index of a guest-view host address.
+    pub fn granule_of_guest_hva(&self, hva: u64) -> Option<u64> {
+        let off = hva.checked_sub(self.guest_view.addr())?;
+        (off < self.size).then_some(off / self.granule() as u64)
+    }
+
+    /// Counts the resident granules of the guest view and those in 2 MiB folios, from
+    /// /proc/self/pagemap and /proc/kpageflags; None where they are not readable (PFNs need
+    /// CAP_SYS_ADMIN).
+    pub fn huge_folios(&self) -> Option<HugeFolios> {
+        use std::os::unix::fs::FileExt;
+        const KPF_HUGE: u64 = 1 << 17; // hugetlb
+        const KPF_THP: u64 = 1 << 22;
+        let pagemap = File::open("/proc/self/pagemap").ok()?;
+        let kpf = File::open("/proc/kpageflags").ok()?;
+        let read = |f: &File, index: u64| {
+            let mut b = [0u8; 8];
+            f.read_exact_at(&mut b, index * 8).ok()?;
+            Some(u64::from_le_bytes(b))
+        };
+        // The guest view: the mapping KVM uses, whichever stage-2 path filled it.
+        let view = &self.guest_view;
+        let resident = view.resident_pages().ok()?;
+        let per_granule = self.granule() / PAGE_SIZE;
+        let mut out = HugeFolios::default();
+        for g in 0..self.granules() as usize {
+            let page = g * per_granule;
+            if !resident.get(page).copied().unwrap_or(false) {
+                continue;
+            }
+            out.resident += 1;
+            let entry = read(&pagemap, view.addr() / PAGE_SIZE as u64 + page as u64)?;
+            let pfn = entry & ((1 << 55) - 1);
+            if entry & (1 << 63) == 0 || pfn == 0 {
+                return None; // present but no PFN: not allowed to see PFNs
+            }
+            if read(&kpf, pfn)? & (KPF_HUGE | KPF_THP) != 0 {
+                out.huge += 1;
+            }
+        }
+        Some(out)
     }
 
     /// First guest-physical address.
@@ -175,7 +302,7 @@ impl GuestMemory {
     pub fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
         let err = |e: String| MemoryError::Read { gpa, err: e };
         match self.backing {
-            Backing::Shmem => self
+            Backing::Shmem | Backing::Hugetlb | Backing::ShmemThp => self
                 .loader
                 .read_obj(GuestAddress(gpa))
                 .map_err(|e| err(e.to_string())),

@@ -19,6 +19,8 @@ pub struct Check {
     pub name: &'static str,
     pub ok: bool,
     pub detail: String,
+    /// Needed only by some options (a "no" is not a failure of the host).
+    pub optional: bool,
 }
 
 /// The probe's findings.
@@ -41,11 +43,13 @@ fn check(name: &'static str, r: Result<String, String>) -> Check {
             name,
             ok: true,
             detail,
+            optional: false,
         },
         Err(detail) => Check {
             name,
             ok: false,
             detail,
+            optional: false,
         },
     }
 }
@@ -107,6 +111,36 @@ pub fn probe() -> Probe {
             .map(|()| "migrate_pages(2) on self".into())
             .map_err(|e| e.to_string()),
     ));
+    checks.push(check(
+        "hugetlb 2M",
+        match crate::hugepages::HugetlbPool::probe() {
+            None => Err("--backing hugetlb: no 2 MiB hugetlb pool in this kernel".into()),
+            Some(p) if p.available() == 0 => Err(format!(
+                "--backing hugetlb: pool empty ({} pages, {} free, {} reserved): reserve with `sysctl vm.nr_hugepages=N` (N = guest MiB / 2)",
+                p.total, p.free, p.reserved
+            )),
+            Some(p) => Ok(format!(
+                "--backing hugetlb: {} pages available ({} MiB of guest memory)",
+                p.available(),
+                p.available() * 2
+            )),
+        },
+    ));
+    checks.push(check(
+        "shmem THP 2M",
+        match crate::hugepages::shmem_thp_mode() {
+            Err(e) => Err(format!("--backing shmem-thp: {e}")),
+            Ok(m) if crate::hugepages::shmem_thp_mode_allows_madvise(&m) => {
+                Ok(format!("--backing shmem-thp: shmem_enabled {m}"))
+            }
+            Ok(m) => Err(format!(
+                "--backing shmem-thp: shmem_enabled is {m}: `echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled` allows it"
+            )),
+        },
+    ));
+    for c in checks.iter_mut().skip(6) {
+        c.optional = true;
+    }
     let can_run = checks.iter().take(4).all(|c| c.ok);
     let pin_failures_possible = host.has_unpinnable_memory();
     let mut notes = Vec::new();
@@ -164,7 +198,11 @@ impl Probe {
                 s,
                 "{:<15}{} {}",
                 c.name,
-                if c.ok { "ok  " } else { "FAIL" },
+                match (c.ok, c.optional) {
+                    (true, _) => "ok  ",
+                    (false, true) => "no  ",
+                    (false, false) => "FAIL",
+                },
                 c.detail
             );
         }

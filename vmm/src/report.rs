@@ -106,6 +106,23 @@ pub struct MemAccounting {
     pub rss_shmem_kb_running: u64,
 }
 
+/// The granule guest memory was resolved in, and what the host really used while the VM ran
+/// (a huge page backing asks for 2 MiB; whether the pin and KVM got 2 MiB is measured).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct GranuleFacts {
+    /// Bytes faulted in, pinned (one io_uring buffer) and mapped (one UFFDIO_CONTINUE) per
+    /// resolved fault: 4096, or 2 MiB for the hugetlb and shmem-thp backings.
+    pub granule_bytes: u64,
+    /// Resident granules of the pin view, and how many sat in a 2 MiB folio (hugetlb page or
+    /// THP), from /proc/kpageflags; None where PFNs are not readable (not root).
+    pub resident_granules: Option<u64>,
+    pub huge_folio_granules: Option<u64>,
+    /// KVM's leaf mappings of guest memory while the VM ran (VM stats fd; None where KVM
+    /// keeps no such statistic, e.g. arm64).
+    pub kvm_pages_4k: Option<u64>,
+    pub kvm_pages_2m: Option<u64>,
+}
+
 /// Timings in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Timing {
@@ -157,6 +174,7 @@ pub struct Report {
     pub guest_pages: u64,
     pub vmstat_delta: BTreeMap<String, i64>,
     pub memory: MemAccounting,
+    pub granule: GranuleFacts,
     pub timing: Timing,
     /// The first `vm::CONSOLE_KEEP_BYTES` bytes the guest wrote to its console.
     pub console: String,
@@ -250,6 +268,19 @@ impl Report {
                 r.drain.all_drains,
                 r.drain.total_ns as f64 / 1e6,
                 r.noise_pages_written
+            );
+        }
+        if self.granule.granule_bytes > crate::sys::PAGE_SIZE as u64 {
+            let g = &self.granule;
+            let opt = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), |x| x.to_string());
+            let _ = writeln!(
+                s,
+                "  granule {} KiB: {} of {} resident granules in 2 MiB folios | KVM mappings: {} x 4 KiB, {} x 2 MiB",
+                g.granule_bytes >> 10,
+                opt(g.huge_folio_granules),
+                opt(g.resident_granules),
+                opt(g.kvm_pages_4k),
+                opt(g.kvm_pages_2m)
             );
         }
         if let Some(t) = &self.termination {

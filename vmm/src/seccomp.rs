@@ -191,6 +191,8 @@ mod filter {
         libc::SYS_io_uring_register, // releasing the pins
         libc::SYS_rt_sigaction,
         libc::SYS_exit_group,
+        libc::SYS_pread64, // KVM's stats fd, /proc/self/pagemap, /proc/kpageflags
+        libc::SYS_mincore, // which granules are resident (the report's granule facts)
     ];
 
     fn cond(

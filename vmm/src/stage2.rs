@@ -24,6 +24,10 @@
 //! fault path does not allocate. With `fault_ahead` K > 0 (off by default: it changes what
 //! the experiment measures), one event faults in, drains, pins (one batched io_uring update)
 //! and maps the faulting page and up to K not-yet-seen pages after it.
+//!
+//! "Page" here means the memory's granule ([`GuestMemory::granule`]): 4 KiB, or 2 MiB for the
+//! hugetlb and shmem-thp backings, where one fault is resolved by faulting in, pinning (one
+//! io_uring buffer) and mapping (one UFFDIO_CONTINUE) the whole 2 MiB around it.
 
 use std::cell::UnsafeCell;
 use std::io;
@@ -50,6 +54,7 @@ use crate::stats::{Latencies, LatencySummary};
 use crate::sys::{self, Mapping, PAGE_SIZE};
 
 // Not in the userfaultfd crate's FeatureFlags (include/uapi/linux/userfaultfd.h).
+const UFFD_FEATURE_MINOR_HUGETLBFS: u64 = 1 << 9;
 const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
 
 /// How long a resolver thread keeps polling for the next fault before it sleeps. A guest
@@ -170,6 +175,9 @@ pub struct ResolverReport {
     pub spin_us: u64,
     /// The CPU the vCPU thread was placed on (one vCPU), see [`ResolverConfig::vcpu_cpu`].
     pub vcpu_cpu: Option<usize>,
+    /// Bytes faulted in, pinned and mapped per resolved page (4096, or 2 MiB for the huge page
+    /// backings): faults, pins and `pages_ahead` count these units.
+    pub granule_bytes: u64,
 }
 
 /// One fault (and the pages resolved ahead of it), handed from the fault-in thread to the
@@ -337,7 +345,7 @@ struct PinSide {
 
 impl PinSide {
     fn gpa(&self, page: u64) -> u64 {
-        self.mem.base() + page * PAGE_SIZE as u64
+        self.mem.base() + page * self.mem.granule() as u64
     }
 
     fn resolve(&mut self, w: Work) {
@@ -349,7 +357,8 @@ impl PinSide {
             if let Err(e) = self.drainer.before_pin() {
                 return self.fail_host(drain_failure(&e, self.thread, self.gpa(w.page)));
             }
-            let pin_hva = |p: u64| self.mem.pin_view().addr() + p * PAGE_SIZE as u64;
+            let g = self.mem.granule() as u64;
+            let pin_hva = |p: u64| self.mem.pin_view().addr() + p * g;
             let t = Instant::now();
             let mut r = self.table.pin_range(w.page, pin_hva(w.page), n);
             // A failed pin (not a failed table setup) may be retried, as the policy says.
@@ -433,11 +442,13 @@ impl PinSide {
     /// Maps `n` pages into the guest view and wakes the faulting vCPU(s).
     fn map_for_guest(&self, guest_hva: u64, n: u64) -> Result<(), CallFailure> {
         let addr = guest_hva as *mut libc::c_void;
-        let len = n as usize * PAGE_SIZE;
+        let g = self.mem.granule();
+        let len = n as usize * g;
         let (f, uffd) = (&*self.faults, &self.uffd);
         let wake = || uffd_call(f, Site::UffdWake, || uffd.wake(addr, len));
         match self.cfg.backing {
-            Backing::Shmem => {
+            // hugetlb: one CONTINUE maps a whole 2 MiB page (a PMD); shmem maps 4 KiB PTEs.
+            Backing::Shmem | Backing::Hugetlb | Backing::ShmemThp => {
                 match uffd_call(f, Site::UffdContinue, || uffd.r#continue(addr, len, true)) {
                     Ok(mapped) if mapped as usize == len => Ok(()),
                     // Partly mapped already (a racing vCPU, or a range with a mapped page):
@@ -445,10 +456,9 @@ impl PinSide {
                     Err(e) if !is_eexist(&e) => Err(e),
                     Ok(_) | Err(_) => {
                         for i in 0..n as usize {
-                            let a = addr.wrapping_byte_add(i * PAGE_SIZE);
-                            match uffd_call(f, Site::UffdContinue, || {
-                                uffd.r#continue(a, PAGE_SIZE, false)
-                            }) {
+                            let a = addr.wrapping_byte_add(i * g);
+                            match uffd_call(f, Site::UffdContinue, || uffd.r#continue(a, g, false))
+                            {
                                 Err(e) if !is_eexist(&e) => return Err(e),
                                 _ => {}
                             }
@@ -539,7 +549,7 @@ impl Noise {
 impl FaultSide {
     fn handle_fault(&mut self, guest_hva: u64, minor: bool) {
         let t0 = Instant::now();
-        let Some(page) = self.mem.page_of_guest_hva(guest_hva) else {
+        let Some(page) = self.mem.granule_of_guest_hva(guest_hva) else {
             return self.fail(HostFailure::named(
                 "resolver",
                 Site::UffdRead.call(),
@@ -548,7 +558,8 @@ impl FaultSide {
                 format!("userfaultfd reported a fault at {guest_hva:#x}, outside guest memory"),
             ));
         };
-        let guest_hva = guest_hva & !(PAGE_SIZE as u64 - 1);
+        let g = self.mem.granule() as u64;
+        let guest_hva = guest_hva & !(g - 1);
         self.report.faults += 1;
         if minor {
             self.report.minor_faults += 1;
@@ -581,19 +592,18 @@ impl FaultSide {
             for p in page + done..page + done + n {
                 self.seen[p as usize] = true;
             }
-            if let Err(f) = self.fault_in_range(page + done, n, guest_hva + done * PAGE_SIZE as u64)
-            {
+            if let Err(f) = self.fault_in_range(page + done, n, guest_hva + done * g) {
                 return self.fail(*f);
             }
             // One drain after a chunk's fault-ins covers every page faulted in on this CPU.
             if let Err(e) = self.drainer.after_fault_in(self.cfg.fault_cpu) {
-                let gpa = self.mem.base() + (page + done) * PAGE_SIZE as u64;
+                let gpa = self.mem.base() + (page + done) * g;
                 return self.fail(drain_failure(&e, FAULT_THREAD, gpa));
             }
             self.dispatch(Work {
                 page: page + done,
                 count: n as u32,
-                guest_hva: guest_hva + done * PAGE_SIZE as u64,
+                guest_hva: guest_hva + done * g,
                 t0,
                 faulting: done == 0,
             });
@@ -610,22 +620,24 @@ impl FaultSide {
     }
 
     /// Step 1 for `n` pages, each followed by its noise pages. A run of several shmem pages
-    /// (fault-ahead) is faulted in with one MADV_POPULATE_READ on the pin view: the same
-    /// faults as touching each page (mlocked on fault, on this CPU), in one system call.
+    /// (fault-ahead), or a 2 MiB granule, is faulted in with one MADV_POPULATE_READ on the pin
+    /// view: the same faults as touching each 4 KiB page (mlocked on fault, on this CPU), in
+    /// one system call.
     fn fault_in_range(
         &mut self,
         page: u64,
         n: u64,
         guest_hva: u64,
     ) -> Result<(), Box<HostFailure>> {
-        let touch = self.cfg.backing == Backing::Shmem
+        let g = self.mem.granule();
+        let touch = self.cfg.backing.is_memfd()
             && (self.cfg.fault_in == FaultIn::Touch || self.cfg.stage2 != Stage2::Pin);
-        if n > 1 && touch && self.populate {
+        if (n > 1 || g > PAGE_SIZE) && touch && self.populate {
             if sys::current_cpu() != Some(self.cfg.fault_cpu) {
                 self.report.fault_cpu_mismatches += 1;
             }
-            let at = self.mem.pin_view().at(page as usize * PAGE_SIZE);
-            match sys::madvise(at, n as usize * PAGE_SIZE, libc::MADV_POPULATE_READ) {
+            let at = self.mem.pin_view().at(page as usize * g);
+            match sys::madvise(at, n as usize * g, libc::MADV_POPULATE_READ) {
                 Ok(()) => {
                     self.write_noise(n);
                     return Ok(());
@@ -640,13 +652,13 @@ impl FaultSide {
                         FAULT_THREAD,
                         format!("cannot fault in guest pages {page}+{n}: {e}"),
                     );
-                    f.gpa = Some(self.mem.base() + page * PAGE_SIZE as u64);
+                    f.gpa = Some(self.mem.base() + page * g as u64);
                     return Err(Box::new(f));
                 }
             }
         }
         for i in 0..n {
-            self.fault_in(page + i, guest_hva + i * PAGE_SIZE as u64)?;
+            self.fault_in(page + i, guest_hva + i * g as u64)?;
             self.write_noise(1);
         }
         Ok(())
@@ -664,12 +676,17 @@ impl FaultSide {
         if sys::current_cpu() != Some(self.cfg.fault_cpu) {
             self.report.fault_cpu_mismatches += 1;
         }
-        let off = page as usize * PAGE_SIZE;
+        let g = self.mem.granule();
+        let off = page as usize * g;
         match self.cfg.backing {
-            Backing::Shmem => {
+            Backing::Shmem | Backing::Hugetlb | Backing::ShmemThp => {
                 // `pin` mode with a real pin (stage2 = pin) leaves the fault to the pin itself.
                 if self.cfg.fault_in == FaultIn::Touch || self.cfg.stage2 != Stage2::Pin {
-                    self.mem.pin_view().touch_read(off);
+                    // Every 4 KiB page of a granule: a shmem-thp granule may have got 4 KiB
+                    // folios, and CONTINUE maps only pages that are there.
+                    for o in (off..off + g).step_by(PAGE_SIZE) {
+                        self.mem.pin_view().touch_read(o);
+                    }
                 }
                 Ok(())
             }
@@ -832,8 +849,13 @@ pub fn arm(mem: &GuestMemory) -> Result<Arc<Uffd>, ResolverError> {
         .non_blocking(true)
         .user_mode_only(false);
     let (features, mode) = match mem.backing() {
-        Backing::Shmem => (
+        Backing::Shmem | Backing::ShmemThp => (
             FeatureFlags::MISSING_SHMEM | FeatureFlags::from_bits_retain(UFFD_FEATURE_MINOR_SHMEM),
+            RegisterMode::MISSING | RegisterMode::MINOR,
+        ),
+        Backing::Hugetlb => (
+            FeatureFlags::MISSING_HUGETLBFS
+                | FeatureFlags::from_bits_retain(UFFD_FEATURE_MINOR_HUGETLBFS),
             RegisterMode::MISSING | RegisterMode::MINOR,
         ),
         Backing::Anon => (FeatureFlags::empty(), RegisterMode::MISSING),
@@ -860,7 +882,7 @@ impl Resolver {
         ctl: Arc<VmControl>,
         faults: Arc<Injector>,
     ) -> Result<Self, ResolverError> {
-        let pages = mem.pages() as usize;
+        let pages = mem.granules() as usize;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(ResolverError::Spawn)?;
         let inline = cfg.fault_cpu == cfg.pin_cpu || cfg.stage2 == Stage2::Uffd;
         let pin_side = PinSide {
@@ -870,7 +892,9 @@ impl Resolver {
             ctl: ctl.clone(),
             faults: faults.clone(),
             thread: if inline { FAULT_THREAD } else { "pin" },
-            table: PinTable::new(mem.pages()).with_injector(faults.clone()),
+            table: PinTable::new(mem.granules())
+                .with_injector(faults.clone())
+                .with_granule(mem.granule()),
             drainer: Drainer::new(cfg.policy)?.with_injector(faults.clone()),
             pin_lat: Latencies::with_capacity(pages),
             fault_lat: Latencies::with_capacity(pages),
@@ -916,6 +940,7 @@ impl Resolver {
                 pin_cpu: cfg.pin_cpu,
                 spin_us: cfg.spin.as_micros() as u64,
                 vcpu_cpu: cfg.vcpu_cpu(),
+                granule_bytes: mem.granule() as u64,
                 ..Default::default()
             },
             done: false,
@@ -1039,16 +1064,22 @@ pub fn pin_all_eagerly(
     policy: DrainPolicy,
     faults: &Arc<Injector>,
 ) -> Result<(PinTable, Drainer), String> {
-    let mut table = PinTable::new(mem.pages()).with_injector(faults.clone());
+    let g = mem.granule();
+    let mut table = PinTable::new(mem.granules())
+        .with_injector(faults.clone())
+        .with_granule(g);
     let mut drainer = Drainer::new(policy)
         .map_err(|e| e.to_string())?
         .with_injector(faults.clone());
     let cpu = sys::current_cpu().unwrap_or(0);
-    for page in 0..mem.pages() {
-        mem.pin_view().touch_read(page as usize * PAGE_SIZE);
+    for page in 0..mem.granules() {
+        let off = page as usize * g;
+        for o in (off..off + g).step_by(PAGE_SIZE) {
+            mem.pin_view().touch_read(o);
+        }
         drainer.after_fault_in(cpu).map_err(|e| e.to_string())?;
         drainer.before_pin().map_err(|e| e.to_string())?;
-        let hva = mem.pin_view().addr() + page * PAGE_SIZE as u64;
+        let hva = mem.pin_view().addr() + page * g as u64;
         table.pin(page, hva).map_err(|e| e.to_string())?;
     }
     Ok((table, drainer))

@@ -31,6 +31,21 @@ pub fn memfd(name: &str, size: u64) -> io::Result<File> {
     Ok(file)
 }
 
+/// Creates a memfd of `size` bytes backed by 2 MiB hugetlb pages (`size` must be a multiple of
+/// 2 MiB). Pages come from the hugetlb pool when a mapping of it is created (reserved) and
+/// faulted (allocated, zeroed).
+pub fn memfd_hugetlb(name: &str, size: u64) -> io::Result<File> {
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+    // SAFETY: cname is a valid NUL-terminated string; the returned fd is checked and owned below.
+    let fd = check(unsafe { libc::memfd_create(cname.as_ptr(), flags) } as libc::c_long)?;
+    // SAFETY: fd was just created by memfd_create and is owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd as i32) };
+    file.set_len(size)?;
+    Ok(file)
+}
+
 /// An mmap'ed area, unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {
@@ -57,6 +72,47 @@ impl Mapping {
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
         )
+    }
+
+    /// Maps `len` bytes of `file` shared, read-write, at an address aligned to `align` (a power
+    /// of two): a 2 MiB-aligned view is what lets the kernel map a 2 MiB folio with one PMD
+    /// (and KVM map it as one 2 MiB stage-2 page). The kernel aligns hugetlb mappings itself,
+    /// shmem ones only under some THP settings, so this asks for it.
+    pub fn shared_aligned(file: &File, len: usize, align: usize) -> io::Result<Self> {
+        // Reserve len + align of address space, then map the file over its aligned part.
+        let area = Self::map(
+            len + align,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+        )?;
+        let start = area.addr().next_multiple_of(align as u64) as usize;
+        // SAFETY: [start, start + len) lies inside `area`, a mapping we own; MAP_FIXED replaces
+        // that part of it, and `area` is then forgotten without unmapping what it covered.
+        let p = unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let (base, total) = (area.addr() as usize, area.len);
+        std::mem::forget(area);
+        // SAFETY: both ranges are the unused head and tail of the reservation made above.
+        unsafe {
+            libc::munmap(base as *mut libc::c_void, start - base);
+            libc::munmap(
+                (start + len) as *mut libc::c_void,
+                base + total - start - len,
+            );
+        }
+        let ptr = NonNull::new(p.cast()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
+        Ok(Self { ptr, len })
     }
 
     fn map(len: usize, flags: i32, fd: i32) -> io::Result<Self> {
@@ -127,6 +183,12 @@ impl Mapping {
             }
             r => r,
         }
+    }
+
+    /// Asks for transparent huge pages on the range (shmem: 2 MiB folios where the shmem
+    /// THP setting allows MADV_HUGEPAGE; see hugepages.rs).
+    pub fn huge_pages(&self) -> io::Result<()> {
+        madvise(self.as_ptr(), self.len, libc::MADV_HUGEPAGE)
     }
 
     /// Reads one byte through the mapping (a fault-in "touch").
@@ -273,6 +335,17 @@ mod tests {
         unsafe { a.at(PAGE_SIZE).write_volatile(42) };
         assert_eq!(b.touch_read(PAGE_SIZE), 42);
         assert_eq!(b.resident_pages().unwrap(), vec![false, true]);
+    }
+
+    #[test]
+    fn aligned_views_are_aligned_and_shared() {
+        let f = memfd("aligned", 4 << 20).unwrap();
+        let a = Mapping::shared_aligned(&f, 4 << 20, 2 << 20).unwrap();
+        let b = Mapping::shared(&f, 4 << 20).unwrap();
+        assert_eq!(a.addr() % (2 << 20), 0);
+        // SAFETY: in bounds of a live mapping.
+        unsafe { a.at(3 << 20).write_volatile(9) };
+        assert_eq!(b.touch_read(3 << 20), 9);
     }
 
     #[test]

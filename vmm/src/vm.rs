@@ -22,7 +22,7 @@ use crate::inject::{Injector, Site};
 use crate::linux::{self, LinuxReport};
 use crate::memory::GuestMemory;
 use crate::protected;
-use crate::report::{HostFacts, MemAccounting, Outcome, Report, Timing, VcpuResult};
+use crate::report::{GranuleFacts, HostFacts, MemAccounting, Outcome, Report, Timing, VcpuResult};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::stage2::{self, Resolver, ResolverConfig};
 use crate::sys::{self, PAGE_SIZE};
@@ -81,6 +81,7 @@ impl VmError {
             VmError::KvmOpen(_)
                 | VmError::KvmCap(_)
                 | VmError::Resolver(stage2::ResolverError::Create(_))
+                | VmError::Memory(crate::memory::MemoryError::HugePagesShort { .. })
         )
     }
 
@@ -162,6 +163,8 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         return Err(VmError::KvmCap("KVM_CAP_USER_MEMORY"));
     }
     let vm = protected::create_vm(&kvm, cfg.vm_type).map_err(VmError::CreateVm)?;
+    // Opened now: the main thread's seccomp filter allows no ioctl later.
+    let kvm_page_sizes = crate::kvmstats::PageSizeStats::open(&vm);
     arch::setup_vm(&vm)?;
     if linux_boot.is_some() {
         arch::setup_linux_vm(&vm)?;
@@ -348,6 +351,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         .map(|t| ms(t.saturating_duration_since(t_start)));
     let acct_running = (hostinfo::status_kb("VmPin"), hostinfo::status_kb("VmLck"));
     let rss_running = ["RssAnon", "RssFile", "RssShmem"].map(hostinfo::status_kb);
+    let granule = granule_facts(kvm_page_sizes.as_ref(), &mem);
 
     // Teardown: stop the resolver (releasing every pin), close userfaultfd (a vCPU stuck on
     // an unresolved fault is released), then kick the vCPUs out of KVM_RUN.
@@ -500,6 +504,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
             rss_file_kb_running: kb(rss_running[1]),
             rss_shmem_kb_running: kb(rss_running[2]),
         },
+        granule,
         timing: Timing {
             setup_ms,
             guest_ms,
@@ -522,6 +527,19 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         console_truncated,
         error,
     })
+}
+
+/// What the pin and KVM really got, read while the guest's memory is still mapped.
+fn granule_facts(kvm: Option<&crate::kvmstats::PageSizeStats>, mem: &GuestMemory) -> GranuleFacts {
+    let huge = mem.huge_folios();
+    let kvm = kvm.and_then(|k| k.read());
+    GranuleFacts {
+        granule_bytes: mem.granule() as u64,
+        resident_granules: huge.map(|h| h.resident),
+        huge_folio_granules: huge.map(|h| h.huge),
+        kvm_pages_4k: kvm.map(|k| k.pages_4k),
+        kvm_pages_2m: kvm.map(|k| k.pages_2m),
+    }
 }
 
 /// Kicks still-running vCPUs (signal -> KVM_RUN returns EINTR -> the loop sees the stop flag)

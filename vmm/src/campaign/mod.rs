@@ -724,6 +724,8 @@ mod tests {
             memlock: None,
             cap_ipc_lock: true,
             allowed_cpus: vec![0, 1],
+            hugetlb: None,
+            shmem_thp_mode: None,
         };
         let spec = spec_of(&a, &host).unwrap();
         assert_eq!(spec.noise, 4);
