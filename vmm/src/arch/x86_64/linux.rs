@@ -18,14 +18,15 @@
 //! | 0x8ff0 | initial stack |
 //! | 0x9000..0xf000 | PML4, PDPT, 4 page directories: 4 GiB identity map, 2 MiB pages |
 //! | 0x20000 | command line |
-//! | 0x9fc00..0x100000 | EBDA, VGA, BIOS: reserved in e820 |
+//! | 0x9fc00 | MP table; 0x9fc00..0x100000 (EBDA, VGA, BIOS) is reserved in e820 |
 //! | code32_start (1 MiB) | the kernel; it decompresses into [pref_address, + init_size) |
 //! | top of RAM (page aligned, under initrd_addr_max) | the initramfs |
 //!
 //! The VM ends through a reset: `reboot=k` on the command line sends 0xfe to the keyboard
 //! controller (devices::i8042), or a triple fault (KVM_EXIT_SHUTDOWN).
 //!
-//! One vCPU only: secondary CPUs need an MP table or ACPI tables, which pinvmm does not write.
+//! Secondary vCPUs are found through an MP table (mptable.rs) in the last KiB of base memory
+//! and started by the guest with INIT/SIPI through the in-kernel LAPIC; there is no ACPI.
 //! Guest RAM is one block from 0, so at most 3 GiB (below the 32-bit MMIO hole: IOAPIC, LAPIC).
 //!
 //! On a PVM host (pinvmm's development machine) CPL0 guest code is emulated instruction by
@@ -47,6 +48,7 @@ use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::{Cmdline, KernelLoader, load_cmdline};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile};
 
+use super::mptable;
 use crate::arch::{ArchError, BootFile, GpaRange, LinuxBoot, LinuxLoadError};
 use crate::memory::GuestMemory;
 
@@ -61,6 +63,9 @@ pub const SERIAL_IRQ: u32 = 4;
 /// - `pci=off`: there is no PCI host bridge to probe.
 pub const LINUX_CMDLINE_BASE: &str =
     "console=ttyS0 panic=-1 reboot=k initcall_blacklist=i8042_init pci=off";
+
+/// Most vCPUs whose MP table fits below 640 KiB.
+pub const MAX_LINUX_VCPUS: u8 = 37;
 
 /// Largest guest a Linux boot takes: RAM must stay below the 32-bit MMIO hole.
 pub const MAX_LINUX_MEM: u64 = 3 << 30;
@@ -415,12 +420,15 @@ where
     K: Read + Seek + ReadVolatile,
     I: Read + Seek + ReadVolatile,
 {
-    if vcpus != 1 {
-        return Err(LinuxLoadError::Unsupported(format!(
-            "{vcpus} vCPUs: x86_64 Linux guests boot with one vCPU here (secondary CPUs need an MP \
-             table or ACPI, which pinvmm does not write); use --vcpus 1"
-        )));
-    }
+    let table = (1..=mptable::MAX_CPUS)
+        .contains(&vcpus)
+        .then(|| mptable::mptable(vcpus))
+        .filter(|t| t.len() as u64 <= mptable::MPTABLE_ROOM)
+        .ok_or_else(|| {
+            LinuxLoadError::Unsupported(format!(
+                "{vcpus} vCPUs: the MP table of an x86_64 Linux guest describes 1 to {MAX_LINUX_VCPUS}"
+            ))
+        })?;
     if mem_size > MAX_LINUX_MEM {
         return Err(LinuxLoadError::Setup(format!(
             "{mem_size} bytes of guest memory: an x86_64 Linux guest takes at most 3 GiB \
@@ -496,6 +504,8 @@ where
     )
     .map_err(|e| LinuxLoadError::Setup(format!("cannot write boot_params: {e}")))?;
     write_cpu_tables(mem).map_err(setup_err("GDT and page tables"))?;
+    mem.write_slice(&table, GuestAddress(mptable::MPTABLE_START))
+        .map_err(setup_err("MP table"))?;
 
     Ok(LinuxBoot {
         // The 64-bit entry point is 0x200 past the start of the protected-mode kernel.
@@ -1008,10 +1018,35 @@ mod tests {
         assert!(e.to_string().contains("at byte 3"), "{e}");
 
         let mut k = Cursor::new(fake_bzimage());
-        let e = load::<_, Cursor<Vec<u8>>>(&m, size, 2, &mut k, None, "x").unwrap_err();
-        assert!(e.to_string().contains("one vCPU"), "{e}");
+        let e = load::<_, Cursor<Vec<u8>>>(&m, size, MAX_LINUX_VCPUS + 1, &mut k, None, "x")
+            .unwrap_err();
+        assert!(e.to_string().contains("1 to 37"), "{e}");
+        let e = load::<_, Cursor<Vec<u8>>>(&m, size, 0, &mut k, None, "x").unwrap_err();
+        assert!(matches!(e, LinuxLoadError::Unsupported(_)), "{e}");
         let e = load::<_, Cursor<Vec<u8>>>(&m, 4 << 30, 1, &mut k, None, "x").unwrap_err();
         assert!(e.to_string().contains("at most 3 GiB"), "{e}");
+    }
+
+    #[test]
+    fn mp_table_lists_every_vcpu_and_fits_base_memory() {
+        let size = 64 * MIB;
+        let m = mem(size);
+        let mut k = Cursor::new(fake_bzimage());
+        load::<_, Cursor<Vec<u8>>>(&m, size, 4, &mut k, None, "x").unwrap();
+        let want = mptable::mptable(4);
+        let mut got = vec![0u8; want.len()];
+        m.read_slice(&mut got, GuestAddress(mptable::MPTABLE_START))
+            .unwrap();
+        assert_eq!(got, want);
+        // The table lies in the reserved part of the e820 map.
+        let p = params(&m);
+        let hole = p.e820_table[1];
+        assert_eq!(
+            (hole.addr, hole.r#type),
+            (mptable::MPTABLE_START, E820_RESERVED)
+        );
+        assert!(mptable::mptable(MAX_LINUX_VCPUS).len() as u64 <= mptable::MPTABLE_ROOM);
+        assert!(mptable::mptable(MAX_LINUX_VCPUS + 1).len() as u64 > mptable::MPTABLE_ROOM);
     }
 
     #[test]

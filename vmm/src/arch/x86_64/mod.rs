@@ -8,6 +8,7 @@
 //! exits to the VMM, and no `hlt` (it faults at CPL3). The same setup runs on VMX/SVM hosts.
 
 pub mod linux;
+pub mod mptable;
 
 use guest::PayloadArgs;
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment};
