@@ -6,8 +6,9 @@ use std::process::Command;
 
 use guest::workload::{ResultLine, Status, expected_checksum};
 
-fn run(cmdline: &str) -> (Option<i32>, String, String) {
-    let dir = std::env::temp_dir().join(format!("pinvmm-workload-test-{}", std::process::id()));
+/// Runs the workload with its own churn directory (`tag` keeps parallel tests apart).
+fn run(tag: &str, cmdline: &str) -> (Option<i32>, String, String) {
+    let dir = std::env::temp_dir().join(format!("pinvmm-workload-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pinvmm-workload"))
         .args(["--stdout", "--cmdline", cmdline, "--dir"])
@@ -24,8 +25,10 @@ fn run(cmdline: &str) -> (Option<i32>, String, String) {
 
 #[test]
 fn a_good_run_prints_one_verifiable_line() {
-    let (code, stdout, stderr) =
-        run("console=ttyS0 pinvmm.fill=3M pinvmm.seed=99 pinvmm.forks=2 pinvmm.tmpfs=256K");
+    let (code, stdout, stderr) = run(
+        "good",
+        "console=ttyS0 pinvmm.fill=3M pinvmm.seed=99 pinvmm.forks=2 pinvmm.tmpfs=256K",
+    );
     assert_eq!(code, Some(0), "stderr: {stderr}");
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     let line = ResultLine::parse(&stdout).unwrap();
@@ -41,7 +44,7 @@ fn a_good_run_prints_one_verifiable_line() {
 
 #[test]
 fn bad_parameters_still_print_a_failed_line() {
-    let (code, stdout, stderr) = run("pinvmm.fill=lots");
+    let (code, stdout, stderr) = run("bad", "pinvmm.fill=lots");
     assert_eq!(code, Some(2));
     assert!(stderr.contains("pinvmm.fill=lots: not a size"), "{stderr}");
     let line = ResultLine::parse(&stdout).unwrap();
