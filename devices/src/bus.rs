@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 pub enum StopRequest {
     /// The guest finished and reported this status (0 = success).
     GuestExit(u32),
+    /// The guest reset the machine (x86: the keyboard controller's reset line); a Linux
+    /// guest's `reboot` ends the VM this way.
+    GuestReset,
 }
 
 /// A device on the bus. Reads are zero-filled by the bus before dispatch.

@@ -2,8 +2,8 @@
 //! The keyboard controller's reset line, and nothing else: how an x86 Linux guest ends its VM.
 //! With `reboot=k` (and for `panic=-1`) Linux waits until the controller's input buffer is
 //! empty (status bit 1 clear) and writes 0xfe (pulse the reset line) to the command port.
-//! That write ends the vCPU with status 0: the guest's verdict comes from its console (the
-//! workload's result line), not from how it stopped.
+//! That write ends the VM as a reset (StopRequest::GuestReset): the guest's verdict comes from
+//! its console (the workload's result line), not from how it stopped.
 //!
 //! Placed at port 0x60 with length 5: offset 0 is the data port (0x60), offset 4 the
 //! status/command port (0x64). Port 0x61 (PC speaker, PIT gate) is inside the range but KVM's
@@ -50,7 +50,7 @@ impl BusDevice for I8042Device {
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<StopRequest> {
         if offset == COMMAND && data.first() == Some(&CMD_RESET_CPU) {
             self.reset_requested = true;
-            return Some(StopRequest::GuestExit(0));
+            return Some(StopRequest::GuestReset);
         }
         None
     }
@@ -81,7 +81,7 @@ mod tests {
 
         assert_eq!(
             bus.write(0x64, &[CMD_RESET_CPU]),
-            Access::Handled(Some(StopRequest::GuestExit(0)))
+            Access::Handled(Some(StopRequest::GuestReset))
         );
         assert!(dev.lock().unwrap().reset_requested());
         // Not ours: COM1 and port 0x65.
@@ -98,7 +98,7 @@ mod tests {
         assert_eq!(wide, [0; 4]);
         assert_eq!(
             dev.write(COMMAND, &[CMD_RESET_CPU, 0, 0, 0]),
-            Some(StopRequest::GuestExit(0))
+            Some(StopRequest::GuestReset)
         );
     }
 }

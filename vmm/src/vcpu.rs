@@ -84,6 +84,10 @@ fn account(a: Access, counts: &mut ExitCounts, at: UnmappedAccess) -> Action {
         Access::Handled(Some(StopRequest::GuestExit(status))) => {
             Action::Stop(VcpuOutcome::Exited { status })
         }
+        // The same outcome as arm64's PSCI SYSTEM_RESET (below).
+        Access::Handled(Some(StopRequest::GuestReset)) => Action::Stop(VcpuOutcome::Crashed {
+            reason: "guest asked for a reset (keyboard controller)".into(),
+        }),
         Access::Handled(None) => Action::Continue,
         Access::Unmapped => {
             counts.unmapped += 1;
@@ -264,6 +268,19 @@ mod tests {
             Action::Stop(VcpuOutcome::Exited { status: 3 })
         );
         assert_eq!(c.pio, 1);
+    }
+
+    #[test]
+    fn keyboard_controller_reset_ends_like_a_psci_reset() {
+        let mut b = buses();
+        let dev = Arc::new(Mutex::new(devices::I8042Device::new()));
+        b.pio.insert(0x60, devices::i8042::LEN, dev).unwrap();
+        let mut c = ExitCounts::default();
+        let Action::Stop(out) = handle_exit(Ok(VcpuExit::IoOut(0x64, &[0xfe])), &b, &mut c) else {
+            panic!("0xfe on port 0x64 did not stop the vCPU");
+        };
+        assert!(matches!(&out, VcpuOutcome::Crashed { reason } if reason.contains("reset")));
+        assert_eq!(crate::linux::end_reason(Some(&out)), "reset");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use devices::{ConsoleSink, SerialDevice, TestDevice};
+use devices::{ConsoleSink, I8042Device, SerialDevice, TestDevice};
 use guest::{Payload, PayloadArgs};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
@@ -236,6 +236,10 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
     let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console.clone())));
     let mut shared = Buses::default();
     place(&mut shared, arch::SERIAL, SerialDevice::LEN, serial)?;
+    if let (Some(_), Some(addr)) = (&linux_boot, arch::RESET_DEVICE) {
+        let reset = Arc::new(Mutex::new(I8042Device::new()));
+        place(&mut shared, addr, devices::i8042::LEN, reset)?;
+    }
 
     let base_args = PayloadArgs {
         stride: cfg.touch.stride_pages * PAGE_SIZE as u64,

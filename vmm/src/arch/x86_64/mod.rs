@@ -42,6 +42,8 @@ const STACK_TOP: u64 = 0x40000;
 pub const TESTDEV: DeviceAddr = DeviceAddr::Pio(0xf0);
 /// COM1.
 pub const SERIAL: DeviceAddr = DeviceAddr::Pio(0x3f8);
+/// Linux guests: the reset-only keyboard controller (devices::i8042), how `reboot=k` ends the VM.
+pub const RESET_DEVICE: Option<DeviceAddr> = Some(DeviceAddr::Pio(devices::i8042::DATA_PORT));
 
 const PTE_P: u64 = 1;
 const PTE_RW: u64 = 1 << 1;
