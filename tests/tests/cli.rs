@@ -197,6 +197,28 @@ fn arm64_image(image_size: u64, raw_end: u32, file_len: usize) -> Vec<u8> {
     h
 }
 
+/// An x86 bzImage header (protocol 2.15, relocatable, 64-bit entry): 4 setup sectors, then a
+/// protected-mode kernel of `pm_len` bytes that decompresses into `init_size` bytes.
+fn bzimage(pm_len: usize, init_size: u32) -> Vec<u8> {
+    let mut h = vec![0u8; 5 * 512 + pm_len];
+    let mut put = |off: usize, bytes: &[u8]| h[off..off + bytes.len()].copy_from_slice(bytes);
+    put(0x1f1, &[4]); // setup_sects
+    put(0x1f4, &((pm_len / 16) as u32).to_le_bytes()); // syssize
+    put(0x1fe, &0xaa55u16.to_le_bytes());
+    put(0x202, b"HdrS");
+    put(0x206, &0x020fu16.to_le_bytes());
+    put(0x211, &[1]); // loadflags: LOADED_HIGH
+    put(0x214, &0x10_0000u32.to_le_bytes()); // code32_start
+    put(0x22c, &0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    put(0x230, &0x20_0000u32.to_le_bytes()); // kernel_alignment
+    put(0x234, &[1]); // relocatable
+    put(0x236, &3u16.to_le_bytes()); // xloadflags: 64-bit entry, above 4G
+    put(0x238, &2047u32.to_le_bytes()); // cmdline_size
+    put(0x258, &0x100_0000u64.to_le_bytes()); // pref_address
+    put(0x260, &init_size.to_le_bytes());
+    h
+}
+
 /// Bad kernels, initramfs and command lines: exit 2, one line naming the file (or value) and
 /// what is wrong. The inputs are generated here; the arm64 Image cases run where pinvmm boots
 /// arm64 Images (the aarch64 build), the rest everywhere.
@@ -222,7 +244,10 @@ fn bad_linux_inputs() -> Trial {
             let missing = format!("{dir_s}/no-such-Image");
             let mut cases: Vec<(Vec<String>, Vec<String>)> = Vec::new();
             let mut case = |args: &[&str], needles: &[&str]| {
-                let mut a = vec!["run".to_owned(), "--mem".into(), "64M".into()];
+                let mut a = vec!["run".to_owned()];
+                if !args.contains(&"--mem") {
+                    a.extend(["--mem".to_owned(), "64M".to_owned()]);
+                }
                 a.extend(args.iter().map(|s| (*s).to_owned()));
                 cases.push((a, needles.iter().map(|s| (*s).to_owned()).collect()));
             };
@@ -298,6 +323,32 @@ fn bad_linux_inputs() -> Trial {
                     &["--kernel", &kernel, "--initrd", &init_big],
                     &[&init_big, "raise --mem"],
                 );
+            }
+            if cfg!(target_arch = "x86_64") {
+                let rnd = file("random", &[0x5a; 4096])?;
+                case(&["--kernel", &rnd], &[&rnd, "not an x86 bzImage"]);
+                let arm = file("arm64-Image", &arm64_image(0x40_0000, 0x20_0000, 0x20_0000))?;
+                case(&["--kernel", &arm], &[&arm, "arm64 Image"]);
+                let good = bzimage(0x1_0000, 0x80_0000);
+                let cut = file("cut-bzImage", &good[..good.len() - 16])?;
+                case(&["--kernel", &cut], &[&cut, "truncated", "syssize"]);
+                let mut old = good.clone();
+                old[0x206] = 0x0b;
+                let old = file("old-bzImage", &old)?;
+                case(&["--kernel", &old], &[&old, "unsupported", "2.11"]);
+                let big = file("big-bzImage", &bzimage(0x1_0000, 80 << 20))?;
+                case(&["--kernel", &big], &[&big, "raise --mem"]);
+                let bz = file("bzImage", &good)?;
+                let init_big = initrd("big.cpio", &[init.clone(), vec![0; 50 << 20]].concat())?;
+                case(
+                    &["--kernel", &bz, "--initrd", &init_big],
+                    &[&init_big, "raise --mem"],
+                );
+                case(
+                    &["--kernel", &bz, "--vcpus", "40"],
+                    &["40 vCPUs", "1 to 37"],
+                );
+                case(&["--kernel", &bz, "--mem", "4G"], &["at most 3 GiB"]);
             }
             for (args, needles) in &cases {
                 let a: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -430,7 +430,7 @@ where
             ))
         })?;
     if mem_size > MAX_LINUX_MEM {
-        return Err(LinuxLoadError::Setup(format!(
+        return Err(LinuxLoadError::Unsupported(format!(
             "{mem_size} bytes of guest memory: an x86_64 Linux guest takes at most 3 GiB \
              (RAM is one block below the 32-bit MMIO hole); lower --mem"
         )));
