@@ -10,6 +10,7 @@ use serde::Serialize;
 
 pub mod workload;
 
+pub mod qemu_rom;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 #[cfg(target_arch = "x86_64")]

@@ -564,7 +564,27 @@ fn bench() -> Trial {
         let v: serde_json::Value =
             serde_json::from_str(&r.stdout).map_err(|e| format!("bench JSON: {e}"))?;
         let touch = v["touch"].as_array().ok_or("no touch rows")?;
-        ensure(touch.len() == 10, || format!("{} touch rows", touch.len()))?;
+        // 10 rows at 4 KiB; 7 hugetlb and 4 shmem-thp rows at 2 MiB unless skipped (not root
+        // and the host not set up: then `skipped` says why).
+        let skipped = v["skipped"].as_array().map_or(0, Vec::len);
+        let want = 10 + if skipped == 0 { 11 } else { 0 };
+        ensure(
+            touch.len() >= 10 && (skipped > 0 || touch.len() == want),
+            || {
+                format!(
+                    "{} touch rows, {skipped} skipped: {}",
+                    touch.len(),
+                    v["skipped"]
+                )
+            },
+        )?;
+        if skipped == 0 {
+            let h = touch
+                .iter()
+                .find(|t| t["name"] == "hugetlb:pin:none")
+                .ok_or("no hugetlb:pin:none row")?;
+            ensure(h["granule_bytes"] == 2 << 20, || format!("{h}"))?;
+        }
         for t in touch {
             ensure(t["us_per_page"].as_f64().is_some_and(|x| x > 0.0), || {
                 format!("{t}")
@@ -583,7 +603,36 @@ fn bench() -> Trial {
                 format!("empty {k}")
             })?;
         }
+        // QEMU: measured (rows of both VMMs) or loudly not.
+        let q = &v["qemu"];
+        ensure(
+            q["not_measured"].is_string()
+                || q["rows"].as_array().is_some_and(|rows| {
+                    rows.iter().any(|r| r["vmm"] == "qemu")
+                        && rows.iter().any(|r| r["vmm"] == "pinvmm")
+                }),
+            || format!("qemu section: {q}"),
+        )?;
         ensure(r.stderr.contains("| goal | target |"), || r.stderr.clone())
+    })
+}
+
+/// `pinvmm bench --only qemu` with no QEMU: exit 3 and the package to install, at once.
+fn bench_without_qemu() -> Trial {
+    plain_test("bench::missing_qemu_is_exit_3_and_named", || {
+        let r = pinvmm(&[
+            "bench",
+            "--only",
+            "qemu",
+            "--qemu",
+            "/nonexistent/qemu-system-x86_64",
+        ])?;
+        let text = format!("{}{}", r.stdout, r.stderr);
+        ensure(r.code == 3 && text.contains("QEMU NOT MEASURED"), || {
+            format!("exit {}: {text}", r.code)
+        })?;
+        let arch_ok = text.contains("apt-get install qemu-system-x86") || text.contains("x86_64");
+        ensure(arch_ok, || text)
     })
 }
 
@@ -669,6 +718,7 @@ fn main() {
         config_file(),
         help(),
         bench(),
+        bench_without_qemu(),
         seccomp(),
     ];
     t.extend(gup_check());

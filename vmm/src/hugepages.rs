@@ -129,6 +129,7 @@ fn selected(s: &str) -> String {
 pub struct HostSetting {
     path: PathBuf,
     old: String,
+    new: String,
     /// For the pool: pages added, given back by lowering the pool by as much (not by writing
     /// the old value, which would also undo a change someone else made meanwhile).
     added_pages: Option<u64>,
@@ -158,6 +159,7 @@ impl HostSetting {
         let guard = Self {
             path,
             old: pool.total.to_string(),
+            new: got.to_string(),
             added_pages: Some(got.saturating_sub(pool.total)),
         };
         if got < wanted {
@@ -184,8 +186,26 @@ impl HostSetting {
         Ok(Some(Self {
             path,
             old,
+            new: "advise".into(),
             added_pages: None,
         }))
+    }
+
+    /// The command that undoes the change by hand (for an interrupted run).
+    pub fn undo_hint(&self) -> String {
+        format!("echo {} > {}", self.old, self.path.display())
+    }
+}
+
+impl std::fmt::Display for HostSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "set {} {} -> {}",
+            self.path.display(),
+            self.old,
+            self.new
+        )
     }
 }
 

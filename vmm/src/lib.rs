@@ -22,6 +22,7 @@ pub mod memory;
 pub mod pin;
 pub mod probe;
 pub mod protected;
+pub mod qemu;
 pub mod report;
 pub mod seccomp;
 pub mod stage2;
