@@ -65,7 +65,11 @@ pub fn meminfo_kb(key: &str) -> Option<u64> {
 
 /// The value of a `Key:   123 kB` line of a /proc file.
 fn kb_field(path: &str, key: &str) -> Option<u64> {
-    let s = fs::read_to_string(path).ok()?;
+    kb_in(&fs::read_to_string(path).ok()?, key)
+}
+
+/// The value of the `Key:   123 kB` line of `s`.
+fn kb_in(s: &str, key: &str) -> Option<u64> {
     let line = s
         .lines()
         .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?;
@@ -75,6 +79,36 @@ fn kb_field(path: &str, key: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The sums of `/proc/PID/status` values (KiB) over every process but this one, e.g.
+/// `["RssAnon", "VmLck"]`: what other processes hold, to tell their memory from ours in
+/// host-wide counters. Processes that exit while being read are skipped.
+pub fn other_processes_kb<const N: usize>(keys: [&str; N]) -> [u64; N] {
+    let me = std::process::id().to_string();
+    let mut sums = [0; N];
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return sums;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        for (sum, key) in sums.iter_mut().zip(keys) {
+            *sum += kb_in(&text, key).unwrap_or(0);
+        }
+    }
+    sums
 }
 
 /// Pages present in ZONE_MOVABLE, over all nodes.

@@ -114,6 +114,14 @@ impl BeforeAfter {
     }
 }
 
+/// MemAvailable, Shmem and Mlocked after the run, less other processes' changes.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct OursAfter {
+    pub mem_available: u64,
+    pub shmem: u64,
+    pub mlocked: u64,
+}
+
 /// What `pinvmm stress` found.
 #[derive(Debug, Clone, Serialize)]
 pub struct StressSummary {
@@ -146,6 +154,13 @@ pub struct StressSummary {
     pub mem_available_min_kb: u64,
     pub shmem_kb: BeforeAfter,
     pub mlocked_kb: BeforeAfter,
+    /// Every other process together (/proc/PID/status), KiB: RssAnon, RssShmem, VmLck.
+    pub others_rss_anon_kb: BeforeAfter,
+    pub others_rss_shmem_kb: BeforeAfter,
+    pub others_vm_lck_kb: BeforeAfter,
+    /// The host's counters after the run, corrected for what other processes took or gave
+    /// back meanwhile: what the leak check compares with the `before` values.
+    pub ours_after_kb: OursAfter,
     /// What did not come back, one line each; empty when nothing leaked.
     pub leaks: Vec<String>,
     /// Interrupted by Ctrl-C / SIGTERM.
@@ -185,9 +200,26 @@ fn process_counters() -> [u64; 4] {
     ]
 }
 
-/// MemAvailable, Shmem, Mlocked (KiB).
-fn host_counters() -> [u64; 3] {
-    ["MemAvailable", "Shmem", "Mlocked"].map(|k| hostinfo::meminfo_kb(k).unwrap_or(0))
+/// MemAvailable, Shmem, Mlocked (KiB), then what every other process holds of the same
+/// kinds: RssAnon, RssShmem, VmLck.
+fn host_counters() -> [u64; 6] {
+    let [avail, shmem, mlocked] =
+        ["MemAvailable", "Shmem", "Mlocked"].map(|k| hostinfo::meminfo_kb(k).unwrap_or(0));
+    let [anon, oshmem, lck] = hostinfo::other_processes_kb(["RssAnon", "RssShmem", "VmLck"]);
+    [avail, shmem, mlocked, anon, oshmem, lck]
+}
+
+/// The host's MemAvailable, Shmem and Mlocked at `after`, less what other processes took (or
+/// plus what they gave back) since `before`: on a shared host, a compiler starting elsewhere
+/// is not our leak.
+fn ours(before: [u64; 6], after: [u64; 6]) -> [u64; 3] {
+    let d = |i: usize| after[i] as i64 - before[i] as i64;
+    let fix = |v: u64, by: i64| (v as i64 + by).max(0) as u64;
+    [
+        fix(after[0], d(3) + d(4)),
+        fix(after[1], -d(4)),
+        fix(after[2], -d(5)),
+    ]
 }
 
 /// Runs the stress and writes its summary; the exit code is 0 when every VM completed (or
@@ -272,9 +304,10 @@ pub fn main(a: &StressArgs) -> ExitCode {
         ProgressStyle::with_template("{bar:30} {elapsed}/{len}s | {msg}").expect("valid template"),
     );
     let mut avail_min = host_before[0];
+    let meminfo_only = || hostinfo::meminfo_kb("MemAvailable").unwrap_or(0);
     while workers.iter().any(|w| !w.is_finished()) {
         std::thread::sleep(Duration::from_millis(250));
-        let avail = host_counters()[0];
+        let avail = meminfo_only();
         avail_min = avail_min.min(avail);
         bar.set_position(t0.elapsed().as_secs().min(a.duration.as_secs()));
         bar.set_message(format!(
@@ -333,6 +366,17 @@ pub fn main(a: &StressArgs) -> ExitCode {
         mem_available_min_kb: avail_min,
         shmem_kb: ba(1, &host_before, &host_after),
         mlocked_kb: ba(2, &host_before, &host_after),
+        others_rss_anon_kb: ba(3, &host_before, &host_after),
+        others_rss_shmem_kb: ba(4, &host_before, &host_after),
+        others_vm_lck_kb: ba(5, &host_before, &host_after),
+        ours_after_kb: {
+            let [mem_available, shmem, mlocked] = ours(host_before, host_after);
+            OursAfter {
+                mem_available,
+                shmem,
+                mlocked,
+            }
+        },
         leaks: Vec::new(),
         interrupted: INTERRUPTED.load(Ordering::SeqCst),
         ok: false,
@@ -419,14 +463,14 @@ impl Results {
     }
 }
 
-/// The host's counters once they are back within the tolerance of their baseline (freed
-/// memory can take a moment to show, and other processes' short VMs come and go), or after
-/// 20 s.
-fn settle(before: [u64; 3], vm_mem: u64) -> [u64; 3] {
+/// The host's counters once ours are back within the tolerance of their baseline (freed
+/// memory can take a moment to show), or after 20 s.
+fn settle(before: [u64; 6], vm_mem: u64) -> [u64; 6] {
     let give_up = Instant::now() + Duration::from_secs(20);
     loop {
         let now = host_counters();
-        if host_leaks(before, now, vm_mem).is_empty() || Instant::now() > give_up {
+        let b = [before[0], before[1], before[2]];
+        if host_leaks(b, ours(before, now), vm_mem).is_empty() || Instant::now() > give_up {
             return now;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -498,9 +542,9 @@ fn leaks(s: &StressSummary) -> Vec<String> {
             s.mlocked_kb.before,
         ],
         [
-            s.mem_available_kb.after,
-            s.shmem_kb.after,
-            s.mlocked_kb.after,
+            s.ours_after_kb.mem_available,
+            s.ours_after_kb.shmem,
+            s.ours_after_kb.mlocked,
         ],
         s.mem_bytes,
     ));
@@ -561,6 +605,17 @@ impl StressSummary {
             d(self.shmem_kb),
             d(self.mlocked_kb)
         );
+        let o = self.ours_after_kb;
+        let _ = writeln!(
+            s,
+            "  other processes meanwhile: RssAnon {} kB, RssShmem {} kB, VmLck {} kB -> ours after: MemAvailable {} kB, Shmem {} kB, Mlocked {} kB",
+            d(self.others_rss_anon_kb),
+            d(self.others_rss_shmem_kb),
+            d(self.others_vm_lck_kb),
+            o.mem_available,
+            o.shmem,
+            o.mlocked
+        );
         let verdict = if self.interrupted {
             "INTERRUPTED".to_owned()
         } else if self.ok {
@@ -591,6 +646,22 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("soon").unwrap_err().contains("soon"));
         assert!(parse_duration("9999h").unwrap_err().contains("week"));
+    }
+
+    #[test]
+    fn other_processes_changes_are_not_ours() {
+        // Other processes took 1 GiB of anon memory, unmapped and freed 10 MiB of shmem and
+        // unlocked 8 MiB while we ran: our own share did not move.
+        let before = [20 << 20, 100 << 10, 40 << 10, 1 << 20, 20 << 10, 30 << 10];
+        let after = [
+            (19 << 20) + (10 << 10),
+            90 << 10,
+            32 << 10,
+            2 << 20,
+            10 << 10,
+            22 << 10,
+        ];
+        assert_eq!(ours(before, after), [20 << 20, 100 << 10, 40 << 10]);
     }
 
     #[test]
