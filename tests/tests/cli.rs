@@ -88,6 +88,32 @@ const BAD_CONFIGS: &[(&str, &[&str])] = &[
     (r#""64M""#, &["JSON object", "a string"]),
 ];
 
+/// Guest memory above RLIMIT_MEMLOCK without CAP_IPC_LOCK: pinvmm under `prlimit` (and, as
+/// root, `setpriv` dropping CAP_IPC_LOCK from its bounding set, so the exec'd pinvmm lacks it).
+fn memory_above_memlock() -> Result<u64, Failed> {
+    let bin = common::pinvmm_bin()?;
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = std::process::Command::new(if root { "setpriv" } else { "prlimit" });
+    if root {
+        cmd.args(["--bounding-set=-ipc_lock", "prlimit"]);
+    }
+    cmd.arg("--memlock=1048576")
+        .arg(bin)
+        .args(["run", "--mem", "64M"]);
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run setpriv/prlimit (util-linux): {e}"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(
+        out.status.code() == Some(2)
+            && err.contains("RLIMIT_MEMLOCK (1048576 bytes)")
+            && err.contains("67108864"),
+        || format!("memory above RLIMIT_MEMLOCK: {:?}: {err}", out.status),
+    )?;
+    Ok(1)
+}
+
 fn bad_inputs() -> Trial {
     plain_test("bad_input::corpus_gives_exit_2_and_names_the_value", || {
         let mut tried = 0;
@@ -115,6 +141,15 @@ fn bad_inputs() -> Trial {
         ensure(r.code == 2 && r.stderr.contains("missing.json"), || {
             format!("missing config: exit {}: {}", r.code, r.stderr)
         })?;
+        // Unreadable: a directory (root reads any file whatever its mode).
+        let d = dir.to_str().ok_or("temp path")?;
+        let r = pinvmm(&["run", "--config", d])?;
+        tried += 1;
+        ensure(
+            r.code == 2 && r.stderr.contains(d) && r.stderr.contains("cannot read"),
+            || format!("directory as config: exit {}: {}", r.code, r.stderr),
+        )?;
+        tried += memory_above_memlock()?;
         let _ = std::fs::remove_dir_all(&dir);
         for (args, needle) in BAD_INPUTS {
             let r = pinvmm(args)?;
