@@ -42,8 +42,14 @@ pub fn args_from_json(cmd: &Command, file: &str, text: &str) -> Result<Vec<OsStr
             .required(false)
     });
     let mut words = Vec::new();
+    let mut seen = std::collections::BTreeMap::new();
     for (key, value) in &fields {
         let name = key.replace('_', "-");
+        if let Some(other) = seen.insert(name.clone(), key) {
+            return Err(format!(
+                "config {file}: fields \"{other}\" and \"{key}\" are the same option: keep one"
+            ));
+        }
         let arg = cmd
             .get_arguments()
             .find(|a| a.get_long() == Some(name.as_str()))
@@ -213,6 +219,10 @@ mod tests {
             e.contains("unknown field \"frobnicate\"") && e.contains("vcpus"),
             "{e}"
         );
+        let c = Command::new("run").arg(Arg::new("fa").long("fault-ahead"));
+        let e =
+            args_from_json(&c, "f.json", r#"{"fault_ahead": 1, "fault-ahead": 2}"#).unwrap_err();
+        assert!(e.contains("same option"), "{e}");
         let e = words(r#"{"config": "other.json"}"#).unwrap_err();
         assert!(e.contains("unknown field \"config\""), "{e}");
         let e = words(r#"{"vcpus": 2,"#).unwrap_err();

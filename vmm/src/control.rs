@@ -181,13 +181,16 @@ const ERRNOS: &[(i32, &str)] = &[
     (libc::EHWPOISON, "EHWPOISON"),
 ];
 
-/// Symbolic name of an errno, for reports.
+/// Symbolic name of an errno, for reports ("errno N" for one without a name here).
 pub fn errno_name(e: i32) -> String {
-    ERRNOS
-        .iter()
-        .find(|(n, _)| *n == e)
-        .map(|(_, s)| (*s).to_owned())
+    errno_symbol(e)
+        .map(str::to_owned)
         .unwrap_or_else(|| format!("errno {e}"))
+}
+
+/// The errno's name, if it has one here.
+pub fn errno_symbol(e: i32) -> Option<&'static str> {
+    ERRNOS.iter().find(|(n, _)| *n == e).map(|(_, s)| *s)
 }
 
 /// An errno from its name (case-insensitive) or its number (1-4095).

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::control::{HostFailure, errno_from_name, errno_name};
+use crate::control::{HostFailure, errno_from_name, errno_name, errno_symbol};
 
 /// The host calls that can be made to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -185,8 +185,13 @@ impl FromStr for InjectSpec {
 }
 
 impl fmt::Display for InjectSpec {
+    /// `SITE@NTH:ERRNO`, the errno by name or, without one, by number (so it parses back).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}:{}", self.site, self.nth, errno_name(self.errno))
+        write!(f, "{}@{}:", self.site, self.nth)?;
+        match errno_symbol(self.errno) {
+            Some(name) => f.write_str(name),
+            None => write!(f, "{}", self.errno),
+        }
     }
 }
 
@@ -336,6 +341,10 @@ mod tests {
         assert_eq!(s.to_string().parse::<InjectSpec>(), Ok(s));
         let s: InjectSpec = "kvm-run:5".parse().unwrap();
         assert_eq!((s.nth, s.errno), (1, 5));
+        // An errno without a name prints as its number (fuzz finding: "errno 4095").
+        let s: InjectSpec = "pin-update@18446744073709551615:4095".parse().unwrap();
+        assert_eq!(s.to_string(), "pin-update@18446744073709551615:4095");
+        assert_eq!(s.to_string().parse::<InjectSpec>(), Ok(s));
         for site in Site::ALL {
             let s: InjectSpec = site.name().parse().unwrap();
             assert_eq!(s.to_string().parse::<InjectSpec>(), Ok(s));
