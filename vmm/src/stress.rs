@@ -161,6 +161,10 @@ pub struct StressSummary {
     /// The host's counters after the run, corrected for what other processes took or gave
     /// back meanwhile: what the leak check compares with the `before` values.
     pub ours_after_kb: OursAfter,
+    /// More of /proc/meminfo before and after (KiB), to explain a MemAvailable change:
+    /// MemFree, Cached, AnonPages, SUnreclaim (kernel memory: a VM's KVM and io_uring
+    /// bookkeeping lives there while it runs).
+    pub meminfo_kb: BTreeMap<&'static str, BeforeAfter>,
     /// What did not come back, one line each; empty when nothing leaked.
     pub leaks: Vec<String>,
     /// Interrupted by Ctrl-C / SIGTERM.
@@ -189,6 +193,9 @@ struct Results {
     cells: BTreeMap<usize, (CellResult, f64)>,
     failures: Vec<Failure>,
 }
+
+/// /proc/meminfo lines recorded for the reader (not judged).
+const MEMINFO_DETAIL: [&str; 4] = ["MemFree", "Cached", "AnonPages", "SUnreclaim"];
 
 /// Process counters a leak would grow.
 fn process_counters() -> [u64; 4] {
@@ -273,6 +280,7 @@ pub fn main(a: &StressArgs) -> ExitCode {
     }
     let proc_before = process_counters();
     let host_before = host_counters();
+    let detail_before = MEMINFO_DETAIL.map(|k| hostinfo::meminfo_kb(k).unwrap_or(0));
 
     let shared = Arc::new(Shared {
         cells: cells.clone(),
@@ -331,6 +339,7 @@ pub fn main(a: &StressArgs) -> ExitCode {
 
     let proc_after = process_counters();
     let host_after = settle(host_before, a.mem);
+    let detail_after = MEMINFO_DETAIL.map(|k| hostinfo::meminfo_kb(k).unwrap_or(0));
     let r = shared
         .results
         .lock()
@@ -377,6 +386,11 @@ pub fn main(a: &StressArgs) -> ExitCode {
                 mlocked,
             }
         },
+        meminfo_kb: MEMINFO_DETAIL
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (*k, ba(i, &detail_before, &detail_after)))
+            .collect(),
         leaks: Vec::new(),
         interrupted: INTERRUPTED.load(Ordering::SeqCst),
         ok: false,
@@ -619,6 +633,12 @@ impl StressSummary {
             d(self.shmem_kb),
             d(self.mlocked_kb)
         );
+        let detail: Vec<String> = self
+            .meminfo_kb
+            .iter()
+            .map(|(k, v)| format!("{k} {}", d(*v)))
+            .collect();
+        let _ = writeln!(s, "  host detail (kB): {}", detail.join(", "));
         let o = self.ours_after_kb;
         let _ = writeln!(
             s,
