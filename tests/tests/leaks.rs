@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ensure, kvm_test};
+use common::{ensure, kvm_test, tally};
 use guest::Payload;
 use libtest_mimic::{Arguments, Failed};
 use vmm::hostinfo::status_kb;
@@ -66,7 +66,11 @@ fn many_vms() -> Result<(), Failed> {
     let leaks = u64::from(after.0 != before.0)
         + u64::from(after.1 != before.1)
         + u64::from(after.2 != before.2);
-    println!(
+    tally::add(&tally::VMS, runs);
+    tally::add(&tally::FAULTS, injected);
+    tally::add(&tally::LEAK_CHECKS, 3);
+    tally::add(&tally::LEAKS, leaks);
+    eprintln!(
         "VMs run: {runs}, pin failures injected: {injected}, leaks found: {leaks} (VmPin {} -> {} kB, VmLck {} -> {} kB, fds {} -> {})",
         before.0, after.0, before.1, after.1, before.2, after.2
     );
@@ -79,9 +83,9 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     common::announce();
-    libtest_mimic::run(
+    common::run_and_count(
+        "leaks",
         &args,
         vec![kvm_test("leaks::many_vms_leave_nothing_behind", many_vms)],
     )
-    .exit();
 }
