@@ -12,10 +12,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ensure, kvm_test, pinvmm, tally};
+use common::{check_no_leak, ensure, kvm_test, pinvmm, tally};
 use guest::Payload;
 use libtest_mimic::{Arguments, Failed, Trial};
-use vmm::hostinfo::status_kb;
+use vmm::hostinfo::ProcessCounters;
 use vmm::vcpu::VcpuOutcome;
 use vmm::vm::CONSOLE_KEEP_BYTES;
 use vmm::{Backing, HostLimits, Outcome, Report, VmConfig};
@@ -125,26 +125,6 @@ fn hostile_then_healthy(p: Payload, backing: Backing, vcpus: u8) -> Result<(), F
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Counters {
-    vm_pin_kb: u64,
-    vm_lck_kb: u64,
-    fds: usize,
-    rss_kb: u64,
-}
-
-fn counters() -> Counters {
-    Counters {
-        vm_pin_kb: status_kb("VmPin").unwrap_or(0),
-        vm_lck_kb: status_kb("VmLck").unwrap_or(0),
-        fds: vmm::sys::open_fds(),
-        rss_kb: status_kb("VmRSS").unwrap_or(0),
-    }
-}
-
-/// Allocator noise, not a VM: each VM has 8 MiB of guest memory and keeps 64 KiB of console.
-const RSS_SLACK_KB: u64 = 2048;
-
 fn every_hostile_guest_ends_with_a_report_and_leaks_nothing() -> Result<(), Failed> {
     const ROUNDS: usize = 3;
     let mut baseline = None;
@@ -161,32 +141,15 @@ fn every_hostile_guest_ends_with_a_report_and_leaks_nothing() -> Result<(), Fail
         }
         hostile_then_healthy(Payload::Garbage, Backing::Shmem, 2)?;
         if round == 0 {
-            baseline = Some(counters());
+            baseline = Some(ProcessCounters::now());
         }
     }
-    let (before, after) = (baseline.expect("a round ran"), counters());
-    let leaks = [
-        after.vm_pin_kb != before.vm_pin_kb,
-        after.vm_lck_kb != before.vm_lck_kb,
-        after.fds != before.fds,
-        after.rss_kb > before.rss_kb + RSS_SLACK_KB,
-    ];
-    let found = leaks.iter().filter(|l| **l).count() as u64;
-    tally::add(&tally::LEAK_CHECKS, leaks.len() as u64);
-    tally::add(&tally::LEAKS, found);
-    eprintln!(
-        "hostile: {} guests x {ROUNDS} rounds; after round 1 -> after round {ROUNDS}: VmPin {} -> {} kB, VmLck {} -> {} kB, fds {} -> {}, VmRSS {} -> {} kB; leaks found: {found}",
-        Payload::HOSTILE.len(),
-        before.vm_pin_kb,
-        after.vm_pin_kb,
-        before.vm_lck_kb,
-        after.vm_lck_kb,
-        before.fds,
-        after.fds,
-        before.rss_kb,
-        after.rss_kb
+    let before = baseline.expect("a round ran");
+    let what = format!(
+        "hostile: {} guests x {ROUNDS} rounds, after round 1 -> after round {ROUNDS}",
+        Payload::HOSTILE.len()
     );
-    ensure(found == 0, || format!("leak: {before:?} -> {after:?}"))
+    check_no_leak(&what, &before, &ProcessCounters::now())
 }
 
 /// What a user sees: the exit code and the first line of `pinvmm run`.

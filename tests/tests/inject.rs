@@ -12,10 +12,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ensure, kvm_test, pinvmm, tally};
+use common::{check_no_leak, ensure, kvm_test, pinvmm, tally};
 use guest::Payload;
 use libtest_mimic::{Arguments, Failed, Trial};
-use vmm::hostinfo::status_kb;
+use vmm::hostinfo::ProcessCounters;
 use vmm::inject::{InjectSpec, Site};
 use vmm::{Backing, DrainPolicy, FaultIn, HostLimits, Outcome, VmConfig};
 
@@ -272,28 +272,6 @@ fn run_case(c: &Case) -> Result<(), Failed> {
     )
 }
 
-/// What must return to baseline.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Counters {
-    vm_pin_kb: u64,
-    vm_lck_kb: u64,
-    fds: usize,
-    rss_kb: u64,
-}
-
-fn counters() -> Counters {
-    Counters {
-        vm_pin_kb: status_kb("VmPin").unwrap_or(0),
-        vm_lck_kb: status_kb("VmLck").unwrap_or(0),
-        fds: vmm::sys::open_fds(),
-        rss_kb: status_kb("VmRSS").unwrap_or(0),
-    }
-}
-
-/// RSS may move by allocator noise (freed memory kept for reuse), never by a VM's memory:
-/// each of these VMs has 8 MiB of guest memory and resolver tables of a few hundred KiB.
-const RSS_SLACK_KB: u64 = 2048;
-
 /// Every case, several rounds, in this process; the counters after the last round must equal
 /// those after the first (one-time allocations happen in round one).
 fn every_site_ends_the_vm_and_leaks_nothing() -> Result<(), Failed> {
@@ -305,32 +283,15 @@ fn every_site_ends_the_vm_and_leaks_nothing() -> Result<(), Failed> {
             run_case(c)?;
         }
         if round == 0 {
-            baseline = Some(counters());
+            baseline = Some(ProcessCounters::now());
         }
     }
-    let (before, after) = (baseline.expect("one round ran"), counters());
-    let leaks = [
-        after.vm_pin_kb != before.vm_pin_kb,
-        after.vm_lck_kb != before.vm_lck_kb,
-        after.fds != before.fds,
-        after.rss_kb > before.rss_kb + RSS_SLACK_KB,
-    ];
-    let found = leaks.iter().filter(|l| **l).count() as u64;
-    tally::add(&tally::LEAK_CHECKS, leaks.len() as u64);
-    tally::add(&tally::LEAKS, found);
-    eprintln!(
-        "inject: {} cases x {ROUNDS} rounds; after round 1 -> after round {ROUNDS}: VmPin {} -> {} kB, VmLck {} -> {} kB, fds {} -> {}, VmRSS {} -> {} kB; leaks found: {found}",
-        cases.len(),
-        before.vm_pin_kb,
-        after.vm_pin_kb,
-        before.vm_lck_kb,
-        after.vm_lck_kb,
-        before.fds,
-        after.fds,
-        before.rss_kb,
-        after.rss_kb
+    let before = baseline.expect("one round ran");
+    let what = format!(
+        "inject: {} cases x {ROUNDS} rounds, after round 1 -> after round {ROUNDS}",
+        cases.len()
     );
-    ensure(found == 0, || format!("leak: {before:?} -> {after:?}"))
+    check_no_leak(&what, &before, &ProcessCounters::now())
 }
 
 /// Through the binary: the exit code, and the JSON report naming the site (for a failed

@@ -53,6 +53,69 @@ pub fn status_kb(key: &str) -> Option<u64> {
     kb_field("/proc/self/status", key)
 }
 
+/// What a leaking VM would grow in this process: pinned and locked memory, open file
+/// descriptors, resident memory. Leak checks (tests, `pinvmm stress`) compare two of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessCounters {
+    pub vm_pin_kb: u64,
+    pub vm_lck_kb: u64,
+    pub open_fds: u64,
+    pub rss_kb: u64,
+}
+
+impl ProcessCounters {
+    /// The counters of this process now (0 where the kernel does not report one).
+    pub fn now() -> Self {
+        Self {
+            vm_pin_kb: status_kb("VmPin").unwrap_or(0),
+            vm_lck_kb: status_kb("VmLck").unwrap_or(0),
+            open_fds: crate::sys::open_fds() as u64,
+            rss_kb: status_kb("VmRSS").unwrap_or(0),
+        }
+    }
+
+    /// Every counter with its name: `[(name, value)]`, in a fixed order.
+    pub fn named(&self) -> [(&'static str, u64); 4] {
+        [
+            ("VmPin", self.vm_pin_kb),
+            ("VmLck", self.vm_lck_kb),
+            ("open fds", self.open_fds),
+            ("VmRSS", self.rss_kb),
+        ]
+    }
+
+    /// The names of the counters that moved since `before`: VmPin, VmLck and fds must be
+    /// exactly back; RSS may grow by allocator noise up to `rss_slack_kb`.
+    pub fn leaks_since(&self, before: &Self, rss_slack_kb: u64) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for ((name, b), (_, a)) in before.named().into_iter().zip(self.named()) {
+            let leaked = if name == "VmRSS" {
+                a > b + rss_slack_kb
+            } else {
+                a != b
+            };
+            if leaked {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    /// "VmPin 0 -> 0 kB, VmLck ..., open fds 9 -> 9, VmRSS ... kB" for logs.
+    pub fn change_from(&self, before: &Self) -> String {
+        before
+            .named()
+            .into_iter()
+            .zip(self.named())
+            .map(|((name, b), (_, a))| {
+                let unit = if name == "open fds" { "" } else { " kB" };
+                format!("{name} {b} -> {a}{unit}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// MemTotal in bytes.
 pub fn mem_total_bytes() -> Option<u64> {
     meminfo_kb("MemTotal").map(|k| k * 1024)
@@ -243,6 +306,23 @@ pub fn gup_fix_status(release: &str) -> GupFix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_counters_flag_exact_and_slack_leaks() {
+        let before = ProcessCounters {
+            vm_pin_kb: 100,
+            vm_lck_kb: 200,
+            open_fds: 10,
+            rss_kb: 5000,
+        };
+        let mut after = before;
+        after.rss_kb += 2048;
+        assert!(after.leaks_since(&before, 2048).is_empty());
+        after.rss_kb += 1;
+        after.open_fds -= 1; // a closed fd is a change too: the baseline must be exact
+        assert_eq!(after.leaks_since(&before, 2048), ["open fds", "VmRSS"]);
+        assert!(after.change_from(&before).contains("open fds 10 -> 9"));
+    }
 
     #[test]
     fn fix_heuristic() {

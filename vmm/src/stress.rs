@@ -197,14 +197,9 @@ struct Results {
 /// /proc/meminfo lines recorded for the reader (not judged).
 const MEMINFO_DETAIL: [&str; 4] = ["MemFree", "Cached", "AnonPages", "SUnreclaim"];
 
-/// Process counters a leak would grow.
+/// Process counters a leak would grow, in the order of [`hostinfo::ProcessCounters::named`].
 fn process_counters() -> [u64; 4] {
-    [
-        hostinfo::status_kb("VmPin").unwrap_or(0),
-        hostinfo::status_kb("VmLck").unwrap_or(0),
-        crate::sys::open_fds() as u64,
-        hostinfo::status_kb("VmRSS").unwrap_or(0),
-    ]
+    hostinfo::ProcessCounters::now().named().map(|(_, v)| v)
 }
 
 /// MemAvailable, Shmem, Mlocked (KiB), then what every other process holds of the same

@@ -164,6 +164,30 @@ pub mod tally {
     }
 }
 
+/// RSS may move by allocator noise (freed memory kept for reuse), never by a VM's memory: the
+/// leak tests' VMs have 8 MiB of guest memory each and resolver tables of a few hundred KiB.
+pub const RSS_SLACK_KB: u64 = 2048;
+
+/// The leak check of the tests: `after` against `before` (VmPin, VmLck and fds exactly back,
+/// RSS within [`RSS_SLACK_KB`]), tallied and printed as `what: ...; leaks found: N`.
+pub fn check_no_leak(
+    what: &str,
+    before: &vmm::hostinfo::ProcessCounters,
+    after: &vmm::hostinfo::ProcessCounters,
+) -> Result<(), Failed> {
+    let leaks = after.leaks_since(before, RSS_SLACK_KB);
+    tally::add(&tally::LEAK_CHECKS, before.named().len() as u64);
+    tally::add(&tally::LEAKS, leaks.len() as u64);
+    eprintln!(
+        "{what}: {}; leaks found: {}",
+        after.change_from(before),
+        leaks.len()
+    );
+    ensure(leaks.is_empty(), || {
+        format!("{what}: leaked {leaks:?}: {}", after.change_from(before))
+    })
+}
+
 /// Runs the trials, prints the binary's counts line, and exits with the harness's status.
 pub fn run_and_count(binary: &str, args: &libtest_mimic::Arguments, trials: Vec<Trial>) -> ! {
     let conclusion = libtest_mimic::run(args, trials);
