@@ -4,6 +4,13 @@
 //! 6.12.118 kernel, and inside it runs memtouch under every drain policy, `probe` and
 //! `gup-check`. A few minutes; needs root, apt (QEMU, Debian's rustc-web) and the kernel .deb.
 //!
+//! A second trial, only with PINVMM_BOARD_LINUX=1 (ignored loudly otherwise), boots a Debian
+//! arm64 Linux guest (the board's own 6.12.118 Image and the guest/linux/build initramfs) under
+//! pinvmm inside the board, through `ci/board/linux-smoke`, with a small workload. Opt-in
+//! because it took 7.5 min on the shared 2-CPU host (load 9; result line 213 s after launch,
+//! plus builds), over the ~3 min a default run may add; docs/LINUX.md has the measurements.
+//! The trials run one after the other (one board at a time).
+//!
 //! Where the tools cannot be had, the test is skipped LOUDLY (counted as ignored); with
 //! PINVMM_REQUIRE_BOARD=1 (.ci/run) that is a failure. PINVMM_SKIP_BOARD=1 skips it on purpose.
 
@@ -148,16 +155,67 @@ fn smoke(bin: &Path) -> Result<(), Failed> {
     Ok(())
 }
 
-fn main() {
-    let args = Arguments::from_args();
-    let name = format!("board::smoke_{KERNEL}_protected_movable_all_policies");
-    let trial = Trial::ignorable_test(name.clone(), move || {
+/// Policy, guest memory and workload of the Linux trial: small, so the nested boot (every
+/// stage-2 fault ~1-2 ms under TCG) stays within a few minutes.
+const LINUX_POLICY: &str = "mlock-drain";
+const LINUX_ARGS: [&str; 6] = [
+    "--mem",
+    "256M",
+    "--fill",
+    "16M",
+    "--cmdline",
+    "pinvmm.forks=1 pinvmm.tmpfs=4M",
+];
+
+fn linux_guest() -> Result<(), Failed> {
+    let r = root();
+    let results = r.join("target/board-results/linux-smoke-test");
+    let st = Command::new(r.join("ci/board/linux-smoke"))
+        .args(["--kernel", KERNEL, "--policy", LINUX_POLICY])
+        .args(LINUX_ARGS)
+        .arg("--results")
+        .arg(&results)
+        .current_dir(&r)
+        .status()
+        .map_err(|e| format!("ci/board/linux-smoke: {e}"))?;
+    let json = results.join(format!("{LINUX_POLICY}.json"));
+    let rep: serde_json::Value = std::fs::read_to_string(&json)
+        .map_err(|e| format!("{}: {e} (linux-smoke exited {st})", json.display()))
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("{}: {e}", json.display())))?;
+    let l = &rep["linux"];
+    let pins = &rep["resolver"]["pins"];
+    println!(
+        "  linux guest ({KERNEL} in {KERNEL}, {LINUX_POLICY}): {} — first output {} ms, result line {} ms, pins ok {} failed {}",
+        rep["summary"], l["first_console_ms"], l["result_line_ms"], pins["ok"], pins["failed"]
+    );
+    ensure(st.code() == Some(0), || {
+        format!(
+            "linux-smoke exited with {st}: {} (console: {}/console.log)",
+            rep["summary"],
+            results.display()
+        )
+    })?;
+    ensure(
+        rep["outcome"] == "completed" && l["checksum_verified"] == true && l["end"] == "poweroff",
+        || format!("not a verified, powered-off guest: {}", rep["summary"]),
+    )?;
+    ensure(
+        pins["failed"] == 0 && pins["ok"].as_u64() > Some(10_000),
+        || format!("pins on the fixed kernel: {pins}"),
+    )?;
+    Ok(())
+}
+
+/// A board trial: skipped loudly (or failed, with PINVMM_REQUIRE_BOARD=1) where the board's
+/// tools cannot be had.
+fn board_trial(name: String, body: fn(&Path) -> Result<(), Failed>) -> Trial {
+    Trial::ignorable_test(name.clone(), move || {
         if std::env::var("PINVMM_SKIP_BOARD").is_ok_and(|v| v == "1") {
             eprintln!("!!! SKIPPED {name}: PINVMM_SKIP_BOARD=1");
             return Ok(Completion::ignored_with("PINVMM_SKIP_BOARD=1"));
         }
         match prepare() {
-            Ok(bin) => smoke(&bin).map(|()| Completion::Completed),
+            Ok(bin) => body(&bin).map(|()| Completion::Completed),
             Err(why) if std::env::var("PINVMM_REQUIRE_BOARD").is_ok_and(|v| v == "1") => Err(
                 format!("the board is required here (PINVMM_REQUIRE_BOARD=1) but: {why}").into(),
             ),
@@ -167,6 +225,29 @@ fn main() {
             }
         }
     })
-    .with_kind("board");
-    libtest_mimic::run(&args, vec![trial]).exit();
+    .with_kind("board")
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // One board at a time: each takes both CPUs of the host.
+    args.test_threads.get_or_insert(1);
+    let linux = format!("board::linux_guest_{KERNEL}_protected_movable_{LINUX_POLICY}");
+    let linux = if std::env::var("PINVMM_BOARD_LINUX").is_ok_and(|v| v == "1") {
+        board_trial(linux, |_| linux_guest())
+    } else {
+        Trial::ignorable_test(linux.clone(), move || {
+            eprintln!(
+                "!!! SKIPPED {linux}: set PINVMM_BOARD_LINUX=1 to boot a Linux guest in the board (several minutes), or run ci/board/linux-smoke"
+            );
+            Ok(Completion::ignored_with("PINVMM_BOARD_LINUX=1 not set"))
+        })
+        .with_kind("board")
+    };
+    let smoke = board_trial(
+        format!("board::smoke_{KERNEL}_protected_movable_all_policies"),
+        smoke,
+    );
+    let trials = vec![smoke, linux];
+    libtest_mimic::run(&args, trials).exit();
 }
