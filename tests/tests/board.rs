@@ -4,7 +4,11 @@
 //! 6.12.118 kernel, and inside it runs memtouch under every drain policy, `probe` and
 //! `gup-check`. A few minutes; needs root, apt (QEMU, Debian's rustc-web) and the kernel .deb.
 //!
-//! A second trial, only with PINVMM_BOARD_LINUX=1 (ignored loudly otherwise), boots a Debian
+//! Another trial runs the aarch64 build's unit tests (Image loader, device tree, registers)
+//! under qemu-aarch64-static (`ci/toolchain/test-aarch64`): the host's `cargo test` never
+//! compiles those modules.
+//!
+//! A last trial, only with PINVMM_BOARD_LINUX=1 (ignored loudly otherwise), boots a Debian
 //! arm64 Linux guest (the board's own 6.12.118 Image and the guest/linux/build initramfs) under
 //! pinvmm inside the board, through `ci/board/linux-smoke`, with a small workload. Opt-in
 //! because it took 7.5 min on the shared 2-CPU host (load 9; result line 213 s after launch,
@@ -248,6 +252,15 @@ fn main() {
         format!("board::smoke_{KERNEL}_protected_movable_all_policies"),
         smoke,
     );
-    let trials = vec![smoke, linux];
+    let unit = board_trial("board::aarch64_unit_tests_under_qemu_user".into(), |_| {
+        let st = Command::new(root().join("ci/toolchain/test-aarch64"))
+            .current_dir(root())
+            .status()
+            .map_err(|e| format!("ci/toolchain/test-aarch64: {e}"))?;
+        ensure(st.success(), || {
+            format!("aarch64 unit tests under qemu-user: {st}")
+        })
+    });
+    let trials = vec![unit, smoke, linux];
     libtest_mimic::run(&args, trials).exit();
 }
