@@ -191,8 +191,9 @@ pub fn check_initrd(
         .any(|n| n.trim_start_matches("./").trim_start_matches('/') == want);
     if !has_init {
         return Err(corrupt(format!(
-            "the archive has no /{want}, the program the kernel runs from an initramfs ({} entries)",
-            names.len()
+            "the archive has no /{want}, the program the kernel runs from an initramfs ({} {})",
+            names.len(),
+            if names.len() == 1 { "entry" } else { "entries" }
         )));
     }
     Ok(InitrdCheck {

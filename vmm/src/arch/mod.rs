@@ -119,7 +119,9 @@ pub enum LinuxLoadError {
     #[error("unsupported: {0}")]
     Unsupported(String),
     /// Kernel, initrd and boot structures do not fit guest memory.
-    #[error("{what} needs {need} bytes of guest memory but only {room} are available: raise --mem")]
+    #[error(
+        "not enough guest memory for {what}: {need} bytes needed, {room} available: raise --mem"
+    )]
     TooLarge {
         file: BootFile,
         what: String,
