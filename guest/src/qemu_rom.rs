@@ -14,8 +14,9 @@
 //! 3. `B`, then one u64 written at the start of every 4 KiB page of
 //!    `[data_start, data_end)` (every page's first touch), then `C`;
 //! 4. every page read back: `D` when all are right, `F` otherwise;
-//! 5. `T`, then two TSC intervals as 16 hex digits each: `A` to `B` (reset to CPL3) and `B` to
-//!    `C` (the first touch), then a newline;
+//! 5. `T`, then three TSC intervals as 16 hex digits each: `A` to `B` (reset to CPL3), `B` to
+//!    `C` (the first touch) and the optional real-mode loop right after `A` (`real_mode_loops`
+//!    turns of `dec ecx; jnz`: how fast real-mode code runs), then a newline;
 //! 6. a write of the error count to QEMU's `isa-debug-exit` port: QEMU exits with status
 //!    `(errors << 1) | 1`, so 1 means success.
 //!
@@ -33,7 +34,7 @@ pub const MARK_USER: u8 = b'B';
 pub const MARK_WRITTEN: u8 = b'C';
 pub const MARK_OK: u8 = b'D';
 pub const MARK_BAD: u8 = b'F';
-/// Followed by the two TSC intervals (16 hex digits each) and `\n`.
+/// Followed by the three TSC intervals (16 hex digits each) and `\n`.
 pub const MARK_TSC: u8 = b'T';
 
 /// QEMU's `-device isa-debug-exit,iobase=0xf4,iosize=1`.
@@ -65,6 +66,17 @@ global_asm!(
     "    mov es, bx",
     "    mov dword ptr es:[0x500], eax",
     "    mov dword ptr es:[0x504], edx",
+    // Optional real-mode timing loop (`dec ecx; jnz`, 2 instructions per turn), timed by TSC.
+    "    mov ecx, dword ptr cs:[0xffe4]",
+    "    test ecx, ecx",
+    "    jz pinvmm_qemu_rom_no_loop",
+    "pinvmm_qemu_rom_loop:",
+    "    dec ecx",
+    "    jnz pinvmm_qemu_rom_loop",
+    "pinvmm_qemu_rom_no_loop:",
+    "    rdtsc", // TSC after the loop, at 0x508
+    "    mov dword ptr es:[0x508], eax",
+    "    mov dword ptr es:[0x50c], edx",
     "    cli",
     "    cld",
     // Page tables at 0x1000 (PML4), 0x2000 (PDPT), 0x3000 (PD): zeroed by one instruction.
@@ -165,13 +177,16 @@ global_asm!(
     "    mov al, 0x46",
     "9:",
     "    out dx, al",
-    "    mov al, 0x54", // T, A..B and B..C in TSC ticks, newline
+    "    mov al, 0x54", // T, A..B, B..C and A..end of the real-mode loop in TSC ticks, newline
     "    out dx, al",
     "    mov rax, r12",
     "    sub rax, qword ptr [0x500]",
     "    call pinvmm_qemu_rom_hex64",
     "    mov rax, r13",
     "    sub rax, r12",
+    "    call pinvmm_qemu_rom_hex64",
+    "    mov rax, qword ptr [0x508]",
+    "    sub rax, qword ptr [0x500]",
     "    call pinvmm_qemu_rom_hex64",
     "    mov al, 0x0a",
     "    out dx, al",
@@ -244,8 +259,8 @@ fn code() -> Result<&'static [u8], RomError> {
 }
 
 /// The 64 KiB image that touches every page of `[data_start, data_end)` (guest-physical;
-/// RAM must cover it).
-pub fn image(data_start: u64, data_end: u64) -> Result<Vec<u8>, RomError> {
+/// RAM must cover it), after `real_mode_loops` turns of a 2-instruction loop in real mode.
+pub fn image(data_start: u64, data_end: u64, real_mode_loops: u32) -> Result<Vec<u8>, RomError> {
     if data_start >= data_end
         || data_end > MAX_RAM
         || !data_start.is_multiple_of(4096)
@@ -268,6 +283,7 @@ pub fn image(data_start: u64, data_end: u64) -> Result<Vec<u8>, RomError> {
     rom[PARAMS..PARAMS + 8].copy_from_slice(&data_start.to_le_bytes());
     rom[PARAMS + 8..PARAMS + 16].copy_from_slice(&data_end.to_le_bytes());
     rom[PARAMS + 16..PARAMS + 20].copy_from_slice(&pd_entries.to_le_bytes());
+    rom[PARAMS + 20..PARAMS + 24].copy_from_slice(&real_mode_loops.to_le_bytes());
     // jmp rel16 from the reset vector to offset 0 of the same 64 KiB segment.
     let rel = 0u16.wrapping_sub((RESET + 3) as u16);
     rom[RESET] = 0xe9;
@@ -281,7 +297,7 @@ mod tests {
 
     #[test]
     fn the_image_is_laid_out_for_the_reset_vector() {
-        let rom = image(1 << 20, 32 << 20).unwrap();
+        let rom = image(1 << 20, 32 << 20, 7).unwrap();
         assert_eq!(rom.len(), ROM_SIZE);
         // mov dx, 0x3f8 first; the reset jump lands on it (0xfff3 + 0x000d wraps to 0).
         assert_eq!(&rom[..3], &[0xba, 0xf8, 0x03]);
@@ -294,8 +310,12 @@ mod tests {
             u32::from_le_bytes(rom[PARAMS + 16..PARAMS + 20].try_into().unwrap()),
             16
         );
-        assert!(image(1 << 20, 1 << 20).is_err());
-        assert!(image(1 << 20, (1 << 30) + 4096).is_err());
-        assert!(image(0, 4 << 20).is_err());
+        assert_eq!(
+            u32::from_le_bytes(rom[PARAMS + 20..PARAMS + 24].try_into().unwrap()),
+            7
+        );
+        assert!(image(1 << 20, 1 << 20, 0).is_err());
+        assert!(image(1 << 20, (1 << 30) + 4096, 0).is_err());
+        assert!(image(0, 4 << 20, 0).is_err());
     }
 }

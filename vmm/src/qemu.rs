@@ -24,6 +24,9 @@ use crate::stats::median;
 /// How long one VM process may take before it is killed and the section fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Turns of the 2-instruction real-mode loop of the extra run that times real mode.
+const REAL_MODE_LOOPS: u32 = 200_000;
+
 /// One VM variant of the section.
 #[derive(Debug, Clone, Serialize)]
 pub struct QemuRow {
@@ -76,6 +79,10 @@ pub struct QemuSection {
     /// The host's TSC rate the guest's TSC intervals were converted with (KVM runs the
     /// guest's TSC at the host's rate unless told to scale it; QEMU is not told here).
     pub tsc_mhz: Option<f64>,
+    /// One more QEMU run whose image first turns a `dec ecx; jnz` loop `real_mode_loops`
+    /// times in real mode: µs per real-mode instruction (PVM emulates them).
+    pub real_mode_loops: u32,
+    pub real_mode_us_per_instruction: Option<f64>,
 }
 
 impl QemuSection {
@@ -126,6 +133,13 @@ impl QemuSection {
         if let Some(q) = self.rows.iter().find(|r| r.vmm == "qemu") {
             let _ = writeln!(w, "\nQEMU command (first row): `{}`", q.command);
         }
+        if let Some(us) = self.real_mode_us_per_instruction {
+            let _ = writeln!(
+                w,
+                "\nReal mode in QEMU's guest: {us:.2} µs per instruction ({} turns of `dec ecx; jnz` right after reset, timed by the guest's TSC).",
+                self.real_mode_loops
+            );
+        }
         let _ = writeln!(w);
     }
 }
@@ -158,6 +172,8 @@ struct Sample {
     /// Whole first pass, µs (per page later).
     first_touch_us: Option<f64>,
     first_touch_host_us: Option<f64>,
+    /// The image's real-mode loop, µs.
+    real_mode_us: Option<f64>,
 }
 
 /// The host's TSC rate, measured against the monotonic clock over 50 ms.
@@ -176,14 +192,13 @@ pub fn tsc_hz() -> Option<f64> {
     None
 }
 
-/// The two TSC intervals after `T` (16 hex digits each).
-fn tsc_intervals(com1: &[u8]) -> Option<(u64, u64)> {
+/// The three TSC intervals after `T` (16 hex digits each): reset to CPL3, first touch, the
+/// real-mode loop.
+fn tsc_intervals(com1: &[u8]) -> Option<[u64; 3]> {
     let at = com1.iter().position(|&b| b == guest::qemu_rom::MARK_TSC)?;
-    let hex = std::str::from_utf8(com1.get(at + 1..at + 33)?).ok()?;
-    Some((
-        u64::from_str_radix(&hex[..16], 16).ok()?,
-        u64::from_str_radix(&hex[16..], 16).ok()?,
-    ))
+    let hex = std::str::from_utf8(com1.get(at + 1..at + 49)?).ok()?;
+    let n = |i: usize| u64::from_str_radix(&hex[16 * i..16 * (i + 1)], 16).ok();
+    Some([n(0)?, n(1)?, n(2)?])
 }
 
 /// The section's inputs.
@@ -238,6 +253,8 @@ pub fn not_measured(qemu: &Path, mem: u64, why: String) -> QemuSection {
         thp_enabled: thp_setting("enabled"),
         shmem_thp_mode: thp_setting("shmem_enabled"),
         tsc_mhz: None,
+        real_mode_loops: 0,
+        real_mode_us_per_instruction: None,
     }
 }
 
@@ -448,11 +465,12 @@ fn run_once(v: &Variant, tsc_hz: Option<f64>) -> Result<(Sample, Vec<u8>), Strin
                 s.first_touch_host_us = Some(c.saturating_duration_since(b).as_secs_f64() * 1e6);
             }
             let com1: Vec<u8> = marks.iter().map(|(b, _)| *b).collect();
-            let (to_user, touch) =
+            let [to_user, touch, real_mode] =
                 tsc_intervals(&com1).ok_or_else(|| format!("{what}: no TSC intervals on COM1"))?;
             if let Some(hz) = tsc_hz {
                 s.to_cpl3_ms = Some(to_user as f64 / hz * 1e3);
                 s.first_touch_us = Some(touch as f64 / hz * 1e6);
+                s.real_mode_us = Some(real_mode as f64 / hz * 1e6);
             }
         }
         Kind::PinvmmHello => {
@@ -478,7 +496,7 @@ fn run_once(v: &Variant, tsc_hz: Option<f64>) -> Result<(Sample, Vec<u8>), Strin
 pub fn run(a: &QemuArgs, log: &dyn Fn(&str)) -> Result<QemuSection, String> {
     let version = qemu_version(a.qemu)?;
     let data_start = 1u64 << 20;
-    let rom = guest::qemu_rom::image(data_start, a.mem).map_err(|e| e.to_string())?;
+    let rom = guest::qemu_rom::image(data_start, a.mem, 0).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(a.dir).map_err(|e| format!("{}: {e}", a.dir.display()))?;
     let rom_path: PathBuf = a.dir.join(format!("pinvmm-qemu-rom-{}M.bin", a.mem >> 20));
     std::fs::write(&rom_path, &rom).map_err(|e| format!("{}: {e}", rom_path.display()))?;
@@ -499,6 +517,15 @@ pub fn run(a: &QemuArgs, log: &dyn Fn(&str)) -> Result<QemuSection, String> {
         }
         log(&format!("qemu: round {}/{} done", round + 1, a.reps));
     }
+    // Real mode, timed once: the same image with the loop, QEMU's default RAM.
+    let loop_rom =
+        guest::qemu_rom::image(data_start, a.mem, REAL_MODE_LOOPS).map_err(|e| e.to_string())?;
+    std::fs::write(&rom_path, &loop_rom).map_err(|e| format!("{}: {e}", rom_path.display()))?;
+    let (real, _) = run_once(&vs[0], tsc)?;
+    let real_mode_us_per_instruction = real
+        .real_mode_us
+        .map(|us| us / (2.0 * f64::from(REAL_MODE_LOOPS)));
+    log("qemu: real mode timed");
     let _ = std::fs::remove_file(&rom_path);
     let mut rows: Vec<QemuRow> = vs
         .iter()
@@ -565,6 +592,8 @@ pub fn run(a: &QemuArgs, log: &dyn Fn(&str)) -> Result<QemuSection, String> {
         thp_enabled: thp_setting("enabled"),
         shmem_thp_mode: thp_setting("shmem_enabled"),
         tsc_mhz: tsc.map(|hz| hz / 1e6),
+        real_mode_loops: REAL_MODE_LOOPS,
+        real_mode_us_per_instruction,
     })
 }
 
@@ -574,8 +603,8 @@ mod tests {
 
     #[test]
     fn tsc_intervals_parse_after_t() {
-        let com1 = b"ABCDT00000000000003e8000000000000ffff\n";
-        assert_eq!(tsc_intervals(com1), Some((1000, 0xffff)));
+        let com1 = b"ABCDT00000000000003e8000000000000ffff0000000000000010\n";
+        assert_eq!(tsc_intervals(com1), Some([1000, 0xffff, 16]));
         assert_eq!(tsc_intervals(b"ABCDT12"), None);
     }
 
