@@ -1448,9 +1448,7 @@ fn qemu_section(
         hugetlb,
         dir: &dir,
     };
-    let r = crate::qemu::run(&args, log).map_err(|e| (ExitCode::VmmError, e));
-    let _ = std::fs::remove_dir(&dir);
-    r
+    crate::qemu::run(&args, log).map_err(|e| (ExitCode::VmmError, e))
 }
 
 /// First-touch µs/page by row name from a previous `--json` output.

@@ -492,6 +492,18 @@ fn run_once(v: &Variant, tsc_hz: Option<f64>) -> Result<(Sample, Vec<u8>), Strin
     Ok((s, plain))
 }
 
+/// Removes the image file, and its directory when that is empty, however the section ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// Runs every variant `reps` times, interleaved round by round.
 pub fn run(a: &QemuArgs, log: &dyn Fn(&str)) -> Result<QemuSection, String> {
     let version = qemu_version(a.qemu)?;
@@ -499,6 +511,7 @@ pub fn run(a: &QemuArgs, log: &dyn Fn(&str)) -> Result<QemuSection, String> {
     let rom = guest::qemu_rom::image(data_start, a.mem, 0).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(a.dir).map_err(|e| format!("{}: {e}", a.dir.display()))?;
     let rom_path: PathBuf = a.dir.join(format!("pinvmm-qemu-rom-{}M.bin", a.mem >> 20));
+    let _cleanup = RemoveOnDrop(rom_path.clone());
     std::fs::write(&rom_path, &rom).map_err(|e| format!("{}: {e}", rom_path.display()))?;
     let pages = (a.mem - data_start) / crate::sys::PAGE_SIZE as u64;
     let vs = variants(a, &rom_path);
@@ -526,7 +539,6 @@ pub fn run(a: &QemuArgs, log: &dyn Fn(&str)) -> Result<QemuSection, String> {
         .real_mode_us
         .map(|us| us / (2.0 * f64::from(REAL_MODE_LOOPS)));
     log("qemu: real mode timed");
-    let _ = std::fs::remove_file(&rom_path);
     let mut rows: Vec<QemuRow> = vs
         .iter()
         .zip(&samples)
