@@ -29,6 +29,7 @@ pub mod stage2;
 pub mod stats;
 pub mod stress;
 pub mod sys;
+pub mod uffd;
 pub mod vcpu;
 pub mod vm;
 

@@ -39,7 +39,6 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use serde::Serialize;
-use userfaultfd::{Event, EventBuffer, FeatureFlags, RegisterMode, Uffd, UffdBuilder};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -52,10 +51,7 @@ use crate::pin::{PinError, PinStats, PinTable};
 use crate::seccomp::{self, ThreadKind};
 use crate::stats::{Latencies, LatencySummary};
 use crate::sys::{self, Mapping, PAGE_SIZE};
-
-// Not in the userfaultfd crate's FeatureFlags (include/uapi/linux/userfaultfd.h).
-const UFFD_FEATURE_MINOR_HUGETLBFS: u64 = 1 << 9;
-const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
+use crate::uffd::{self, Event, EventBuffer, Pagefault, RegisterMode, Uffd, UffdError};
 
 /// How long a resolver thread keeps polling for the next fault before it sleeps. A guest
 /// touching fresh memory faults every few tens of µs, so this covers the gaps between its
@@ -83,12 +79,12 @@ pub enum ResolverError {
     #[error(
         "cannot create a userfaultfd that sees KVM's faults: {0} (needs root or vm.unprivileged_userfaultfd=1, and a kernel with MINOR_SHMEM for shmem)"
     )]
-    Create(userfaultfd::Error),
+    Create(UffdError),
     #[error("cannot register guest memory ({len} bytes at {addr:#x}) with userfaultfd: {err}")]
     Register {
         addr: u64,
         len: usize,
-        err: userfaultfd::Error,
+        err: UffdError,
     },
     #[error("cannot set up the resolver's event loop: {0}")]
     EventLoop(String),
@@ -276,28 +272,18 @@ impl Drop for Producer {
     }
 }
 
-/// The errno a userfaultfd error carries, if any.
-fn uffd_errno(e: &userfaultfd::Error) -> Option<i32> {
-    match e {
-        userfaultfd::Error::SystemError(n)
-        | userfaultfd::Error::CopyFailed(n)
-        | userfaultfd::Error::ZeropageFailed(n) => Some(*n as i32),
-        _ => None,
-    }
-}
-
 /// Makes a userfaultfd call at `site`, unless `faults` fails it first.
 fn uffd_call<T>(
     faults: &Injector,
     site: Site,
-    call: impl FnOnce() -> Result<T, userfaultfd::Error>,
+    call: impl FnOnce() -> Result<T, UffdError>,
 ) -> Result<T, CallFailure> {
     if let Some(errno) = faults.hit(site) {
         return Err(CallFailure::injected(site, errno));
     }
     call().map_err(|e| CallFailure {
         site,
-        errno: uffd_errno(&e),
+        errno: Some(e.errno),
         injected: false,
         detail: e.to_string(),
     })
@@ -450,7 +436,7 @@ impl PinSide {
             // hugetlb: one CONTINUE maps a whole 2 MiB page (a PMD); shmem maps 4 KiB PTEs.
             Backing::Shmem | Backing::Hugetlb | Backing::ShmemThp => {
                 match uffd_call(f, Site::UffdContinue, || uffd.r#continue(addr, len, true)) {
-                    Ok(mapped) if mapped as usize == len => Ok(()),
+                    Ok(mapped) if mapped == len => Ok(()),
                     // Partly mapped already (a racing vCPU, or a range with a mapped page):
                     // map the rest page by page, then wake the whole range.
                     Err(e) if !is_eexist(&e) => Err(e),
@@ -764,19 +750,18 @@ impl FaultSide {
         let mut buf = self.events.take().expect("event buffer present");
         let uffd = &self.uffd;
         let r = uffd_call(&self.faults, Site::UffdRead, || {
-            let mut events = uffd.read_events(&mut buf)?;
-            events.try_for_each(|ev| match ev? {
-                Event::Pagefault { kind, addr, .. } if n < batch.len() => {
-                    batch[n] = (addr as u64, matches!(kind, userfaultfd::FaultKind::Minor));
-                    n += 1;
-                    Ok(())
+            for ev in uffd.read_events(&mut buf)? {
+                match ev {
+                    Event::Pagefault(Pagefault { addr, minor, .. }) if n < batch.len() => {
+                        batch[n] = (addr, minor);
+                        n += 1;
+                    }
+                    // Not registered for (fork, remap, remove, unmap): the read is not what
+                    // failed.
+                    other => unexpected = Some(format!("{other:?}")),
                 }
-                // Not registered for (fork, remap, remove, unmap): the read is not what failed.
-                other => {
-                    unexpected = Some(format!("{other:?}"));
-                    Ok(())
-                }
-            })
+            }
+            Ok(())
         });
         self.events = Some(buf);
         if let Err(e) = r {
@@ -844,26 +829,20 @@ impl std::fmt::Debug for Resolver {
 
 /// Creates the userfaultfd and registers the guest view. Done before KVM sees the memory.
 pub fn arm(mem: &GuestMemory) -> Result<Arc<Uffd>, ResolverError> {
-    let mut b = UffdBuilder::new();
-    b.close_on_exec(true)
-        .non_blocking(true)
-        .user_mode_only(false);
     let (features, mode) = match mem.backing() {
         Backing::Shmem | Backing::ShmemThp => (
-            FeatureFlags::MISSING_SHMEM | FeatureFlags::from_bits_retain(UFFD_FEATURE_MINOR_SHMEM),
+            uffd::UFFD_FEATURE_MISSING_SHMEM | uffd::UFFD_FEATURE_MINOR_SHMEM,
             RegisterMode::MISSING | RegisterMode::MINOR,
         ),
         Backing::Hugetlb => (
-            FeatureFlags::MISSING_HUGETLBFS
-                | FeatureFlags::from_bits_retain(UFFD_FEATURE_MINOR_HUGETLBFS),
+            uffd::UFFD_FEATURE_MISSING_HUGETLBFS | uffd::UFFD_FEATURE_MINOR_HUGETLBFS,
             RegisterMode::MISSING | RegisterMode::MINOR,
         ),
-        Backing::Anon => (FeatureFlags::empty(), RegisterMode::MISSING),
+        Backing::Anon => (0, RegisterMode::MISSING),
     };
-    b.require_features(features);
-    let uffd = b.create().map_err(ResolverError::Create)?;
+    let uffd = Uffd::new(u64::from(features), true).map_err(ResolverError::Create)?;
     let view = mem.guest_view();
-    uffd.register_with_mode(view.as_ptr().cast(), view.len(), mode)
+    uffd.register(view.as_ptr().cast(), view.len(), mode)
         .map_err(|err| ResolverError::Register {
             addr: view.addr(),
             len: view.len(),
