@@ -169,7 +169,7 @@ fn timer(f: &mut FdtWriter) -> Result<(), FdtError> {
 }
 
 fn serial(f: &mut FdtWriter) -> Result<(), FdtError> {
-    debug_assert!(SERIAL_SPI + 32 < NR_IRQS);
+    const { assert!(SERIAL_SPI + 32 < NR_IRQS) };
     node(f, &format!("uart@{SERIAL_BASE:x}"), |f| {
         f.property_string("compatible", "ns16550a")?;
         f.property_array_u64("reg", &[SERIAL_BASE, DEVICE_WINDOW])?;

@@ -83,10 +83,12 @@ mod tests {
         for (name, (base, size)) in &regions[..4] {
             assert!(base + size <= RAM_START, "{name} is not below RAM");
         }
-        assert!(
-            RAM_START + MAX_MEM <= 1 << 40,
-            "RAM leaves the 40-bit IPA space"
-        );
+        const {
+            assert!(
+                RAM_START + MAX_MEM <= 1 << 40,
+                "RAM leaves the 40-bit IPA space"
+            )
+        };
     }
 
     #[test]
@@ -100,8 +102,10 @@ mod tests {
 
     #[test]
     fn payload_slot_ends_before_data() {
-        assert!(PAYLOAD + PAYLOAD_MAX <= DATA_START);
-        assert!(MIN_MEM >= DATA_START - RAM_START + 4096);
-        assert_eq!(DATA_START % 4096, 0);
+        const {
+            assert!(PAYLOAD + PAYLOAD_MAX <= DATA_START);
+            assert!(MIN_MEM >= DATA_START - RAM_START + 4096);
+            assert!(DATA_START.is_multiple_of(4096));
+        };
     }
 }
