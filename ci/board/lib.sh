@@ -24,7 +24,11 @@ KERNEL_NAMES="6.1 6.12.43 6.12.118 7.3"
 log() { printf '%s: %s\n' "${PROG:-board}" "$*" >&2; }
 die() { printf '%s: error: %s\n' "${PROG:-board}" "$*" >&2; exit "${DIE_RC:-1}"; }
 apt_get() { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q "$@"; }
-need_root() { [ "$(id -u)" = 0 ] || die "$1 needs root (apt-get); run as root or do it by hand"; }
+# need_root WHAT [HOW] — die unless root, saying what needed root and how to do it by hand.
+need_root() {
+  [ "$(id -u)" = 0 ] && return 0
+  die "$1 needs root (apt). Run this as root, or first, as root: ${2:-ci/test --setup (installs everything ci/, guest/ and tests/ use)}"
+}
 
 # The host's own apt sources (not ours), deb822 and one-line style.
 host_sources() { local f; for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
@@ -42,6 +46,58 @@ host_mirror() {  # the Debian mirror the host already uses, e.g. http://deb.debi
     *.sources) awk '/^URIs:/ {print $2}' "$f" ;;
     *) awk '$1 == "deb" { print ($2 ~ /^\[/) ? $3 : $2 }' "$f" ;;
   esac; done | grep -E '/debian/?$' | grep -v security | head -1 || true
+}
+
+# ---- apt. Every install of ci/, guest/ and tests/ goes through apt_install or qemu_install:
+# they take a lock (parallel tests install at once), run 'apt-get update' first when a
+# configured suite has no package lists yet (a new machine, or a source just added), and once
+# more before a second try when the install fails (stale lists: the archive replaced a .deb).
+
+# apt_locked CMD... — run CMD holding pinvmm's apt lock ($CACHE/.apt.lock); re-entrant.
+apt_locked() {
+  if [ "${APT_LOCK_HELD:-0}" = 1 ]; then "$@"; return; fi
+  mkdir -p "$CACHE"
+  ( exec 8>"$CACHE/.apt.lock"; flock 8; APT_LOCK_HELD=1; "$@" )
+}
+# apt_lists_ready — every suite in the apt sources has its Release file and its package lists
+# for every dpkg architecture (a source or an architecture just added has none). One apt call:
+# each costs ~2 s here, as the image disables apt's binary cache.
+apt_lists_ready() {
+  local f comp arch
+  while read -r f comp arch; do
+    [ "$arch" = all ] && continue   # Debian's Release files leave binary-all out
+    compgen -G "${f%%_"$comp"_*}_*Release" >/dev/null && compgen -G "$f*" >/dev/null || return 1
+  done < <(apt-get indextargets --no-release-info --format '$(FILENAME) $(COMPONENT) $(ARCHITECTURE)' 'Identifier: Packages')
+}
+apt_update() {
+  log "apt-get update"
+  apt_get update >&2 || die "apt-get update failed (see above): check the sources in /etc/apt/sources.list* and the network"
+}
+pkg_installed() { [ "$(dpkg-query -W -f '${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+
+# apt_get_install SPEC... — 'apt-get install --no-install-recommends SPEC...' (SPEC: NAME,
+# NAME:ARCH or NAME/SUITE), lists updated first if missing and once more after a failure.
+apt_get_install() { need_root "installing $*" "apt-get update && apt-get install --no-install-recommends $*"; apt_locked apt_get_install_locked "$@"; }
+apt_get_install_locked() {
+  apt_lists_ready || apt_update
+  log "apt-get install $*"
+  apt_get install -y --no-install-recommends "$@" >&2 && return 0
+  log "apt-get install $* failed; updating the package lists and trying once more"
+  apt_update
+  apt_get install -y --no-install-recommends "$@" >&2 ||
+    die "apt-get install $* failed (see above; 'apt-cache policy NAME' shows which suites have NAME)"
+}
+# apt_install PKG... — install those of PKG (from the host's own suites) that are not installed.
+apt_install() {
+  local p missing=()
+  for p; do pkg_installed "$p" || missing+=("$p"); done
+  [ ${#missing[@]} = 0 ] || apt_get_install "${missing[@]}"
+}
+# ensure_commands CMD:PKG... — apt_install PKG for each CMD that is not on PATH.
+ensure_commands() {
+  local c pkgs=()
+  for c; do command -v "${c%%:*}" >/dev/null || pkgs+=("${c#*:}"); done
+  [ ${#pkgs[@]} = 0 ] || apt_install "${pkgs[@]}"
 }
 
 # apt sources for bookworm(-backports/-security) and trixie(-security/-backports), arm64 (plus
@@ -91,15 +147,21 @@ Pin-Priority: 50
   cmp -s "$APT_SOURCES" <(printf '%s' "$src") || changed=1
   cmp -s "$APT_PREFS" <(printf '%s' "$prefs") || changed=1
   dpkg --print-foreign-architectures | grep -x arm64 >/dev/null || changed=1
-  [ -f "$BOARD_CACHE/.apt-updated" ] || changed=1
-  [ "$changed" = 1 ] || return 0
-  need_root "adding the arm64 apt sources"
-  log "configuring $APT_SOURCES + $APT_PREFS (arm64, pinned low) and running apt-get update"
-  dpkg --print-foreign-architectures | grep -x arm64 >/dev/null || dpkg --add-architecture arm64
-  printf '%s' "$src" > "$APT_SOURCES"
-  printf '%s' "$prefs" > "$APT_PREFS"
-  apt_get update >&2 || die "apt-get update failed (see above)"
-  mkdir -p "$BOARD_CACHE"; touch "$BOARD_CACHE/.apt-updated"
+  if [ "$changed" = 0 ]; then apt_lists_ready && return 0; fi
+  need_root "adding the arm64 apt sources and bookworm-backports ($APT_SOURCES)"
+  apt_locked ensure_apt_sources_locked "$src" "$prefs"
+}
+ensure_apt_sources_locked() {
+  if ! cmp -s "$APT_SOURCES" <(printf '%s' "$1") || ! cmp -s "$APT_PREFS" <(printf '%s' "$2") ||
+     ! dpkg --print-foreign-architectures | grep -x arm64 >/dev/null; then
+    log "configuring $APT_SOURCES + $APT_PREFS (arm64, pinned low)"
+    dpkg --print-foreign-architectures | grep -x arm64 >/dev/null || dpkg --add-architecture arm64
+    printf '%s' "$1" > "$APT_SOURCES"
+    printf '%s' "$2" > "$APT_PREFS"
+    apt_update
+  else
+    apt_lists_ready || apt_update
+  fi
 }
 
 # apt_fetch PKG DIR — 'apt-get download' PKG (no install) and unpack it with dpkg-deb -x into DIR.
@@ -166,34 +228,87 @@ busybox_bin() {
   echo "$dir/bin/busybox"
 }
 
-# ensure_qemu CPU — qemu-system-aarch64 that knows CPU (neoverse-n2 needs QEMU >= 8.2;
-# bookworm has 7.2, bookworm-backports 10.0).
-ensure_qemu() {
-  local cpu=$1
-  qemu_has_cpu "$cpu" && return 0
-  need_root "installing qemu-system-arm"
-  ensure_apt_sources
-  local host; host=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-  log "installing qemu-system-arm (from $host-backports if it has it) for -cpu $cpu"
-  if apt-cache policy qemu-system-arm | grep "$host-backports" >/dev/null; then
-    # The pin (50) keeps backports out of upgrades; select the QEMU packages explicitly.
-    local p pkgs=()
-    for p in qemu-system-arm qemu-system-common qemu-system-data; do pkgs+=("$p/$host-backports"); done
-    apt_get install -y --no-install-recommends "${pkgs[@]}" >&2 || die "apt-get install qemu-system-arm failed"
-  else
-    apt_get install -y --no-install-recommends qemu-system-arm >&2 || die "apt-get install qemu-system-arm failed"
-  fi
-  qemu_has_cpu "$cpu" || die "$(qemu-system-aarch64 --version | head -1) has no -cpu $cpu; try --cpu max (with --append arm64.nomops) or cortex-a72"
+# ---- QEMU. All of QEMU (every binary package of Debian's source package 'qemu': qemu-system-arm,
+# qemu-system-x86, qemu-system-common, qemu-system-data, qemu-user, qemu-utils, ...) comes from ONE
+# suite, QEMU's suite: the host's backports when it has QEMU (bookworm-backports: 10.0; bookworm's
+# 7.2 lacks -cpu neoverse-n2), else the host's own. apt refuses to mix them (qemu-system-x86 7.2
+# needs qemu-system-common 7.2 exactly), so qemu_install takes the packages asked for, every QEMU
+# package already installed and the firmware that must match (seabios) from that suite in one
+# 'apt-get install', selected explicitly as NAME/SUITE (backports is pinned at 50 in $APT_PREFS, so
+# nothing else is upgraded from it). An installed older QEMU (e.g. bookworm's 7.2) is upgraded.
+QEMU_MIN=1:8.2   # -cpu neoverse-n2
+
+qemu_installed() {  # NAME SOURCE-VERSION of every installed package built from the qemu source
+  dpkg-query -W -f '${binary:Package} ${source:Package} ${source:Version} ${db:Status-Abbrev}\n' 2>/dev/null |
+    awk '$2 == "qemu" && $4 ~ /^.i/ {sub(/:.*/, "", $1); print $1, $3}'
 }
-qemu_has_cpu() {
-  command -v qemu-system-aarch64 >/dev/null &&
-    qemu-system-aarch64 -machine virt -cpu help 2>/dev/null | awk '{print $1}' | grep -x "$1" >/dev/null
+# qemu_consistent PKG... — PKG are installed, all QEMU packages come from one source version >= QEMU_MIN.
+qemu_consistent() {
+  local inst p vers
+  inst=$(qemu_installed)
+  for p; do grep -q "^$p " <<<"$inst" || return 1; done
+  vers=$(awk '{print $2}' <<<"$inst" | sort -u)
+  [ "$(wc -l <<<"$vers")" = 1 ] && dpkg --compare-versions "$vers" ge "$QEMU_MIN"
+}
+in_suite() {  # in_suite SUITE PKG... — those PKG the apt lists have in SUITE, one per line (one apt call)
+  local suite=$1; shift
+  apt-cache madison "$@" 2>/dev/null | awk -F'|' -v s="$suite" '$3 ~ " " s "/" {gsub(/ /, "", $1); print $1}' | sort -u
+}
+qemu_suite() {
+  local host; host=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  if [ -n "$(in_suite "$host-backports" qemu-system-common)" ]; then echo "$host-backports"; else echo "$host"; fi
+}
+# qemu_install PKG... — PKG (binary packages of the qemu source) installed from QEMU's suite.
+qemu_install() {
+  qemu_consistent "$@" && return 0
+  need_root "installing QEMU ($*, from one suite: see ci/board/lib.sh)"
+  ensure_apt_sources
+  apt_locked qemu_install_locked "$@"
+}
+qemu_install_locked() {
+  qemu_consistent "$@" && return 0   # another process did it while we waited for the lock
+  local suite p specs=() want avail
+  suite=$(qemu_suite)
+  # Asked for + installed + what must match: the system emulators need their -common and -data
+  # of the same version; qemu-system-x86 10.0 needs seabios >> 1.16.3 (only in backports);
+  # qemu-user-static 10.0 needs qemu-user and qemu-user-binfmt of its version.
+  want=$( { printf '%s\n' "$@"; qemu_installed | awk '{print $1}'; } | sort -u)
+  grep -q '^qemu-system-' <<<"$want" && want+=$'\nqemu-system-common\nqemu-system-data'
+  grep -q '^qemu-user-' <<<"$want" && want+=$'\nqemu-user'
+  grep -qx 'qemu-user-static' <<<"$want" && want+=$'\nqemu-user-binfmt'
+  grep -qx 'qemu-system-x86' <<<"$want" && want+=$'\nseabios'
+  want=$(sort -u <<<"$want")
+  # shellcheck disable=SC2086  # package names
+  avail=$(in_suite "$suite" $want)
+  for p in $want; do
+    if grep -qx -- "$p" <<<"$avail"; then specs+=("$p/$suite")
+    elif pkg_installed "$p"; then :   # not in that suite (renamed?): apt keeps or replaces it
+    else specs+=("$p"); fi
+  done
+  log "installing QEMU from $suite: ${specs[*]}"
+  apt_get_install_locked "${specs[@]}"
+  qemu_consistent "$@" || die "QEMU packages are still mixed or missing after the install (suite $suite):
+$(qemu_installed)
+  Install them all from one suite: apt-get install $(qemu_installed | awk -v s="$suite" '{printf "%s/%s ", $1, s}')"
 }
 
-ensure_host_tools() {  # cpio for the initramfs, file for checking --bin files
-  local p missing=()
-  for p in cpio file; do command -v "$p" >/dev/null || missing+=("$p"); done
-  [ ${#missing[@]} = 0 ] && return 0
-  need_root "installing ${missing[*]}"
-  apt_get install -y --no-install-recommends "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+# ensure_qemu_system ARCH [CPU] — qemu-system-ARCH (arm64|aarch64, amd64|x86_64) from QEMU's suite,
+# and, with CPU, one that knows -cpu CPU (neoverse-n2 needs QEMU >= 8.2).
+ensure_qemu_system() {
+  local arch=$1 cpu=${2:-} pkg bin machine
+  case $arch in
+    arm64|aarch64) pkg=qemu-system-arm bin=qemu-system-aarch64 machine=virt ;;
+    amd64|x86_64) pkg=qemu-system-x86 bin=qemu-system-x86_64 machine=pc ;;
+    *) die "ensure_qemu_system: unknown architecture '$arch' (arm64 or amd64)" ;;
+  esac
+  qemu_install "$pkg"
+  command -v "$bin" >/dev/null || die "$pkg is installed but $bin is not on PATH ($PATH)"
+  [ -z "$cpu" ] || qemu_has_cpu "$bin" "$machine" "$cpu" ||
+    die "$("$bin" --version | head -1) has no -cpu $cpu; try --cpu max (with --append arm64.nomops) or cortex-a72"
 }
+qemu_has_cpu() {  # BIN MACHINE CPU (arm lists "  NAME", x86 "x86 NAME  description")
+  "$1" -machine "$2" -cpu help 2>/dev/null | awk '{print $1; if ($1 == "x86") print $2}' | grep -qx "$3"
+}
+
+# cpio for the initramfs, file for checking --bin files, bc for timings
+ensure_host_tools() { ensure_commands cpio:cpio file:file bc:bc; }
