@@ -5,7 +5,7 @@
 //! `gup-check`. A few minutes; needs root, apt (QEMU, Debian's rustc-web) and the kernel .deb.
 //!
 //! Another trial runs the aarch64 build's unit tests (Image loader, device tree, registers)
-//! under qemu-aarch64-static (`ci/toolchain/test-aarch64`): the host's `cargo test` never
+//! under qemu-user, qemu-aarch64 (`ci/toolchain/test-aarch64`): the host's `cargo test` never
 //! compiles those modules.
 //!
 //! A last trial boots a Debian arm64 Linux guest (the board's own 6.12.118 Image and the
