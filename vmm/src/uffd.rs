@@ -456,7 +456,9 @@ mod tests {
         // SAFETY: the first page was filled by the copy above.
         assert_eq!(unsafe { *m.as_ptr() }, 0x5a);
         // A range that is not page-aligned.
-        let e = u.wake(m.as_ptr().wrapping_add(1).cast(), PAGE_SIZE).unwrap_err();
+        let e = u
+            .wake(m.as_ptr().wrapping_add(1).cast(), PAGE_SIZE)
+            .unwrap_err();
         assert_eq!((e.call, e.errno), ("UFFDIO_WAKE", libc::EINVAL));
     }
 
