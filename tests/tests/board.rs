@@ -69,7 +69,7 @@ fn prepare() -> Result<PathBuf, String> {
     )?;
     let out = sh(
         Command::new(r.join("ci/toolchain/cross-aarch64"))
-            .args(["--release", "--", "-p", "vmm", "--bin", "pinvmm"])
+            .args(["--release", "--", "-p", "pinvmm", "--bin", "pinvmm"])
             .current_dir(&r),
         "aarch64 cross-build",
     )?;

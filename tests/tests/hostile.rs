@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::{check_no_leak, ensure, kvm_test, pinvmm, tally};
 use guest::Payload;
 use libtest_mimic::{Arguments, Failed, Trial};
-use vmm::hostinfo::ProcessCounters;
+use vmm::host::ProcessCounters;
 use vmm::vcpu::VcpuOutcome;
 use vmm::vm::CONSOLE_KEEP_BYTES;
 use vmm::{Backing, HostLimits, Outcome, Report, VmConfig};

@@ -193,7 +193,7 @@ fn lava_run_qemu_job() -> Result<Completion, Failed> {
         Some(b) => PathBuf::from(b),
         None => {
             let (code, out) = run(Command::new(r.join("ci/toolchain/cross-aarch64"))
-                .args(["--release", "--", "-p", "vmm", "--bin", "pinvmm"])
+                .args(["--release", "--", "-p", "pinvmm", "--bin", "pinvmm"])
                 .current_dir(&r))?;
             ensure(code == 0, || format!("aarch64 cross-build failed:\n{out}"))?;
             PathBuf::from(

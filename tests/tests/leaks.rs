@@ -8,7 +8,7 @@ mod common;
 use common::{check_no_leak, ensure, kvm_test, tally};
 use guest::Payload;
 use libtest_mimic::{Arguments, Failed};
-use vmm::hostinfo::ProcessCounters;
+use vmm::host::ProcessCounters;
 use vmm::inject::{InjectSpec, Site};
 use vmm::{Backing, DrainPolicy, HostLimits, Outcome, Stage2, VmConfig};
 

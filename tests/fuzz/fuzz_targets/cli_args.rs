@@ -10,14 +10,14 @@ use libfuzzer_sys::fuzz_target;
 
 fn cli() -> Command {
     Command::new("pinvmm")
-        .subcommand(vmm::campaign::CampaignArgs::augment_args(Command::new(
+        .subcommand(lab::campaign::CampaignArgs::augment_args(Command::new(
             "campaign",
         )))
-        .subcommand(vmm::campaign::plot::ReportArgs::augment_args(Command::new(
+        .subcommand(lab::campaign::plot::ReportArgs::augment_args(Command::new(
             "report",
         )))
-        .subcommand(vmm::bench::BenchArgs::augment_args(Command::new("bench")))
-        .subcommand(vmm::gupcheck::GupCheckArgs::augment_args(Command::new(
+        .subcommand(lab::bench::BenchArgs::augment_args(Command::new("bench")))
+        .subcommand(lab::gupcheck::GupCheckArgs::augment_args(Command::new(
             "gup-check",
         )))
 }
@@ -27,10 +27,10 @@ fuzz_target!(|argv: Vec<String>| {
         return;
     };
     match m.subcommand() {
-        Some(("campaign", sm)) => drop(vmm::campaign::CampaignArgs::from_arg_matches(sm)),
-        Some(("report", sm)) => drop(vmm::campaign::plot::ReportArgs::from_arg_matches(sm)),
-        Some(("bench", sm)) => drop(vmm::bench::BenchArgs::from_arg_matches(sm)),
-        Some(("gup-check", sm)) => drop(vmm::gupcheck::GupCheckArgs::from_arg_matches(sm)),
+        Some(("campaign", sm)) => drop(lab::campaign::CampaignArgs::from_arg_matches(sm)),
+        Some(("report", sm)) => drop(lab::campaign::plot::ReportArgs::from_arg_matches(sm)),
+        Some(("bench", sm)) => drop(lab::bench::BenchArgs::from_arg_matches(sm)),
+        Some(("gup-check", sm)) => drop(lab::gupcheck::GupCheckArgs::from_arg_matches(sm)),
         _ => {}
     }
 });

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! `vmm::config_file::args_from_json` (`pinvmm run --config FILE.json`) on arbitrary text,
+//! `pinvmm_cli::config_file::args_from_json` (`pinvmm run --config FILE.json`) on arbitrary text,
 //! against a real option set (`pinvmm stress`'s: durations, sizes, comma lists of enums, a
 //! ranged integer, a flag, a path): never panics, every error names the file, and whatever it
 //! accepts is a command line the same options parse (the file is checked field by field
@@ -8,8 +8,8 @@
 
 use clap::{Args, Command};
 use libfuzzer_sys::fuzz_target;
-use vmm::config_file::args_from_json;
-use vmm::stress::StressArgs;
+use pinvmm_cli::config_file::args_from_json;
+use lab::stress::StressArgs;
 
 fuzz_target!(|text: &str| {
     let cmd = StressArgs::augment_args(Command::new("stress"));

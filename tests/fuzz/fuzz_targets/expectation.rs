@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmm::campaign::summary::Expectation;
+use lab::campaign::summary::Expectation;
 
 fuzz_target!(|s: &str| {
     if let Ok(list) = Expectation::parse_list(s) {

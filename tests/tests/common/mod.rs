@@ -172,8 +172,8 @@ pub const RSS_SLACK_KB: u64 = 2048;
 /// RSS within [`RSS_SLACK_KB`]), tallied and printed as `what: ...; leaks found: N`.
 pub fn check_no_leak(
     what: &str,
-    before: &vmm::hostinfo::ProcessCounters,
-    after: &vmm::hostinfo::ProcessCounters,
+    before: &vmm::host::ProcessCounters,
+    after: &vmm::host::ProcessCounters,
 ) -> Result<(), Failed> {
     let leaks = after.leaks_since(before, RSS_SLACK_KB);
     tally::add(&tally::LEAK_CHECKS, before.named().len() as u64);

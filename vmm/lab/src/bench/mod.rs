@@ -20,6 +20,8 @@
 //! Repetitions are interleaved (round 1 runs every row, then round 2, ...) so that drift of a
 //! shared machine hits every row alike; tables give medians.
 
+pub mod qemu;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
@@ -29,14 +31,14 @@ use std::time::{Duration, Instant};
 use guest::Payload;
 use serde::Serialize;
 
-use crate::config::{Backing, FaultIn, HostLimits, Stage2, VmConfig, parse_size};
-use crate::drain::{DrainPolicy, Drainer};
-use crate::exit_code::ExitCode;
-use crate::hugepages::{HUGE_PAGE_SIZE, HostSetting};
-use crate::pin::PinTable;
-use crate::report::{HostFacts, Outcome, Report};
-use crate::stats::median;
-use crate::sys::{self, Mapping, PAGE_SIZE};
+use vmm::config::{Backing, FaultIn, HostLimits, Stage2, VmConfig, parse_size};
+use vmm::exit_code::ExitCode;
+use vmm::host::hugepages::{HUGE_PAGE_SIZE, HostSetting};
+use vmm::report::{HostFacts, Outcome, Report};
+use vmm::stage2::drain::{DrainPolicy, Drainer};
+use vmm::stage2::pin::PinTable;
+use vmm::stats::median;
+use vmm::sys::{self, Mapping, PAGE_SIZE};
 
 /// Sections of the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -241,7 +243,7 @@ pub struct BenchReport {
     pub drain_micro: Vec<DrainMicro>,
     pub launch: Vec<LaunchRow>,
     pub rss: Vec<RssRow>,
-    pub qemu: Option<crate::qemu::QemuSection>,
+    pub qemu: Option<qemu::QemuSection>,
     pub goals: Vec<Goal>,
     /// Host settings the bench changed for the run (and restored), and rows it had to skip.
     pub host_changes: Vec<String>,
@@ -358,8 +360,8 @@ fn prepare_backing(
     };
     if !matches!(
         e,
-        crate::config::ConfigError::HugePagesShort { .. }
-            | crate::config::ConfigError::ShmemThpDisabled(_)
+        vmm::config::ConfigError::HugePagesShort { .. }
+            | vmm::config::ConfigError::ShmemThpDisabled(_)
     ) {
         return Err(e.to_string());
     }
@@ -401,7 +403,7 @@ fn vm_config(
 }
 
 fn run_vm(cfg: &VmConfig, what: &str) -> Result<Report, String> {
-    let r = crate::vm::run(cfg).map_err(|e| format!("{what}: {e}"))?;
+    let r = vmm::vm::run(cfg).map_err(|e| format!("{what}: {e}"))?;
     if r.outcome != Outcome::Completed {
         return Err(format!("{what}: {:?}: {}", r.outcome, r.summary));
     }
@@ -1385,7 +1387,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport, (ExitCode, String)> {
     }
     if want(Section::Qemu) {
         r.qemu = Some(match qemu_missing {
-            Some(why) => crate::qemu::not_measured(&a.qemu, a.mem, why),
+            Some(why) => qemu::not_measured(&a.qemu, a.mem, why),
             None => qemu_section(a, hugetlb_ok, &log)?,
         });
     }
@@ -1419,7 +1421,7 @@ fn check_mem(mem: u64, huge: bool, qemu: bool) -> Result<(), String> {
 fn qemu_unusable(a: &BenchArgs) -> Result<Option<String>, String> {
     let why = if !cfg!(target_arch = "x86_64") {
         "the QEMU comparison boots an x86_64 image: x86_64 hosts only".to_owned()
-    } else if let Err(why) = crate::qemu::qemu_version(&a.qemu) {
+    } else if let Err(why) = qemu::qemu_version(&a.qemu) {
         why
     } else {
         return Ok(None);
@@ -1437,10 +1439,10 @@ fn qemu_section(
     a: &BenchArgs,
     hugetlb: bool,
     log: &dyn Fn(&str),
-) -> Result<crate::qemu::QemuSection, (ExitCode, String)> {
+) -> Result<qemu::QemuSection, (ExitCode, String)> {
     let exe = std::env::current_exe().map_err(|e| (ExitCode::VmmError, e.to_string()))?;
     let dir = std::env::temp_dir().join(format!("pinvmm-bench-{}", std::process::id()));
-    let args = crate::qemu::QemuArgs {
+    let args = qemu::QemuArgs {
         qemu: &a.qemu,
         pinvmm: &exe,
         mem: a.mem,
@@ -1448,7 +1450,7 @@ fn qemu_section(
         hugetlb,
         dir: &dir,
     };
-    crate::qemu::run(&args, log).map_err(|e| (ExitCode::VmmError, e))
+    qemu::run(&args, log).map_err(|e| (ExitCode::VmmError, e))
 }
 
 /// First-touch µs/page by row name from a previous `--json` output.

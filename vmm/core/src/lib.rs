@@ -5,35 +5,22 @@
 //! can be measured on any KVM host. See shared/DESIGN.md and README.md.
 
 pub mod arch;
-pub mod bench;
-pub mod campaign;
 pub mod config;
-pub mod config_file;
 pub mod control;
-pub mod drain;
 pub mod exit_code;
-pub mod gupcheck;
-pub mod hostinfo;
-pub mod hugepages;
+pub mod host;
 pub mod inject;
-pub mod kvmstats;
 pub mod linux;
 pub mod memory;
-pub mod pin;
-pub mod probe;
-pub mod protected;
-pub mod qemu;
 pub mod report;
 pub mod seccomp;
 pub mod stage2;
 pub mod stats;
-pub mod stress;
 pub mod sys;
-pub mod uffd;
 pub mod vcpu;
 pub mod vm;
 
 pub use config::{Backing, FaultIn, HostLimits, Stage2, VmConfig};
-pub use drain::DrainPolicy;
 pub use exit_code::ExitCode;
 pub use report::{Outcome, Report};
+pub use stage2::drain::DrainPolicy;

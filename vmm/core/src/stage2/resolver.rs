@@ -44,14 +44,14 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::config::{Backing, FaultIn, Stage2};
 use crate::control::{HostFailure, Termination, VmControl, VmEvent, errno_name};
-use crate::drain::{DrainError, DrainPolicy, DrainStats, Drainer};
 use crate::inject::{CallFailure, Injector, Site};
 use crate::memory::GuestMemory;
-use crate::pin::{PinError, PinStats, PinTable};
 use crate::seccomp::{self, ThreadKind};
+use crate::stage2::drain::{DrainError, DrainPolicy, DrainStats, Drainer};
+use crate::stage2::pin::{PinError, PinStats, PinTable};
+use crate::stage2::uffd::{self, Event, EventBuffer, Pagefault, RegisterMode, Uffd, UffdError};
 use crate::stats::{Latencies, LatencySummary};
 use crate::sys::{self, Mapping, PAGE_SIZE};
-use crate::uffd::{self, Event, EventBuffer, Pagefault, RegisterMode, Uffd, UffdError};
 
 /// How long a resolver thread keeps polling for the next fault before it sleeps. A guest
 /// touching fresh memory faults every few tens of µs, so this covers the gaps between its

@@ -22,7 +22,7 @@ use std::io;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap};
 
 use crate::config::Backing;
-use crate::hugepages::{HUGE_PAGE_SIZE, HugetlbPool, NR_HUGEPAGES};
+use crate::host::hugepages::{HUGE_PAGE_SIZE, HugetlbPool, NR_HUGEPAGES};
 use crate::inject::{Injector, Site};
 use crate::sys::{self, Mapping, PAGE_SIZE};
 

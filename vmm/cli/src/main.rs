@@ -35,19 +35,19 @@ enum Command {
     Run(RunArgs),
     /// Run many VMs per policy × backing cell and measure the VM-termination rate.
     #[command(after_help = ExitCode::TABLE)]
-    Campaign(vmm::campaign::CampaignArgs),
+    Campaign(lab::campaign::CampaignArgs),
     /// Summarise, plot (SVG/PNG) and export (CSV) campaign results.
-    Report(vmm::campaign::plot::ReportArgs),
+    Report(lab::campaign::plot::ReportArgs),
     /// Measure the stage-2 paths, drain policies, launch latency and RSS side by side (issue 8).
-    Bench(vmm::bench::BenchArgs),
+    Bench(lab::bench::BenchArgs),
     /// Run many VMs in parallel in one process for a bounded time (every policy and backing in
     /// turn), then check nothing leaked: VmPin, VmLck, fds and RSS of the process, the host's
     /// MemAvailable, Shmem and Mlocked. Exit 0 when every VM completed and nothing leaked.
     #[command(after_help = ExitCode::TABLE)]
-    Stress(vmm::stress::StressArgs),
+    Stress(lab::stress::StressArgs),
     /// Check (KTAP, no KVM needed) whether this kernel's long-term pins of mlocked shmem fail
     /// under the seed's conditions: exit 0 when every case passes or is skipped, 1 otherwise.
-    GupCheck(vmm::gupcheck::GupCheckArgs),
+    GupCheck(lab::gupcheck::GupCheckArgs),
     /// Show what this host can do: KVM backend, userfaultfd, io_uring, drains, movable memory.
     Probe {
         /// Also write the findings as JSON to FILE ("-" for stdout).
@@ -126,7 +126,7 @@ struct RunArgs {
     /// drain (mlock-drain: that CPU, lru-add-drain: all CPUs), then the vCPU runs on --pin-cpu;
     /// KVM_RUN = EFAULT terminates the VM (exit 5) unless --policy retry runs it again.
     #[arg(long, value_enum, default_value = "normal")]
-    vm_type: vmm::protected::VmType,
+    vm_type: vmm::config::VmType,
     /// CPU of the fault-in thread (default: the first usable CPU).
     #[arg(long, value_name = "N")]
     fault_cpu: Option<usize>,
@@ -275,7 +275,7 @@ fn with_config_file(a: RunArgs) -> Result<RunArgs, String> {
     let cli = Cli::command();
     let run = cli.find_subcommand("run").expect("run is a subcommand");
     let mut words: Vec<std::ffi::OsString> = vec!["pinvmm".into(), "run".into()];
-    words.extend(vmm::config_file::args_from_json(run, &name, &text)?);
+    words.extend(pinvmm_cli::config_file::args_from_json(run, &name, &text)?);
     // This command line (after "pinvmm run"), parsed last: its options win.
     words.extend(std::env::args_os().skip(2));
     let m = Cli::command()
@@ -316,7 +316,7 @@ fn run(a: RunArgs) -> ExitCode {
         a.inject = cfg.inject.clone();
         return match serde_json::to_value(&a) {
             Ok(v) => {
-                print!("{}", vmm::config_file::to_json(v));
+                print!("{}", pinvmm_cli::config_file::to_json(v));
                 ExitCode::Ok
             }
             Err(e) => {
@@ -380,19 +380,19 @@ fn main() -> ProcessExitCode {
     };
     match cli.cmd {
         Command::Run(a) => run(a).into(),
-        Command::Campaign(a) => match vmm::campaign::run(&a) {
+        Command::Campaign(a) => match lab::campaign::run(&a) {
             Ok(code) => code.into(),
             Err(e) => {
                 eprintln!("pinvmm: {e}");
                 e.exit_code().into()
             }
         },
-        Command::Report(a) => vmm::campaign::plot::report_main(&a).into(),
-        Command::GupCheck(a) => vmm::gupcheck::main(&a).into(),
-        Command::Bench(a) => vmm::bench::main(&a).into(),
-        Command::Stress(a) => vmm::stress::main(&a).into(),
+        Command::Report(a) => lab::campaign::plot::report_main(&a).into(),
+        Command::GupCheck(a) => lab::gupcheck::main(&a).into(),
+        Command::Bench(a) => lab::bench::main(&a).into(),
+        Command::Stress(a) => lab::stress::main(&a).into(),
         Command::Probe { json } => {
-            let p = vmm::probe::probe();
+            let p = lab::probe::probe();
             print!("{}", p.human());
             if let Some(path) = json
                 && let Err(e) = write_json(&path, &p)

@@ -10,7 +10,7 @@ use plotters::prelude::*;
 
 use super::journal::{self, RunRecord};
 use super::summary::{self, CellSummary};
-use crate::exit_code::ExitCode;
+use vmm::exit_code::ExitCode;
 
 /// Arguments of `pinvmm report`.
 #[derive(Args, Debug)]

@@ -16,11 +16,11 @@ use guest::Payload;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::config::{Backing, HostLimits, VmConfig, parse_size};
-use crate::drain::DrainPolicy;
-use crate::exit_code::ExitCode;
-use crate::hostinfo;
-use crate::report::Outcome;
+use vmm::config::{Backing, HostLimits, VmConfig, parse_size};
+use vmm::exit_code::ExitCode;
+use vmm::host;
+use vmm::report::Outcome;
+use vmm::stage2::drain::DrainPolicy;
 
 /// `pinvmm stress` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -197,17 +197,17 @@ struct Results {
 /// /proc/meminfo lines recorded for the reader (not judged).
 const MEMINFO_DETAIL: [&str; 4] = ["MemFree", "Cached", "AnonPages", "SUnreclaim"];
 
-/// Process counters a leak would grow, in the order of [`hostinfo::ProcessCounters::named`].
+/// Process counters a leak would grow, in the order of [`host::ProcessCounters::named`].
 fn process_counters() -> [u64; 4] {
-    hostinfo::ProcessCounters::now().named().map(|(_, v)| v)
+    host::ProcessCounters::now().named().map(|(_, v)| v)
 }
 
 /// MemAvailable, Shmem, Mlocked (KiB), then what every other process holds of the same
 /// kinds: RssAnon, RssShmem, VmLck.
 fn host_counters() -> [u64; 6] {
     let [avail, shmem, mlocked] =
-        ["MemAvailable", "Shmem", "Mlocked"].map(|k| hostinfo::meminfo_kb(k).unwrap_or(0));
-    let [anon, oshmem, lck] = hostinfo::other_processes_kb(["RssAnon", "RssShmem", "VmLck"]);
+        ["MemAvailable", "Shmem", "Mlocked"].map(|k| host::meminfo_kb(k).unwrap_or(0));
+    let [anon, oshmem, lck] = host::other_processes_kb(["RssAnon", "RssShmem", "VmLck"]);
     [avail, shmem, mlocked, anon, oshmem, lck]
 }
 
@@ -268,14 +268,14 @@ pub fn main(a: &StressArgs) -> ExitCode {
     }
     // Warm-up VM: one-time allocations (signal handlers, thread-locals) are not leaks.
     let mut warm = config(cells[0]);
-    warm.mem_size = crate::arch::MIN_MEM.max(4 << 20);
-    if let Err(e) = crate::vm::run(&warm) {
+    warm.mem_size = vmm::arch::MIN_MEM.max(4 << 20);
+    if let Err(e) = vmm::vm::run(&warm) {
         eprintln!("pinvmm: the warm-up VM failed: {e}");
         return ExitCode::VmmError;
     }
     let proc_before = process_counters();
     let host_before = host_counters();
-    let detail_before = MEMINFO_DETAIL.map(|k| hostinfo::meminfo_kb(k).unwrap_or(0));
+    let detail_before = MEMINFO_DETAIL.map(|k| host::meminfo_kb(k).unwrap_or(0));
 
     let shared = Arc::new(Shared {
         cells: cells.clone(),
@@ -307,7 +307,7 @@ pub fn main(a: &StressArgs) -> ExitCode {
         ProgressStyle::with_template("{bar:30} {elapsed}/{len}s | {msg}").expect("valid template"),
     );
     let mut avail_min = host_before[0];
-    let meminfo_only = || hostinfo::meminfo_kb("MemAvailable").unwrap_or(0);
+    let meminfo_only = || host::meminfo_kb("MemAvailable").unwrap_or(0);
     while workers.iter().any(|w| !w.is_finished()) {
         std::thread::sleep(Duration::from_millis(250));
         let avail = meminfo_only();
@@ -334,7 +334,7 @@ pub fn main(a: &StressArgs) -> ExitCode {
 
     let proc_after = process_counters();
     let host_after = settle(host_before, a.mem);
-    let detail_after = MEMINFO_DETAIL.map(|k| hostinfo::meminfo_kb(k).unwrap_or(0));
+    let detail_after = MEMINFO_DETAIL.map(|k| host::meminfo_kb(k).unwrap_or(0));
     let r = shared
         .results
         .lock()
@@ -347,10 +347,10 @@ pub fn main(a: &StressArgs) -> ExitCode {
     let mut s = StressSummary {
         pinvmm_version: env!("CARGO_PKG_VERSION"),
         date_utc: crate::bench::utc_now(),
-        kernel_release: hostinfo::kernel_release(),
-        cpu: hostinfo::cpu_model(),
+        kernel_release: host::kernel_release(),
+        cpu: host::cpu_model(),
         online_cpus: host.allowed_cpus.len(),
-        kvm_backend: hostinfo::kvm_backend(),
+        kvm_backend: host::kvm_backend(),
         duration_s: a.duration.as_secs_f64(),
         wall_s: wall.as_secs_f64(),
         parallel,
@@ -423,7 +423,7 @@ fn worker(s: &Shared, cfgs: &[VmConfig], deadline: Instant) {
         let c = &cfgs[i];
         let n = s.running.fetch_add(1, Ordering::Relaxed) + 1;
         s.max_running.fetch_max(n, Ordering::Relaxed);
-        let r = crate::vm::run(c);
+        let r = vmm::vm::run(c);
         s.running.fetch_sub(1, Ordering::Relaxed);
         s.done.fetch_add(1, Ordering::Relaxed);
         let (outcome, summary, guest_s) = match &r {

@@ -166,7 +166,7 @@ mod tests {
             .arg(
                 Arg::new("mem")
                     .long("mem")
-                    .value_parser(crate::config::parse_size),
+                    .value_parser(vmm::config::parse_size),
             )
             .arg(Arg::new("quiet").long("quiet").action(ArgAction::SetTrue))
             .arg(Arg::new("inject").long("inject").action(ArgAction::Append))

@@ -30,8 +30,8 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::Serialize;
 
 use crate::control::{Termination, VmControl, VmEvent, errno_name};
-use crate::drain::{DrainPolicy, DrainStats, Drainer};
 use crate::memory::GuestMemory;
+use crate::stage2::drain::{DrainPolicy, DrainStats, Drainer};
 use crate::sys::{self, PAGE_SIZE};
 use crate::vcpu::{self, Action, Buses, ExitCounts, VcpuOutcome};
 

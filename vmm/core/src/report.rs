@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::VmConfig;
 use crate::control::{HostFailure, Termination};
 use crate::exit_code::ExitCode;
-use crate::hostinfo::{self, GupFix};
+use crate::host::{self, GupFix};
 use crate::inject::InjectionReport;
 use crate::stage2::ResolverReport;
 use crate::vcpu::{ExitCounts, VcpuOutcome};
@@ -52,16 +52,16 @@ pub struct HostFacts {
 
 impl HostFacts {
     pub fn probe() -> Self {
-        let version = hostinfo::kernel_version();
+        let version = host::kernel_version();
         Self {
-            kernel_release: hostinfo::kernel_release(),
-            gup_fix: hostinfo::gup_fix_status(&version),
+            kernel_release: host::kernel_release(),
+            gup_fix: host::gup_fix_status(&version),
             kernel_version: version,
-            cpu: hostinfo::cpu_model(),
+            cpu: host::cpu_model(),
             online_cpus: crate::sys::allowed_cpus().len(),
-            kvm_backend: hostinfo::kvm_backend(),
-            movable_bytes: hostinfo::movable_pages() * crate::sys::PAGE_SIZE as u64,
-            cma_bytes: hostinfo::cma_total_bytes().unwrap_or(0),
+            kvm_backend: host::kvm_backend(),
+            movable_bytes: host::movable_pages() * crate::sys::PAGE_SIZE as u64,
+            cma_bytes: host::cma_total_bytes().unwrap_or(0),
         }
     }
 
@@ -167,7 +167,7 @@ pub struct Report {
     pub linux: Option<crate::linux::LinuxReport>,
     /// `--vm-type protected`: the loader thread, its drain, EFAULTs and retries.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub protected: Option<crate::protected::ProtectedReport>,
+    pub protected: Option<crate::stage2::protected::ProtectedReport>,
     /// Pins taken before boot (`--stage2 eager`).
     pub eager_pins: u64,
     pub prefilled_pages: u64,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::journal::RunRecord;
 use super::stats::{Z95, fisher_exact, newcombe_diff, wilson, zero_upper_bound};
-use crate::stats::median;
+use vmm::stats::median;
 
 /// One cell's numbers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -7,9 +7,9 @@ use std::time::Duration;
 use guest::Payload;
 use serde::Serialize;
 
-use crate::drain::DrainPolicy;
 pub use crate::inject::InjectSpec;
-pub use crate::protected::VmType;
+use crate::stage2::drain::DrainPolicy;
+pub use crate::stage2::protected::VmType;
 use crate::sys::PAGE_SIZE;
 
 /// How guest memory is backed.
@@ -37,7 +37,7 @@ impl Backing {
     pub fn granule(self) -> u64 {
         match self {
             Backing::Shmem | Backing::Anon => PAGE_SIZE as u64,
-            Backing::Hugetlb | Backing::ShmemThp => crate::hugepages::HUGE_PAGE_SIZE,
+            Backing::Hugetlb | Backing::ShmemThp => crate::host::hugepages::HUGE_PAGE_SIZE,
         }
     }
 
@@ -252,7 +252,7 @@ pub struct HostLimits {
     pub cap_ipc_lock: bool,
     pub allowed_cpus: Vec<usize>,
     /// The 2 MiB hugetlb pool (None: the kernel has none).
-    pub hugetlb: Option<crate::hugepages::HugetlbPool>,
+    pub hugetlb: Option<crate::host::hugepages::HugetlbPool>,
     /// The effective shmem THP mode for 2 MiB folios (None: unknown, no THP).
     pub shmem_thp_mode: Option<String>,
 }
@@ -261,12 +261,12 @@ impl HostLimits {
     /// Reads this host's limits.
     pub fn probe() -> Self {
         Self {
-            ram: crate::hostinfo::mem_total_bytes().unwrap_or(u64::MAX),
+            ram: crate::host::mem_total_bytes().unwrap_or(u64::MAX),
             memlock: crate::sys::memlock_limit(),
             cap_ipc_lock: crate::sys::has_cap_ipc_lock(),
             allowed_cpus: crate::sys::allowed_cpus(),
-            hugetlb: crate::hugepages::HugetlbPool::probe(),
-            shmem_thp_mode: crate::hugepages::shmem_thp_mode().ok(),
+            hugetlb: crate::host::hugepages::HugetlbPool::probe(),
+            shmem_thp_mode: crate::host::hugepages::shmem_thp_mode().ok(),
         }
     }
 
@@ -379,7 +379,7 @@ impl VmConfig {
         match self.backing {
             Backing::Hugetlb => {
                 let pool = host.hugetlb.ok_or(ConfigError::NoHugetlb)?;
-                let needed = self.mem_size / crate::hugepages::HUGE_PAGE_SIZE;
+                let needed = self.mem_size / crate::host::hugepages::HUGE_PAGE_SIZE;
                 if pool.available() < needed {
                     return Err(ConfigError::HugePagesShort {
                         needed,
@@ -391,7 +391,7 @@ impl VmConfig {
             }
             Backing::ShmemThp => {
                 let mode = host.shmem_thp_mode.as_deref().unwrap_or("never");
-                if !crate::hugepages::shmem_thp_mode_allows_madvise(mode) {
+                if !crate::host::hugepages::shmem_thp_mode_allows_madvise(mode) {
                     return Err(ConfigError::ShmemThpDisabled(mode.into()));
                 }
             }
@@ -456,7 +456,7 @@ mod tests {
             memlock: Some(64 << 10),
             cap_ipc_lock: false,
             allowed_cpus: vec![0, 1],
-            hugetlb: Some(crate::hugepages::HugetlbPool {
+            hugetlb: Some(crate::host::hugepages::HugetlbPool {
                 total: 8,
                 free: 8,
                 reserved: 0,

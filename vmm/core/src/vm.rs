@@ -17,13 +17,13 @@ use crate::arch::LinuxBoot;
 use crate::arch::{self, DeviceAddr};
 use crate::config::{Stage2, VmConfig, VmType};
 use crate::control::{HostFailure, Termination, VmControl, VmEvent};
-use crate::hostinfo;
+use crate::host;
 use crate::inject::{Injector, Site};
 use crate::linux::{self, LinuxReport};
 use crate::memory::GuestMemory;
-use crate::protected;
 use crate::report::{GranuleFacts, HostFacts, MemAccounting, Outcome, Report, Timing, VcpuResult};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
+use crate::stage2::protected;
 use crate::stage2::{self, Resolver, ResolverConfig};
 use crate::sys::{self, PAGE_SIZE};
 use crate::vcpu::{self, Buses, ExitCounts, VcpuOutcome};
@@ -119,11 +119,11 @@ struct VcpuThread {
 pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
     let t_start = Instant::now();
     let acct_before = (
-        hostinfo::status_kb("VmPin"),
-        hostinfo::status_kb("VmLck"),
+        host::status_kb("VmPin"),
+        host::status_kb("VmLck"),
         sys::open_fds(),
     );
-    let vmstat_before = hostinfo::vmstat();
+    let vmstat_before = host::vmstat();
     vcpu::install_kick_handler().map_err(VmError::Signal)?;
 
     let faults = Injector::new(&cfg.inject);
@@ -164,7 +164,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
     }
     let vm = protected::create_vm(&kvm, cfg.vm_type).map_err(VmError::CreateVm)?;
     // Opened now: the main thread's seccomp filter allows no ioctl later.
-    let kvm_page_sizes = crate::kvmstats::PageSizeStats::open(&vm);
+    let kvm_page_sizes = crate::host::kvmstats::PageSizeStats::open(&vm);
     arch::setup_vm(&vm)?;
     if linux_boot.is_some() {
         arch::setup_linux_vm(&vm)?;
@@ -353,8 +353,8 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
     let first_exit_ms = ctl
         .first_exit()
         .map(|t| ms(t.saturating_duration_since(t_start)));
-    let acct_running = (hostinfo::status_kb("VmPin"), hostinfo::status_kb("VmLck"));
-    let rss_running = ["RssAnon", "RssFile", "RssShmem"].map(hostinfo::status_kb);
+    let acct_running = (host::status_kb("VmPin"), host::status_kb("VmLck"));
+    let rss_running = ["RssAnon", "RssFile", "RssShmem"].map(host::status_kb);
     let granule = granule_facts(kvm_page_sizes.as_ref(), &mem);
 
     // Teardown: stop the resolver (releasing every pin), close userfaultfd (a vCPU stuck on
@@ -494,14 +494,14 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
         eager_pins: eager_pins_count,
         prefilled_pages: prefilled,
         guest_pages: cfg.pages(),
-        vmstat_delta: hostinfo::vmstat_delta(&vmstat_before, &hostinfo::vmstat()),
+        vmstat_delta: host::vmstat_delta(&vmstat_before, &host::vmstat()),
         memory: MemAccounting {
             vm_pin_kb_before: kb(acct_before.0),
             vm_pin_kb_running: kb(acct_running.0),
-            vm_pin_kb_after: kb(hostinfo::status_kb("VmPin")),
+            vm_pin_kb_after: kb(host::status_kb("VmPin")),
             vm_lck_kb_before: kb(acct_before.1),
             vm_lck_kb_running: kb(acct_running.1),
-            vm_lck_kb_after: kb(hostinfo::status_kb("VmLck")),
+            vm_lck_kb_after: kb(host::status_kb("VmLck")),
             open_fds_before: acct_before.2,
             open_fds_after: sys::open_fds(),
             rss_anon_kb_running: kb(rss_running[0]),
@@ -534,7 +534,10 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmError> {
 }
 
 /// What the pin and KVM really got, read while the guest's memory is still mapped.
-fn granule_facts(kvm: Option<&crate::kvmstats::PageSizeStats>, mem: &GuestMemory) -> GranuleFacts {
+fn granule_facts(
+    kvm: Option<&crate::host::kvmstats::PageSizeStats>,
+    mem: &GuestMemory,
+) -> GranuleFacts {
     let huge = mem.huge_folios();
     let kvm = kvm.and_then(|k| k.read());
     GranuleFacts {

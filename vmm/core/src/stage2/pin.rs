@@ -406,7 +406,7 @@ mod tests {
         assert_eq!((t.stats.ok, t.stats.already_pinned), (3, 1));
         // One pin covers all 512 pages of the granule: VmPin holds at least 3 x 2 MiB (where
         // the kernel charges io_uring pins to VmPin at all: 7.x does not for CAP_IPC_LOCK).
-        match crate::hostinfo::status_kb("VmPin").unwrap_or(0) {
+        match crate::host::status_kb("VmPin").unwrap_or(0) {
             0 => eprintln!("a_2m_granule_is_one_buffer_per_slot: VmPin not charged here"),
             kb => assert!(kb >= 3 * 2048, "VmPin {kb} KiB"),
         }

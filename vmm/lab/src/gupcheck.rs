@@ -11,11 +11,11 @@ use std::time::Instant;
 use clap::Args;
 use serde::Serialize;
 
-use crate::drain::{DrainPolicy, Drainer};
-use crate::exit_code::ExitCode;
-use crate::hostinfo;
-use crate::pin::PinTable;
-use crate::sys::{self, Mapping, PAGE_SIZE};
+use vmm::exit_code::ExitCode;
+use vmm::host;
+use vmm::stage2::drain::{DrainPolicy, Drainer};
+use vmm::stage2::pin::PinTable;
+use vmm::sys::{self, Mapping, PAGE_SIZE};
 
 /// Arguments of `pinvmm gup-check`.
 #[derive(Args, Debug, Clone)]
@@ -114,7 +114,7 @@ fn run_case(
     let len = pages as usize * PAGE_SIZE;
     let pagemap = std::fs::File::open("/proc/self/pagemap").ok();
     let mut drainer = Drainer::new(c.drain).map_err(|e| e.to_string())?;
-    let before = hostinfo::vmstat();
+    let before = host::vmstat();
     let t = Instant::now();
     let (mut pins, mut failed, mut movable, mut errno) = (0, 0, 0i64, None);
     for _ in 0..rounds {
@@ -146,11 +146,11 @@ fn run_case(
             pins += 1;
             if let Err(e) = table.pin(p, view.addr() + off as u64) {
                 failed += 1;
-                errno = e.errno().map(crate::control::errno_name);
+                errno = e.errno().map(vmm::control::errno_name);
             }
         }
     }
-    let after = hostinfo::vmstat();
+    let after = host::vmstat();
     let d = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
     let _ = sys::pin_thread_to_cpu(cpus.0);
     Ok(CaseResult {
@@ -167,16 +167,16 @@ fn run_case(
 
 /// Runs the check; prints KTAP; returns the exit code (0 all ok or skipped, 1 a case failed).
 pub fn main(a: &GupCheckArgs) -> ExitCode {
-    let release = hostinfo::kernel_release();
-    let version = hostinfo::kernel_version();
-    let movable = hostinfo::movable_pages();
-    let cma = hostinfo::cma_total_bytes().unwrap_or(0);
+    let release = host::kernel_release();
+    let version = host::kernel_version();
+    let movable = host::movable_pages();
+    let cma = host::cma_total_bytes().unwrap_or(0);
     let cpus = sys::allowed_cpus();
     let mut out = String::from("KTAP version 1\n");
     let _ = writeln!(
         out,
         "# pinvmm gup-check: kernel {release} (version {version}, fix by version: {:?})",
-        hostinfo::gup_fix_status(&version)
+        host::gup_fix_status(&version)
     );
     let _ = writeln!(
         out,

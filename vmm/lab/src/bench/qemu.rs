@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::stats::median;
+use vmm::stats::median;
 
 /// How long one VM process may take before it is killed and the section fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -513,7 +513,7 @@ pub fn run(a: &QemuArgs, log: &dyn Fn(&str)) -> Result<QemuSection, String> {
     let rom_path: PathBuf = a.dir.join(format!("pinvmm-qemu-rom-{}M.bin", a.mem >> 20));
     let _cleanup = RemoveOnDrop(rom_path.clone());
     std::fs::write(&rom_path, &rom).map_err(|e| format!("{}: {e}", rom_path.display()))?;
-    let pages = (a.mem - data_start) / crate::sys::PAGE_SIZE as u64;
+    let pages = (a.mem - data_start) / vmm::sys::PAGE_SIZE as u64;
     let vs = variants(a, &rom_path);
     let tsc = tsc_hz();
     let mut samples: Vec<Vec<Sample>> = (0..vs.len()).map(|_| Vec::new()).collect();
@@ -567,7 +567,7 @@ pub fn run(a: &QemuArgs, log: &dyn Fn(&str)) -> Result<QemuSection, String> {
                     .then(|| touch.iter().copied().fold(f64::INFINITY, f64::min)),
                 first_touch_max: (!touch.is_empty())
                     .then(|| touch.iter().copied().fold(0.0, f64::max)),
-                gib_per_s: ft.map(|us| crate::sys::PAGE_SIZE as f64 / us / 1e3 / 1.073_741_824),
+                gib_per_s: ft.map(|us| vmm::sys::PAGE_SIZE as f64 / us / 1e3 / 1.073_741_824),
                 ratio_to_pinvmm_kernel: None,
                 command: v.cmd.join(" "),
             }

@@ -7,11 +7,11 @@ use io_uring::IoUring;
 use kvm_ioctls::Kvm;
 use serde::Serialize;
 
-use crate::config::Backing;
-use crate::drain::{DrainPolicy, Drainer};
-use crate::memory::GuestMemory;
-use crate::report::HostFacts;
-use crate::sys;
+use vmm::config::Backing;
+use vmm::memory::GuestMemory;
+use vmm::report::HostFacts;
+use vmm::stage2::drain::{DrainPolicy, Drainer};
+use vmm::sys;
 
 /// One capability and whether it works.
 #[derive(Debug, Clone, Serialize)]
@@ -73,11 +73,7 @@ pub fn probe() -> Probe {
         "userfaultfd",
         GuestMemory::new(Backing::Shmem, 0, 1 << 20)
             .map_err(|e| e.to_string())
-            .and_then(|m| {
-                crate::stage2::arm(&m)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
+            .and_then(|m| vmm::stage2::arm(&m).map(|_| ()).map_err(|e| e.to_string()))
             .map(|()| "kernel-mode faults, MISSING|MINOR on shmem".into()),
     ));
     checks.push(check(
@@ -113,7 +109,7 @@ pub fn probe() -> Probe {
     ));
     checks.push(check(
         "hugetlb 2M",
-        match crate::hugepages::HugetlbPool::probe() {
+        match vmm::host::hugepages::HugetlbPool::probe() {
             None => Err("--backing hugetlb: no 2 MiB hugetlb pool in this kernel".into()),
             Some(p) if p.available() == 0 => Err(format!(
                 "--backing hugetlb: pool empty ({} pages, {} free, {} reserved): reserve with `sysctl vm.nr_hugepages=N` (N = guest MiB / 2)",
@@ -128,9 +124,9 @@ pub fn probe() -> Probe {
     ));
     checks.push(check(
         "shmem THP 2M",
-        match crate::hugepages::shmem_thp_mode() {
+        match vmm::host::hugepages::shmem_thp_mode() {
             Err(e) => Err(format!("--backing shmem-thp: {e}")),
-            Ok(m) if crate::hugepages::shmem_thp_mode_allows_madvise(&m) => {
+            Ok(m) if vmm::host::hugepages::shmem_thp_mode_allows_madvise(&m) => {
                 Ok(format!("--backing shmem-thp: shmem_enabled {m}"))
             }
             Ok(m) => Err(format!(

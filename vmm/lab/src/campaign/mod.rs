@@ -22,12 +22,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{Backing, CpuPlacement, FaultIn, HostLimits, VmConfig, parse_size};
-use crate::drain::DrainPolicy;
-use crate::exit_code::ExitCode;
-use crate::report::HostFacts;
 use journal::{Journal, RunRecord};
 use summary::{CellSummary, Comparison, Expectation};
+use vmm::config::{Backing, CpuPlacement, FaultIn, HostLimits, VmConfig, parse_size};
+use vmm::exit_code::ExitCode;
+use vmm::report::HostFacts;
+use vmm::stage2::drain::DrainPolicy;
 
 /// Arguments of `pinvmm campaign`.
 #[derive(Args, Debug, Clone)]
@@ -63,7 +63,7 @@ pub struct CampaignArgs {
     /// VM type of every VM: normal (pinvmm's userfaultfd resolver pins) or protected (pKVM:
     /// KVM pins; arm64 with kvm-arm.mode=protected, Linux 7.x). See `pinvmm run --help`.
     #[arg(long, value_enum, default_value = "normal")]
-    pub vm_type: crate::protected::VmType,
+    pub vm_type: vmm::stage2::protected::VmType,
     /// CPU of the fault-in thread (passed to every VM).
     #[arg(long)]
     pub fault_cpu: Option<usize>,
@@ -189,7 +189,7 @@ pub fn spec_of(a: &CampaignArgs, host: &HostLimits) -> Result<CampaignSpec, Stri
     if a.policies.is_empty() || a.backing.is_empty() || a.fault_in.is_empty() {
         return Err("--policies, --backing and --fault-in each need at least one value".into());
     }
-    if a.vm_type != crate::protected::VmType::Normal && a.inject_pin_failure_rate.is_some() {
+    if a.vm_type != vmm::stage2::protected::VmType::Normal && a.inject_pin_failure_rate.is_some() {
         return Err("--inject-pin-failure-rate works only with --vm-type normal (KVM takes a protected VM's pins)".into());
     }
     let payload =
@@ -759,7 +759,7 @@ mod tests {
         bad.inject_pin_failure_rate = Some(1.5);
         assert!(spec_of(&bad, &host).unwrap_err().contains("1.5"));
         bad = a.clone();
-        bad.vm_type = crate::protected::VmType::Protected;
+        bad.vm_type = vmm::stage2::protected::VmType::Protected;
         assert!(spec_of(&bad, &host).unwrap_err().contains("inject"));
         bad.inject_pin_failure_rate = None;
         if cfg!(target_arch = "x86_64") {

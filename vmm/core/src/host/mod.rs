@@ -1,0 +1,10 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Facts about the host: kernel, CPU, KVM backend, movable memory, process counters
+//! ([`info`], re-exported here), the huge page pool and THP settings ([`hugepages`]) and KVM's
+//! page-size statistics ([`kvmstats`]).
+
+pub mod hugepages;
+pub mod info;
+pub mod kvmstats;
+
+pub use info::*;
