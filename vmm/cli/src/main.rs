@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use guest::Payload;
-use vmm::config::{CpuPlacement, InjectSpec, TouchParams, parse_size};
+use lab::args::named;
+use vmm::config::{CpuPlacement, InjectSpec, TouchParams, VmType, parse_size};
 use vmm::linux::LinuxConfig;
 use vmm::seccomp::SeccompMode;
 use vmm::{Backing, DrainPolicy, ExitCode, FaultIn, HostLimits, Stage2, VmConfig};
@@ -107,16 +108,16 @@ struct RunArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
     vcpus: u8,
     /// Guest memory backing.
-    #[arg(long, value_enum, default_value = "shmem")]
+    #[arg(long, value_parser = named::<Backing>(), default_value = "shmem")]
     backing: Backing,
     /// Drain policy run between fault-in and the long-term pin.
-    #[arg(long, value_enum, default_value = "none")]
+    #[arg(long, value_parser = named::<DrainPolicy>(), default_value = "none")]
     policy: DrainPolicy,
     /// Who faults the page into the mlocked pin view: an ordinary touch, or the pin itself.
-    #[arg(long, value_enum, default_value = "touch")]
+    #[arg(long, value_parser = named::<FaultIn>(), default_value = "touch")]
     fault_in: FaultIn,
     /// Stage-2 path: pin (userfaultfd + pins), uffd (no pins), kernel (KVM's own), eager (pin all first).
-    #[arg(long, value_enum, default_value = "pin")]
+    #[arg(long, value_parser = named::<Stage2>(), default_value = "pin")]
     stage2: Stage2,
     /// VM type. `protected` (arm64, kvm-arm.mode=protected, Linux 7.x): a real pKVM protected VM
     /// whose stage-2 faults KVM resolves by long-term pins itself. No userfaultfd (it cannot be
@@ -125,8 +126,8 @@ struct RunArgs {
     /// the payload and --prefill pages through the mlocked mapping KVM pins, runs the policy's
     /// drain (mlock-drain: that CPU, lru-add-drain: all CPUs), then the vCPU runs on --pin-cpu;
     /// KVM_RUN = EFAULT terminates the VM (exit 5) unless --policy retry runs it again.
-    #[arg(long, value_enum, default_value = "normal")]
-    vm_type: vmm::config::VmType,
+    #[arg(long, value_parser = named::<VmType>(), default_value = "normal")]
+    vm_type: VmType,
     /// CPU of the fault-in thread (default: the first usable CPU).
     #[arg(long, value_name = "N")]
     fault_cpu: Option<usize>,

@@ -1,34 +1,37 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! What a VM is asked to be: plain data, validated once before anything is built.
 
-use std::fmt;
 use std::time::Duration;
 
 use guest::Payload;
 use serde::Serialize;
 
 pub use crate::inject::InjectSpec;
+use crate::names::named_enum;
 use crate::stage2::drain::DrainPolicy;
 pub use crate::stage2::protected::VmType;
 use crate::sys::PAGE_SIZE;
 
-/// How guest memory is backed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Backing {
-    /// memfd (shmem), mapped twice: guest view and mlocked pin view, as crosvm does.
-    Shmem,
-    /// Private anonymous memory, one mlocked mapping (shows Hugh Dickins' point in the seed).
-    Anon,
-    /// memfd of 2 MiB hugetlb pages (MFD_HUGETLB), mapped as shmem is: every fault is resolved,
-    /// pinned (one io_uring buffer) and mapped (one UFFDIO_CONTINUE) 2 MiB at a time. Needs
-    /// pages in the hugetlb pool (/proc/sys/vm/nr_hugepages). Hugetlb pages never sit in LRU or
-    /// mlock batches: a performance backing, the drain policies have nothing to drain.
-    Hugetlb,
-    /// memfd with MADV_HUGEPAGE (2 MiB shmem THP where the kernel gives them): faults resolved
-    /// 2 MiB at a time as for hugetlb, but UFFDIO_CONTINUE on shmem maps 4 KiB PTEs, so KVM
-    /// maps 4 KiB pages. Needs shmem_enabled to allow madvise (always, within_size, advise).
-    ShmemThp,
+named_enum! {
+    /// How guest memory is backed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Backing {
+        /// memfd (shmem), mapped twice: guest view and mlocked pin view, as crosvm does.
+        Shmem = "shmem",
+        /// Private anonymous memory, one mlocked mapping (shows Hugh Dickins' point in the seed).
+        Anon = "anon",
+        /// memfd of 2 MiB hugetlb pages (MFD_HUGETLB), mapped as shmem is: every fault is
+        /// resolved, pinned (one io_uring buffer) and mapped (one UFFDIO_CONTINUE) 2 MiB at a
+        /// time. Needs pages in the hugetlb pool (/proc/sys/vm/nr_hugepages). Hugetlb pages never
+        /// sit in LRU or mlock batches: a performance backing, the drain policies have nothing
+        /// to drain.
+        Hugetlb = "hugetlb",
+        /// memfd with MADV_HUGEPAGE (2 MiB shmem THP where the kernel gives them): faults
+        /// resolved 2 MiB at a time as for hugetlb, but UFFDIO_CONTINUE on shmem maps 4 KiB
+        /// PTEs, so KVM maps 4 KiB pages. Needs shmem_enabled to allow madvise (always,
+        /// within_size, advise).
+        ShmemThp = "shmem-thp",
+    }
 }
 
 impl Backing {
@@ -47,28 +50,30 @@ impl Backing {
     }
 }
 
-/// Who faults a page into the mlocked pin view before the long-term pin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum FaultIn {
-    /// An ordinary fault through the pin view first, then the drain policy, then the pin.
-    Touch,
-    /// The long-term pin faults the page in itself (pKVM-exact).
-    Pin,
+named_enum! {
+    /// Who faults a page into the mlocked pin view before the long-term pin.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum FaultIn {
+        /// An ordinary fault through the pin view first, then the drain policy, then the pin.
+        Touch = "touch",
+        /// The long-term pin faults the page in itself (pKVM-exact).
+        Pin = "pin",
+    }
 }
 
-/// How the guest's stage-2 faults are resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Stage2 {
-    /// userfaultfd + long-term pin per faulting page (the subject of pinvmm).
-    Pin,
-    /// userfaultfd without pins: the cost of the round trip alone.
-    Uffd,
-    /// KVM's own fault path: no userfaultfd, no pins (the performance floor).
-    Kernel,
-    /// Every guest page faulted in and pinned before the first instruction.
-    Eager,
+named_enum! {
+    /// How the guest's stage-2 faults are resolved.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Stage2 {
+        /// userfaultfd + long-term pin per faulting page (the subject of pinvmm).
+        Pin = "pin",
+        /// userfaultfd without pins: the cost of the round trip alone.
+        Uffd = "uffd",
+        /// KVM's own fault path: no userfaultfd, no pins (the performance floor).
+        Kernel = "kernel",
+        /// Every guest page faulted in and pinned before the first instruction.
+        Eager = "eager",
+    }
 }
 
 /// Parses sizes like `64M`, `1G`, `4096`, `16K` (binary units).
@@ -432,17 +437,6 @@ impl VmConfig {
     /// Number of guest pages.
     pub fn pages(&self) -> u64 {
         self.mem_size / PAGE_SIZE as u64
-    }
-}
-
-impl fmt::Display for Backing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backing::Shmem => "shmem",
-            Backing::Anon => "anon",
-            Backing::Hugetlb => "hugetlb",
-            Backing::ShmemThp => "shmem-thp",
-        })
     }
 }
 

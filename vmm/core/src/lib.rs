@@ -12,6 +12,7 @@ pub mod host;
 pub mod inject;
 pub mod linux;
 pub mod memory;
+pub mod names;
 pub mod report;
 pub mod seccomp;
 pub mod stage2;

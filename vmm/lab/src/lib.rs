@@ -3,6 +3,7 @@
 //! launch, RSS, QEMU side by side), `campaign` (termination rates per policy), `stress`,
 //! `gup-check` and `probe`.
 
+pub mod args;
 pub mod bench;
 pub mod campaign;
 pub mod gupcheck;

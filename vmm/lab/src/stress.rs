@@ -16,6 +16,7 @@ use guest::Payload;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::args::named;
 use vmm::config::{Backing, HostLimits, VmConfig, parse_size};
 use vmm::exit_code::ExitCode;
 use vmm::host;
@@ -37,13 +38,13 @@ pub struct StressArgs {
     /// Drain policies to cycle through.
     #[arg(
         long,
-        value_enum,
+        value_parser = named::<DrainPolicy>(),
         value_delimiter = ',',
         default_value = "none,lru-add-drain,mlock-drain,retry"
     )]
     pub policies: Vec<DrainPolicy>,
     /// Backings to cycle through.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "shmem,anon")]
+    #[arg(long, value_parser = named::<Backing>(), value_delimiter = ',', default_value = "shmem,anon")]
     pub backings: Vec<Backing>,
     /// Seconds one VM may take before it counts as a failure (timeout).
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]

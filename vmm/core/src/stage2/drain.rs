@@ -19,37 +19,21 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::inject::{Injector, Site};
+use crate::names::named_enum;
 use crate::sys::{self, Mapping, PAGE_SIZE};
 
-/// The policies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum DrainPolicy {
-    /// Nothing (the status quo of crosvm on pKVM).
-    None,
-    /// Drain every CPU's LRU and mlock batches before each pin (`lru_add_drain_all()`).
-    LruAddDrain,
-    /// Drain only the batches of the CPU that faulted the page in, right after the fault-in.
-    MlockDrain,
-    /// No drain up front; when a pin fails, drain every CPU and pin once more.
-    Retry,
-}
-
-impl DrainPolicy {
-    pub const ALL: [DrainPolicy; 4] = [
-        DrainPolicy::None,
-        DrainPolicy::LruAddDrain,
-        DrainPolicy::MlockDrain,
-        DrainPolicy::Retry,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DrainPolicy::None => "none",
-            DrainPolicy::LruAddDrain => "lru-add-drain",
-            DrainPolicy::MlockDrain => "mlock-drain",
-            DrainPolicy::Retry => "retry",
-        }
+named_enum! {
+    /// The policies.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum DrainPolicy {
+        /// Nothing (the status quo of crosvm on pKVM).
+        None = "none",
+        /// Drain every CPU's LRU and mlock batches before each pin (`lru_add_drain_all()`).
+        LruAddDrain = "lru-add-drain",
+        /// Drain only the batches of the CPU that faulted the page in, right after the fault-in.
+        MlockDrain = "mlock-drain",
+        /// No drain up front; when a pin fails, drain every CPU and pin once more.
+        Retry = "retry",
     }
 }
 
@@ -288,10 +272,14 @@ mod tests {
     }
 
     #[test]
-    fn names_are_the_cli_names() {
-        use clap::ValueEnum;
+    fn names_are_the_report_names() {
         for p in DrainPolicy::ALL {
-            assert_eq!(p.to_possible_value().unwrap().get_name(), p.name());
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{}\"", p.name()));
         }
+        assert_eq!(
+            DrainPolicy::ALL.map(DrainPolicy::name),
+            ["none", "lru-add-drain", "mlock-drain", "retry"]
+        );
     }
 }

@@ -31,6 +31,7 @@ use serde::Serialize;
 
 use crate::control::{Termination, VmControl, VmEvent, errno_name};
 use crate::memory::GuestMemory;
+use crate::names::named_enum;
 use crate::stage2::drain::{DrainPolicy, DrainStats, Drainer};
 use crate::sys::{self, PAGE_SIZE};
 use crate::vcpu::{self, Action, Buses, ExitCounts, VcpuOutcome};
@@ -42,17 +43,17 @@ const KVM_EXIT_MEMORY_FAULT: u32 = 39;
 /// Consecutive EFAULTs (no guest exit in between) a retrying VMM accepts before giving up.
 pub const MAX_CONSECUTIVE_RETRIES: u64 = 8;
 
-/// Which kind of VM `KVM_CREATE_VM` makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum VmType {
-    /// An ordinary VM (type 0); pins come from pinvmm's userfaultfd resolver (`--stage2`).
-    #[default]
-    Normal,
-    /// A pKVM protected VM (arm64, kvm-arm.mode=protected, Linux 7.x): KVM long-term-pins each
-    /// page on the guest's stage-2 fault itself. Cannot be combined with userfaultfd, so only
-    /// the default `--stage2` and the shmem backing are accepted.
-    Protected,
+named_enum! {
+    /// Which kind of VM `KVM_CREATE_VM` makes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum VmType {
+        /// An ordinary VM (type 0); pins come from pinvmm's userfaultfd resolver (`--stage2`).
+        Normal = "normal",
+        /// A pKVM protected VM (arm64, kvm-arm.mode=protected, Linux 7.x): KVM long-term-pins
+        /// each page on the guest's stage-2 fault itself. Cannot be combined with userfaultfd,
+        /// so only the default `--stage2` and the shmem backing are accepted.
+        Protected = "protected",
+    }
 }
 
 /// What the loader thread and the vCPUs of a protected VM did.

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use guest::Payload;
 use serde::Serialize;
 
+use crate::args::named;
 use vmm::config::{Backing, FaultIn, HostLimits, Stage2, VmConfig, parse_size};
 use vmm::exit_code::ExitCode;
 use vmm::host::hugepages::{HUGE_PAGE_SIZE, HostSetting};
@@ -84,7 +85,7 @@ pub struct BenchArgs {
     /// or those rows are skipped, and the output says so.
     #[arg(
         long,
-        value_enum,
+        value_parser = named::<Backing>(),
         value_delimiter = ',',
         default_value = "shmem,hugetlb,shmem-thp",
         value_name = "BACKING,..."

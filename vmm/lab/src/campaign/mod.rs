@@ -22,9 +22,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::args::named;
 use journal::{Journal, RunRecord};
 use summary::{CellSummary, Comparison, Expectation};
-use vmm::config::{Backing, CpuPlacement, FaultIn, HostLimits, VmConfig, parse_size};
+use vmm::config::{Backing, CpuPlacement, FaultIn, HostLimits, VmConfig, VmType, parse_size};
 use vmm::exit_code::ExitCode;
 use vmm::report::HostFacts;
 use vmm::stage2::drain::DrainPolicy;
@@ -35,15 +36,16 @@ pub struct CampaignArgs {
     /// Drain policies to compare (comma-separated).
     #[arg(
         long,
+        value_parser = named::<DrainPolicy>(),
         value_delimiter = ',',
         default_value = "none,lru-add-drain,mlock-drain"
     )]
     pub policies: Vec<DrainPolicy>,
     /// Memory backings (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "shmem")]
+    #[arg(long, value_parser = named::<Backing>(), value_delimiter = ',', default_value = "shmem")]
     pub backing: Vec<Backing>,
     /// Fault-in orders (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "touch")]
+    #[arg(long, value_parser = named::<FaultIn>(), value_delimiter = ',', default_value = "touch")]
     pub fault_in: Vec<FaultIn>,
     /// VMs per cell.
     #[arg(long, default_value_t = 100)]
@@ -62,8 +64,8 @@ pub struct CampaignArgs {
     pub prefill: u8,
     /// VM type of every VM: normal (pinvmm's userfaultfd resolver pins) or protected (pKVM:
     /// KVM pins; arm64 with kvm-arm.mode=protected, Linux 7.x). See `pinvmm run --help`.
-    #[arg(long, value_enum, default_value = "normal")]
-    pub vm_type: vmm::stage2::protected::VmType,
+    #[arg(long, value_parser = named::<VmType>(), default_value = "normal")]
+    pub vm_type: VmType,
     /// CPU of the fault-in thread (passed to every VM).
     #[arg(long)]
     pub fault_cpu: Option<usize>,
@@ -189,7 +191,7 @@ pub fn spec_of(a: &CampaignArgs, host: &HostLimits) -> Result<CampaignSpec, Stri
     if a.policies.is_empty() || a.backing.is_empty() || a.fault_in.is_empty() {
         return Err("--policies, --backing and --fault-in each need at least one value".into());
     }
-    if a.vm_type != vmm::stage2::protected::VmType::Normal && a.inject_pin_failure_rate.is_some() {
+    if a.vm_type != VmType::Normal && a.inject_pin_failure_rate.is_some() {
         return Err("--inject-pin-failure-rate works only with --vm-type normal (KVM takes a protected VM's pins)".into());
     }
     let payload =
@@ -708,7 +710,7 @@ mod tests {
             prefill: 0,
             fault_cpu: None,
             pin_cpu: None,
-            vm_type: Default::default(),
+            vm_type: VmType::Normal,
             jobs: 1,
             timeout: 10.0,
             inject_pin_failure_rate: Some(0.5),
