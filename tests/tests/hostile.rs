@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use common::{check_no_leak, ensure, kvm_test, pinvmm, tally};
 use guest::Payload;
 use libtest_mimic::{Arguments, Failed, Trial};
+use vmm::control::VcpuOutcome;
 use vmm::host::ProcessCounters;
-use vmm::vcpu::VcpuOutcome;
 use vmm::vm::CONSOLE_KEEP_BYTES;
 use vmm::{Backing, HostLimits, Outcome, Report, VmConfig};
 

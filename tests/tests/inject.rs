@@ -221,7 +221,7 @@ fn run_case(c: &Case) -> Result<(), Failed> {
     ensure(
         r.vcpus
             .iter()
-            .all(|v| !matches!(v.outcome, vmm::vcpu::VcpuOutcome::Exited { .. })),
+            .all(|v| !matches!(v.outcome, vmm::control::VcpuOutcome::Exited { .. })),
         || {
             format!(
                 "{name}: a vCPU finished its work despite the failure: {:?}",

@@ -108,8 +108,8 @@ fn boot_under_qemu(arch: &str) -> Result<(), Failed> {
 fn debian_bzimage_loads(path: PathBuf) -> Result<(), Failed> {
     use std::io::Write;
 
+    use vmm::Backing;
     use vmm::arch::GpaRange;
-    use vmm::config::Backing;
     use vmm::memory::GuestMemory;
 
     let image = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -7,7 +7,7 @@ mod common;
 use common::{ensure, kvm_test};
 use guest::Payload;
 use libtest_mimic::{Arguments, Failed, Trial};
-use vmm::config::CpuPlacement;
+use vmm::CpuPlacement;
 use vmm::host::hugepages::{HUGE_PAGE_SIZE, HostSetting};
 use vmm::inject::{InjectSpec, Site};
 use vmm::{Backing, DrainPolicy, FaultIn, HostLimits, Outcome, Report, Stage2, VmConfig};

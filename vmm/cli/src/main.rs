@@ -8,10 +8,11 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use guest::Payload;
 use lab::args::named;
-use vmm::config::{CpuPlacement, InjectSpec, TouchParams, VmType, parse_size};
+use vmm::config::parse_size;
 use vmm::linux::LinuxConfig;
 use vmm::seccomp::SeccompMode;
 use vmm::{Backing, DrainPolicy, ExitCode, FaultIn, HostLimits, Stage2, VmConfig};
+use vmm::{CpuPlacement, InjectSpec, TouchParams, VmType};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -6,75 +6,17 @@ use std::time::Duration;
 use guest::Payload;
 use serde::Serialize;
 
-pub use crate::inject::InjectSpec;
-use crate::names::named_enum;
+use crate::arch;
+use crate::host::hugepages::{self, HUGE_PAGE_SIZE};
+use crate::host::{CpuPlacement, HostLimits};
+use crate::inject::InjectSpec;
+use crate::linux::LinuxConfig;
+use crate::memory::Backing;
+use crate::seccomp::SeccompMode;
 use crate::stage2::drain::DrainPolicy;
-pub use crate::stage2::protected::VmType;
+use crate::stage2::protected::VmType;
+use crate::stage2::{FaultIn, Stage2};
 use crate::sys::PAGE_SIZE;
-
-named_enum! {
-    /// How guest memory is backed.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Backing {
-        /// memfd (shmem), mapped twice: guest view and mlocked pin view, as crosvm does.
-        Shmem = "shmem",
-        /// Private anonymous memory, one mlocked mapping (shows Hugh Dickins' point in the seed).
-        Anon = "anon",
-        /// memfd of 2 MiB hugetlb pages (MFD_HUGETLB), mapped as shmem is: every fault is
-        /// resolved, pinned (one io_uring buffer) and mapped (one UFFDIO_CONTINUE) 2 MiB at a
-        /// time. Needs pages in the hugetlb pool (/proc/sys/vm/nr_hugepages). Hugetlb pages never
-        /// sit in LRU or mlock batches: a performance backing, the drain policies have nothing
-        /// to drain.
-        Hugetlb = "hugetlb",
-        /// memfd with MADV_HUGEPAGE (2 MiB shmem THP where the kernel gives them): faults
-        /// resolved 2 MiB at a time as for hugetlb, but UFFDIO_CONTINUE on shmem maps 4 KiB
-        /// PTEs, so KVM maps 4 KiB pages. Needs shmem_enabled to allow madvise (always,
-        /// within_size, advise).
-        ShmemThp = "shmem-thp",
-    }
-}
-
-impl Backing {
-    /// Bytes the resolver faults in, pins and maps per unit: 4 KiB, or 2 MiB for the huge
-    /// page backings.
-    pub fn granule(self) -> u64 {
-        match self {
-            Backing::Shmem | Backing::Anon => PAGE_SIZE as u64,
-            Backing::Hugetlb | Backing::ShmemThp => crate::host::hugepages::HUGE_PAGE_SIZE,
-        }
-    }
-
-    /// Whether the backing is a memfd (guest, pin and loader views of one file).
-    pub fn is_memfd(self) -> bool {
-        self != Backing::Anon
-    }
-}
-
-named_enum! {
-    /// Who faults a page into the mlocked pin view before the long-term pin.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum FaultIn {
-        /// An ordinary fault through the pin view first, then the drain policy, then the pin.
-        Touch = "touch",
-        /// The long-term pin faults the page in itself (pKVM-exact).
-        Pin = "pin",
-    }
-}
-
-named_enum! {
-    /// How the guest's stage-2 faults are resolved.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Stage2 {
-        /// userfaultfd + long-term pin per faulting page (the subject of pinvmm).
-        Pin = "pin",
-        /// userfaultfd without pins: the cost of the round trip alone.
-        Uffd = "uffd",
-        /// KVM's own fault path: no userfaultfd, no pins (the performance floor).
-        Kernel = "kernel",
-        /// Every guest page faulted in and pinned before the first instruction.
-        Eager = "eager",
-    }
-}
 
 /// Parses sizes like `64M`, `1G`, `4096`, `16K` (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -119,15 +61,6 @@ impl Default for TouchParams {
     }
 }
 
-/// Where the resolver's two halves run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct CpuPlacement {
-    /// CPU of the fault-in thread (and of the targeted drain).
-    pub fault_cpu: usize,
-    /// CPU of the pin thread.
-    pub pin_cpu: usize,
-}
-
 /// Everything needed to build and run one VM.
 #[derive(Debug, Clone, Serialize)]
 pub struct VmConfig {
@@ -154,12 +87,12 @@ pub struct VmConfig {
     /// Ordinary VM, or a pKVM protected VM whose pins KVM takes itself (`protected.rs`).
     pub vm_type: VmType,
     /// Boot this Linux kernel (and initrd) instead of `payload` (`linux.rs`).
-    pub linux: Option<crate::linux::LinuxConfig>,
+    pub linux: Option<LinuxConfig>,
     /// Echo the guest's console to stderr as it arrives.
     #[serde(skip)]
     pub echo_console: bool,
     /// Which threads get a seccomp filter (`seccomp.rs`).
-    pub seccomp: crate::seccomp::SeccompMode,
+    pub seccomp: SeccompMode,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -249,44 +182,6 @@ pub enum ConfigError {
 /// Largest vCPU count accepted.
 pub const MAX_VCPUS: u64 = 64;
 
-/// Host facts validation needs (kept separate so tests can pass their own).
-#[derive(Debug, Clone)]
-pub struct HostLimits {
-    pub ram: u64,
-    pub memlock: Option<u64>,
-    pub cap_ipc_lock: bool,
-    pub allowed_cpus: Vec<usize>,
-    /// The 2 MiB hugetlb pool (None: the kernel has none).
-    pub hugetlb: Option<crate::host::hugepages::HugetlbPool>,
-    /// The effective shmem THP mode for 2 MiB folios (None: unknown, no THP).
-    pub shmem_thp_mode: Option<String>,
-}
-
-impl HostLimits {
-    /// Reads this host's limits.
-    pub fn probe() -> Self {
-        Self {
-            ram: crate::host::mem_total_bytes().unwrap_or(u64::MAX),
-            memlock: crate::sys::memlock_limit(),
-            cap_ipc_lock: crate::sys::has_cap_ipc_lock(),
-            allowed_cpus: crate::sys::allowed_cpus(),
-            hugetlb: crate::host::hugepages::HugetlbPool::probe(),
-            shmem_thp_mode: crate::host::hugepages::shmem_thp_mode().ok(),
-        }
-    }
-
-    /// Default placement: two different CPUs when the host has them (fault-in and pin on
-    /// different CPUs is the case that fails on unfixed kernels), else one.
-    pub fn default_placement(&self) -> CpuPlacement {
-        let f = self.allowed_cpus.first().copied().unwrap_or(0);
-        let p = self.allowed_cpus.get(1).copied().unwrap_or(f);
-        CpuPlacement {
-            fault_cpu: f,
-            pin_cpu: p,
-        }
-    }
-}
-
 impl VmConfig {
     /// A default memtouch VM of `mem_size` bytes; callers adjust fields, then [`Self::validate`].
     pub fn new(payload: Payload, mem_size: u64, cpus: CpuPlacement) -> Self {
@@ -308,7 +203,7 @@ impl VmConfig {
             vm_type: VmType::Normal,
             linux: None,
             echo_console: false,
-            seccomp: crate::seccomp::SeccompMode::Threads,
+            seccomp: SeccompMode::Threads,
         }
     }
 
@@ -318,7 +213,7 @@ impl VmConfig {
         if !size.is_multiple_of(PAGE_SIZE as u64) {
             return Err(ConfigError::MemNotPageAligned(size));
         }
-        let (min, max) = (crate::arch::MIN_MEM, crate::arch::MAX_MEM);
+        let (min, max) = (arch::MIN_MEM, arch::MAX_MEM);
         if size < min {
             return Err(ConfigError::MemTooSmall { size, min });
         }
@@ -351,7 +246,7 @@ impl VmConfig {
         if self.prefill_pct > 100 {
             return Err(ConfigError::Prefill(self.prefill_pct.into()));
         }
-        let data_pages = crate::arch::data_pages(size);
+        let data_pages = arch::data_pages(size);
         if self.touch.stride_pages == 0 || self.touch.stride_pages >= data_pages.max(2) {
             return Err(ConfigError::Stride(self.touch.stride_pages));
         }
@@ -384,7 +279,7 @@ impl VmConfig {
         match self.backing {
             Backing::Hugetlb => {
                 let pool = host.hugetlb.ok_or(ConfigError::NoHugetlb)?;
-                let needed = self.mem_size / crate::host::hugepages::HUGE_PAGE_SIZE;
+                let needed = self.mem_size / HUGE_PAGE_SIZE;
                 if pool.available() < needed {
                     return Err(ConfigError::HugePagesShort {
                         needed,
@@ -396,7 +291,7 @@ impl VmConfig {
             }
             Backing::ShmemThp => {
                 let mode = host.shmem_thp_mode.as_deref().unwrap_or("never");
-                if !crate::host::hugepages::shmem_thp_mode_allows_madvise(mode) {
+                if !hugepages::shmem_thp_mode_allows_madvise(mode) {
                     return Err(ConfigError::ShmemThpDisabled(mode.into()));
                 }
             }
@@ -450,7 +345,7 @@ mod tests {
             memlock: Some(64 << 10),
             cap_ipc_lock: false,
             allowed_cpus: vec![0, 1],
-            hugetlb: Some(crate::host::hugepages::HugetlbPool {
+            hugetlb: Some(hugepages::HugetlbPool {
                 total: 8,
                 free: 8,
                 reserved: 0,

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! How the VM's threads tell the main thread what happened, and how it tells them to stop.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Instant;
@@ -8,7 +9,23 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::inject::Site;
-use crate::vcpu::VcpuOutcome;
+use crate::sys::errno_name;
+
+/// How a vCPU's run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum VcpuOutcome {
+    /// The guest wrote the test device's EXIT register.
+    Exited { status: u32 },
+    /// HLT (Linux guests; payloads do not use it).
+    Halted,
+    /// The guest crashed (triple fault, failed entry, internal error).
+    Crashed { reason: String },
+    /// Stopped by the VMM (pin failure elsewhere, timeout).
+    Stopped,
+    /// KVM_RUN failed with an errno the VMM does not handle.
+    RunFailed { errno: i32, errno_name: String },
+}
 
 /// A VM ended by a failed long-term pin, as pKVM ends it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -160,44 +177,44 @@ impl VmControl {
     }
 }
 
-/// The errnos reports name and `--inject` accepts by name (the rest appear as numbers).
-const ERRNOS: &[(i32, &str)] = &[
-    (libc::EPERM, "EPERM"),
-    (libc::ENOENT, "ENOENT"),
-    (libc::ESRCH, "ESRCH"),
-    (libc::EINTR, "EINTR"),
-    (libc::EIO, "EIO"),
-    (libc::EBADF, "EBADF"),
-    (libc::EAGAIN, "EAGAIN"),
-    (libc::ENOMEM, "ENOMEM"),
-    (libc::EFAULT, "EFAULT"),
-    (libc::EBUSY, "EBUSY"),
-    (libc::EEXIST, "EEXIST"),
-    (libc::ENODEV, "ENODEV"),
-    (libc::EINVAL, "EINVAL"),
-    (libc::ENOSPC, "ENOSPC"),
-    (libc::ENOSYS, "ENOSYS"),
-    (libc::EOPNOTSUPP, "EOPNOTSUPP"),
-    (libc::EHWPOISON, "EHWPOISON"),
-];
-
-/// Symbolic name of an errno, for reports ("errno N" for one without a name here).
-pub fn errno_name(e: i32) -> String {
-    errno_symbol(e)
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("errno {e}"))
+/// A host call at a site that failed, really or by injection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFailure {
+    pub site: Site,
+    pub errno: Option<i32>,
+    pub injected: bool,
+    /// The error as its library reported it (when it carries no errno, all there is).
+    pub detail: String,
 }
 
-/// The errno's name, if it has one here.
-pub fn errno_symbol(e: i32) -> Option<&'static str> {
-    ERRNOS.iter().find(|(n, _)| *n == e).map(|(_, s)| *s)
+impl CallFailure {
+    /// The failure an injection makes.
+    pub fn injected(site: Site, errno: i32) -> Self {
+        Self {
+            site,
+            errno: Some(errno),
+            injected: true,
+            detail: std::io::Error::from_raw_os_error(errno).to_string(),
+        }
+    }
+
+    /// For the report: `what` says what the call was doing (e.g. "mapping guest page 7").
+    pub fn into_host_failure(self, thread: &str, gpa: Option<u64>, what: &str) -> HostFailure {
+        let message = format!("{what}: {self}");
+        HostFailure::at(self.site, self.errno, self.injected, thread, gpa, message)
+    }
 }
 
-/// An errno from its name (case-insensitive) or its number (1-4095).
-pub fn errno_from_name(s: &str) -> Option<i32> {
-    ERRNOS
-        .iter()
-        .find(|(_, n)| n.eq_ignore_ascii_case(s))
-        .map(|(v, _)| *v)
-        .or_else(|| s.parse().ok().filter(|&v: &i32| v > 0 && v < 4096))
+impl fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed", self.site.call())?;
+        if let Some(e) = self.errno {
+            write!(f, " with {}", errno_name(e))?;
+        }
+        write!(f, " ({})", self.detail)?;
+        if self.injected {
+            f.write_str(" [injected]")?;
+        }
+        Ok(())
+    }
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::control::{HostFailure, errno_from_name, errno_name, errno_symbol};
+use crate::sys::{errno_from_name, errno_name, errno_symbol};
 
 /// The host calls that can be made to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -282,48 +282,6 @@ impl Injector {
                 site_calls: self.calls[s.site as usize].load(Ordering::Relaxed),
             })
             .collect()
-    }
-}
-
-/// A host call at a site that failed, really or by injection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallFailure {
-    pub site: Site,
-    pub errno: Option<i32>,
-    pub injected: bool,
-    /// The error as its library reported it (when it carries no errno, all there is).
-    pub detail: String,
-}
-
-impl CallFailure {
-    /// The failure an injection makes.
-    pub fn injected(site: Site, errno: i32) -> Self {
-        Self {
-            site,
-            errno: Some(errno),
-            injected: true,
-            detail: std::io::Error::from_raw_os_error(errno).to_string(),
-        }
-    }
-
-    /// For the report: `what` says what the call was doing (e.g. "mapping guest page 7").
-    pub fn into_host_failure(self, thread: &str, gpa: Option<u64>, what: &str) -> HostFailure {
-        let message = format!("{what}: {self}");
-        HostFailure::at(self.site, self.errno, self.injected, thread, gpa, message)
-    }
-}
-
-impl fmt::Display for CallFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed", self.site.call())?;
-        if let Some(e) = self.errno {
-            write!(f, " with {}", errno_name(e))?;
-        }
-        write!(f, " ({})", self.detail)?;
-        if self.injected {
-            f.write_str(" [injected]")?;
-        }
-        Ok(())
     }
 }
 

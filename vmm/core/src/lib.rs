@@ -21,7 +21,12 @@ pub mod sys;
 pub mod vcpu;
 pub mod vm;
 
-pub use config::{Backing, FaultIn, HostLimits, Stage2, VmConfig};
+pub use config::{TouchParams, VmConfig};
 pub use exit_code::ExitCode;
+pub use host::{CpuPlacement, HostLimits};
+pub use inject::InjectSpec;
+pub use memory::Backing;
 pub use report::{Outcome, Report};
 pub use stage2::drain::DrainPolicy;
+pub use stage2::protected::VmType;
+pub use stage2::{FaultIn, Stage2};

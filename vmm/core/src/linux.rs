@@ -20,8 +20,8 @@ use linux_loader::cmdline::Cmdline;
 use serde::Serialize;
 
 use crate::arch::{self, BootFile, LinuxBoot, LinuxLoadError};
+use crate::control::VcpuOutcome;
 use crate::memory::GuestMemory;
-use crate::vcpu::VcpuOutcome;
 
 /// Longest kernel command line, with its NUL (COMMAND_LINE_SIZE on arm64 and x86).
 pub const CMDLINE_MAX: usize = 2048;

@@ -21,10 +21,48 @@ use std::io;
 
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap};
 
-use crate::config::Backing;
 use crate::host::hugepages::{HUGE_PAGE_SIZE, HugetlbPool, NR_HUGEPAGES};
 use crate::inject::{Injector, Site};
+use crate::names::named_enum;
 use crate::sys::{self, Mapping, PAGE_SIZE};
+
+named_enum! {
+    /// How guest memory is backed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Backing {
+        /// memfd (shmem), mapped twice: guest view and mlocked pin view, as crosvm does.
+        Shmem = "shmem",
+        /// Private anonymous memory, one mlocked mapping (shows Hugh Dickins' point in the seed).
+        Anon = "anon",
+        /// memfd of 2 MiB hugetlb pages (MFD_HUGETLB), mapped as shmem is: every fault is
+        /// resolved, pinned (one io_uring buffer) and mapped (one UFFDIO_CONTINUE) 2 MiB at a
+        /// time. Needs pages in the hugetlb pool (/proc/sys/vm/nr_hugepages). Hugetlb pages never
+        /// sit in LRU or mlock batches: a performance backing, the drain policies have nothing
+        /// to drain.
+        Hugetlb = "hugetlb",
+        /// memfd with MADV_HUGEPAGE (2 MiB shmem THP where the kernel gives them): faults
+        /// resolved 2 MiB at a time as for hugetlb, but UFFDIO_CONTINUE on shmem maps 4 KiB
+        /// PTEs, so KVM maps 4 KiB pages. Needs shmem_enabled to allow madvise (always,
+        /// within_size, advise).
+        ShmemThp = "shmem-thp",
+    }
+}
+
+impl Backing {
+    /// Bytes the resolver faults in, pins and maps per unit: 4 KiB, or 2 MiB for the huge
+    /// page backings.
+    pub fn granule(self) -> u64 {
+        match self {
+            Backing::Shmem | Backing::Anon => PAGE_SIZE as u64,
+            Backing::Hugetlb | Backing::ShmemThp => HUGE_PAGE_SIZE,
+        }
+    }
+
+    /// Whether the backing is a memfd (guest, pin and loader views of one file).
+    pub fn is_memfd(self) -> bool {
+        self != Backing::Anon
+    }
+}
 
 /// Failures setting up guest memory.
 #[derive(Debug, thiserror::Error)]

@@ -7,12 +7,13 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::VmConfig;
+use crate::control::VcpuOutcome;
 use crate::control::{HostFailure, Termination};
 use crate::exit_code::ExitCode;
 use crate::host::{self, GupFix};
 use crate::inject::InjectionReport;
 use crate::stage2::ResolverReport;
-use crate::vcpu::{ExitCounts, VcpuOutcome};
+use crate::vcpu::ExitCounts;
 
 /// How the VM ended, from the user's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Small safe wrappers over the host calls no rust-vmm crate offers: memfd mappings, mlock2,
-//! madvise, migrate_pages, CPU affinity. Every `unsafe` in the VMM's memory path lives here.
+//! madvise, migrate_pages, CPU affinity; and the names of errnos. Every `unsafe` in the VMM's memory
+//! path lives here.
 
 use std::fs::File;
 use std::io;
@@ -320,6 +321,48 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// The errnos reports name and `--inject` accepts by name (the rest appear as numbers).
+const ERRNOS: &[(i32, &str)] = &[
+    (libc::EPERM, "EPERM"),
+    (libc::ENOENT, "ENOENT"),
+    (libc::ESRCH, "ESRCH"),
+    (libc::EINTR, "EINTR"),
+    (libc::EIO, "EIO"),
+    (libc::EBADF, "EBADF"),
+    (libc::EAGAIN, "EAGAIN"),
+    (libc::ENOMEM, "ENOMEM"),
+    (libc::EFAULT, "EFAULT"),
+    (libc::EBUSY, "EBUSY"),
+    (libc::EEXIST, "EEXIST"),
+    (libc::ENODEV, "ENODEV"),
+    (libc::EINVAL, "EINVAL"),
+    (libc::ENOSPC, "ENOSPC"),
+    (libc::ENOSYS, "ENOSYS"),
+    (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+    (libc::EHWPOISON, "EHWPOISON"),
+];
+
+/// Symbolic name of an errno, for reports ("errno N" for one without a name here).
+pub fn errno_name(e: i32) -> String {
+    errno_symbol(e)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("errno {e}"))
+}
+
+/// The errno's name, if it has one here.
+pub fn errno_symbol(e: i32) -> Option<&'static str> {
+    ERRNOS.iter().find(|(n, _)| *n == e).map(|(_, s)| *s)
+}
+
+/// An errno from its name (case-insensitive) or its number (1-4095).
+pub fn errno_from_name(s: &str) -> Option<i32> {
+    ERRNOS
+        .iter()
+        .find(|(_, n)| n.eq_ignore_ascii_case(s))
+        .map(|(v, _)| *v)
+        .or_else(|| s.parse().ok().filter(|&v: &i32| v > 0 && v < 4096))
 }
 
 #[cfg(test)]

@@ -12,24 +12,9 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::Serialize;
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
-use crate::control::{HostFailure, VmControl, VmEvent, errno_name};
+use crate::control::{HostFailure, VcpuOutcome, VmControl, VmEvent};
 use crate::inject::{Injector, Site};
-
-/// How a vCPU's run ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum VcpuOutcome {
-    /// The guest wrote the test device's EXIT register.
-    Exited { status: u32 },
-    /// HLT (Linux guests; payloads do not use it).
-    Halted,
-    /// The guest crashed (triple fault, failed entry, internal error).
-    Crashed { reason: String },
-    /// Stopped by the VMM (pin failure elsewhere, timeout).
-    Stopped,
-    /// KVM_RUN failed with an errno the VMM does not handle.
-    RunFailed { errno: i32, errno_name: String },
-}
+use crate::sys::errno_name;
 
 /// Exits seen, for reports and hostile-guest checks.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]

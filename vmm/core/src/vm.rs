@@ -15,7 +15,8 @@ use vmm_sys_util::signal::Killable;
 
 use crate::arch::LinuxBoot;
 use crate::arch::{self, DeviceAddr};
-use crate::config::{Stage2, VmConfig, VmType};
+use crate::config::VmConfig;
+use crate::control::VcpuOutcome;
 use crate::control::{HostFailure, Termination, VmControl, VmEvent};
 use crate::host;
 use crate::inject::{Injector, Site};
@@ -23,10 +24,12 @@ use crate::linux::{self, LinuxReport};
 use crate::memory::GuestMemory;
 use crate::report::{GranuleFacts, HostFacts, MemAccounting, Outcome, Report, Timing, VcpuResult};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
+use crate::stage2::Stage2;
 use crate::stage2::protected;
+use crate::stage2::protected::VmType;
 use crate::stage2::{self, Resolver, ResolverConfig};
 use crate::sys::{self, PAGE_SIZE};
-use crate::vcpu::{self, Buses, ExitCounts, VcpuOutcome};
+use crate::vcpu::{self, Buses, ExitCounts};
 
 /// Bytes of the guest's console kept for the report: a guest flooding its serial port costs
 /// the VMM this much memory at most (the rest is counted, not kept).

@@ -146,7 +146,7 @@ fn run_case(
             pins += 1;
             if let Err(e) = table.pin(p, view.addr() + off as u64) {
                 failed += 1;
-                errno = e.errno().map(vmm::control::errno_name);
+                errno = e.errno().map(vmm::sys::errno_name);
             }
         }
     }

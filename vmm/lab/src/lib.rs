@@ -8,4 +8,5 @@ pub mod bench;
 pub mod campaign;
 pub mod gupcheck;
 pub mod probe;
+pub mod stamp;
 pub mod stress;

@@ -7,7 +7,7 @@ use io_uring::IoUring;
 use kvm_ioctls::Kvm;
 use serde::Serialize;
 
-use vmm::config::Backing;
+use vmm::Backing;
 use vmm::memory::GuestMemory;
 use vmm::report::HostFacts;
 use vmm::stage2::drain::{DrainPolicy, Drainer};

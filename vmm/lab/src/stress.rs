@@ -17,11 +17,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::args::named;
-use vmm::config::{Backing, HostLimits, VmConfig, parse_size};
+use vmm::config::parse_size;
 use vmm::exit_code::ExitCode;
 use vmm::host;
 use vmm::report::Outcome;
 use vmm::stage2::drain::DrainPolicy;
+use vmm::{Backing, HostLimits, VmConfig};
 
 /// `pinvmm stress` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -347,7 +348,7 @@ pub fn main(a: &StressArgs) -> ExitCode {
     };
     let mut s = StressSummary {
         pinvmm_version: env!("CARGO_PKG_VERSION"),
-        date_utc: crate::bench::utc_now(),
+        date_utc: crate::stamp::utc_now(),
         kernel_release: host::kernel_release(),
         cpu: host::cpu_model(),
         online_cpus: host.allowed_cpus.len(),

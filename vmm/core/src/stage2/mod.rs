@@ -2,6 +2,8 @@
 //! Stage-2 fault resolution: the userfaultfd resolver and its pins and drains, eager pinning,
 //! and pKVM protected VMs, whose faults KVM resolves by pins itself.
 
+use crate::names::named_enum;
+
 pub mod drain;
 pub mod pin;
 pub mod protected;
@@ -11,3 +13,29 @@ pub mod uffd;
 pub use resolver::{
     DEFAULT_SPIN, Resolver, ResolverConfig, ResolverError, ResolverReport, arm, pin_all_eagerly,
 };
+
+named_enum! {
+    /// Who faults a page into the mlocked pin view before the long-term pin.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum FaultIn {
+        /// An ordinary fault through the pin view first, then the drain policy, then the pin.
+        Touch = "touch",
+        /// The long-term pin faults the page in itself (pKVM-exact).
+        Pin = "pin",
+    }
+}
+
+named_enum! {
+    /// How the guest's stage-2 faults are resolved.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Stage2 {
+        /// userfaultfd + long-term pin per faulting page (the subject of pinvmm).
+        Pin = "pin",
+        /// userfaultfd without pins: the cost of the round trip alone.
+        Uffd = "uffd",
+        /// KVM's own fault path: no userfaultfd, no pins (the performance floor).
+        Kernel = "kernel",
+        /// Every guest page faulted in and pinned before the first instruction.
+        Eager = "eager",
+    }
+}

@@ -29,12 +29,13 @@ use std::time::Instant;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::Serialize;
 
-use crate::control::{Termination, VmControl, VmEvent, errno_name};
+use crate::control::{Termination, VcpuOutcome, VmControl, VmEvent};
 use crate::memory::GuestMemory;
 use crate::names::named_enum;
 use crate::stage2::drain::{DrainPolicy, DrainStats, Drainer};
+use crate::sys::errno_name;
 use crate::sys::{self, PAGE_SIZE};
-use crate::vcpu::{self, Action, Buses, ExitCounts, VcpuOutcome};
+use crate::vcpu::{self, Action, Buses, ExitCounts};
 
 /// `KVM_VM_TYPE_ARM_PROTECTED` (arch/arm64/include/uapi/asm/kvm.h, Linux 7.x).
 pub const KVM_VM_TYPE_ARM_PROTECTED: u64 = 1 << 31;
@@ -337,7 +338,7 @@ mod tests {
 
     #[test]
     fn loader_writes_through_the_mlocked_view_on_its_cpu() {
-        use crate::config::Backing;
+        use crate::memory::Backing;
         let mem = Arc::new(GuestMemory::new(Backing::Shmem, 0x4000_0000, 64 * 4096).unwrap());
         let cpu = sys::allowed_cpus()[0];
         let plan = LoadPlan {

@@ -42,15 +42,17 @@ use serde::Serialize;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::config::{Backing, FaultIn, Stage2};
-use crate::control::{HostFailure, Termination, VmControl, VmEvent, errno_name};
-use crate::inject::{CallFailure, Injector, Site};
+use super::{FaultIn, Stage2};
+use crate::control::{CallFailure, HostFailure, Termination, VmControl, VmEvent};
+use crate::inject::{Injector, Site};
+use crate::memory::Backing;
 use crate::memory::GuestMemory;
 use crate::seccomp::{self, ThreadKind};
 use crate::stage2::drain::{DrainError, DrainPolicy, DrainStats, Drainer};
 use crate::stage2::pin::{PinError, PinStats, PinTable};
 use crate::stage2::uffd::{self, Event, EventBuffer, Pagefault, RegisterMode, Uffd, UffdError};
 use crate::stats::{Latencies, LatencySummary};
+use crate::sys::errno_name;
 use crate::sys::{self, Mapping, PAGE_SIZE};
 
 /// How long a resolver thread keeps polling for the next fault before it sleeps. A guest

@@ -21,6 +21,7 @@
 //! shared machine hits every row alike; tables give medians.
 
 pub mod qemu;
+pub mod render;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -32,7 +33,9 @@ use guest::Payload;
 use serde::Serialize;
 
 use crate::args::named;
-use vmm::config::{Backing, FaultIn, HostLimits, Stage2, VmConfig, parse_size};
+use crate::stamp::{loadavg, utc_now};
+use render::us;
+use vmm::config::parse_size;
 use vmm::exit_code::ExitCode;
 use vmm::host::hugepages::{HUGE_PAGE_SIZE, HostSetting};
 use vmm::report::{HostFacts, Outcome, Report};
@@ -40,6 +43,7 @@ use vmm::stage2::drain::{DrainPolicy, Drainer};
 use vmm::stage2::pin::PinTable;
 use vmm::stats::median;
 use vmm::sys::{self, Mapping, PAGE_SIZE};
+use vmm::{Backing, FaultIn, HostLimits, Stage2, VmConfig};
 
 /// Sections of the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -999,17 +1003,6 @@ fn f(v: Option<f64>) -> String {
     v.map_or("-".into(), |x| format!("{x:.1}"))
 }
 
-/// µs with the digits that matter (2 MiB rows go down to hundredths of a µs per page).
-pub(crate) fn us(x: f64) -> String {
-    if x < 1.0 {
-        format!("{x:.3}")
-    } else if x < 10.0 {
-        format!("{x:.2}")
-    } else {
-        format!("{x:.1}")
-    }
-}
-
 fn granule_name(bytes: u64) -> &'static str {
     if bytes >= HUGE_PAGE_SIZE {
         "2 MiB"
@@ -1252,36 +1245,6 @@ impl BenchReport {
         );
         s
     }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// UTC date and time, from the system clock (no time-zone database needed).
-pub(crate) fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60
-    )
 }
 
 /// Runs the bench; the exit code says whether it could measure (not whether goals were met).

@@ -25,10 +25,11 @@ use serde_json::Value;
 use crate::args::named;
 use journal::{Journal, RunRecord};
 use summary::{CellSummary, Comparison, Expectation};
-use vmm::config::{Backing, CpuPlacement, FaultIn, HostLimits, VmConfig, VmType, parse_size};
+use vmm::config::parse_size;
 use vmm::exit_code::ExitCode;
 use vmm::report::HostFacts;
 use vmm::stage2::drain::DrainPolicy;
+use vmm::{Backing, CpuPlacement, FaultIn, HostLimits, VmConfig, VmType};
 
 /// Arguments of `pinvmm campaign`.
 #[derive(Args, Debug, Clone)]

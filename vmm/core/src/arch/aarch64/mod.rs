@@ -86,7 +86,7 @@ pub fn configure_vcpu(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Backing;
+    use crate::memory::Backing;
 
     #[test]
     fn payload_lands_at_the_start_of_ram() {

@@ -181,7 +181,7 @@ pub fn configure_vcpu(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Backing;
+    use crate::memory::Backing;
 
     #[test]
     fn identity_map_is_user_accessible_2m_pages() {
