@@ -33,7 +33,8 @@ fn run(c: &VmConfig) -> Result<Report, Failed> {
     c.validate(&HostLimits::probe())
         .map_err(|e| format!("config: {e}"))?;
     tally::add(&tally::VMS, 1);
-    vmm::vm::run(c).map_err(|e| format!("vm::run: {e}").into())
+    let vm = vmm::build(c).map_err(|e| format!("build: {e}"))?;
+    Ok(Report::from(vm.run()))
 }
 
 /// The outcome a hostile guest must get, and what its report must show.

@@ -17,7 +17,7 @@ use guest::Payload;
 use libtest_mimic::{Arguments, Failed, Trial};
 use vmm::host::ProcessCounters;
 use vmm::inject::{InjectSpec, Site};
-use vmm::{Backing, DrainPolicy, FaultIn, HostLimits, Outcome, VmConfig};
+use vmm::{Backing, DrainPolicy, FaultIn, HostLimits, Outcome, Report, VmConfig};
 
 /// One injection case.
 struct Case {
@@ -183,7 +183,7 @@ const PROMPT: Duration = Duration::from_secs(10);
 fn run_case(c: &Case) -> Result<(), Failed> {
     let cfg = config(c)?;
     let t = Instant::now();
-    let r = vmm::vm::run(&cfg);
+    let r = vmm::build(&cfg).map(|vm| Report::from(vm.run()));
     let took = t.elapsed();
     tally::add(&tally::VMS, 1);
     ensure(took < PROMPT, || {

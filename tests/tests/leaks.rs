@@ -10,17 +10,18 @@ use guest::Payload;
 use libtest_mimic::{Arguments, Failed};
 use vmm::host::ProcessCounters;
 use vmm::inject::{InjectSpec, Site};
-use vmm::{Backing, DrainPolicy, HostLimits, Outcome, Stage2, VmConfig};
+use vmm::{Backing, DrainPolicy, HostLimits, Outcome, Report, Stage2, VmConfig};
 
 fn many_vms() -> Result<(), Failed> {
     let host = HostLimits::probe();
     // Warm-up VM: one-time allocations (signal handler, thread-locals) are not leaks.
-    vmm::vm::run(&VmConfig::new(
+    vmm::build(&VmConfig::new(
         Payload::Hello,
         4 << 20,
         host.default_placement(),
     ))
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .run();
     let before = ProcessCounters::now();
     let mut runs = 0;
     let mut injected = 0;
@@ -37,7 +38,7 @@ fn many_vms() -> Result<(), Failed> {
                     if policy == DrainPolicy::Retry && inject.is_some() {
                         c.stage2 = Stage2::Eager; // eager pins fail hard: another exit path
                     }
-                    let r = vmm::vm::run(&c);
+                    let r = vmm::build(&c).map(|vm| Report::from(vm.run()));
                     runs += 1;
                     injected += u64::from(inject.is_some());
                     match (&r, inject) {

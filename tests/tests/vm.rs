@@ -24,7 +24,8 @@ fn config(payload: Payload) -> VmConfig {
 fn run(c: &VmConfig) -> Result<Report, Failed> {
     c.validate(&HostLimits::probe())
         .map_err(|e| format!("config: {e}"))?;
-    vmm::vm::run(c).map_err(|e| format!("vm::run: {e}").into())
+    let vm = vmm::build(c).map_err(|e| format!("build: {e}"))?;
+    Ok(Report::from(vm.run()))
 }
 
 /// A memtouch VM completed, its checksum verified, and every fault was resolved by one pin.

@@ -11,7 +11,7 @@ use lab::args::named;
 use vmm::config::parse_size;
 use vmm::linux::LinuxConfig;
 use vmm::seccomp::SeccompMode;
-use vmm::{Backing, DrainPolicy, ExitCode, FaultIn, HostLimits, Stage2, VmConfig};
+use vmm::{Backing, DrainPolicy, ExitCode, FaultIn, HostLimits, Report, Stage2, VmConfig};
 use vmm::{CpuPlacement, InjectSpec, TouchParams, VmType};
 
 #[derive(Parser, Debug)]
@@ -342,7 +342,7 @@ fn run(a: RunArgs) -> ExitCode {
         );
         return ExitCode::BadInput;
     }
-    let report = match vmm::vm::run(&cfg) {
+    let report = match vmm::build(&cfg).map(|vm| Report::from(vm.run())) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pinvmm: {e}");

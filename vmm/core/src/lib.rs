@@ -2,9 +2,13 @@
 //! pinvmm: a minimal KVM VMM whose guest memory is mlocked on fault and whose every stage-2
 //! fault is resolved by a long-term pin of the guest page, as pKVM resolves a protected
 //! guest's faults — so the effect of a pre-migration drain policy on whether the VM survives
-//! can be measured on any KVM host. See shared/DESIGN.md and README.md.
+//! can be measured on any KVM host. See docs/DESIGN.md and README.md.
+//!
+//! A run is three steps: [`build`] a [`VmConfig`] into a running [`Vm`], [`Vm::run`] it to
+//! its end ([`RunResult`]), and judge that into a [`Report`] (`Report::from`).
 
 pub mod arch;
+pub mod builder;
 pub mod config;
 pub mod control;
 pub mod exit_code;
@@ -21,6 +25,7 @@ pub mod sys;
 pub mod vcpu;
 pub mod vm;
 
+pub use builder::{BuildError, build};
 pub use config::{TouchParams, VmConfig};
 pub use exit_code::ExitCode;
 pub use host::{CpuPlacement, HostLimits};
@@ -30,3 +35,4 @@ pub use report::{Outcome, Report};
 pub use stage2::drain::DrainPolicy;
 pub use stage2::protected::VmType;
 pub use stage2::{FaultIn, Stage2};
+pub use vm::{RunResult, Vm};

@@ -1,19 +1,23 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! The run report: JSON for programs, a short summary for people.
+//! The run report: a [`RunResult`] judged (the outcome, the exit code, a summary line), as JSON
+//! for programs and a few lines for people; and the report of a VM that could not be built.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use guest::Payload;
 use serde::Serialize;
 
+use crate::builder::BuildError;
 use crate::config::VmConfig;
-use crate::control::VcpuOutcome;
-use crate::control::{HostFailure, Termination};
+use crate::control::{HostFailure, Termination, VcpuOutcome};
 use crate::exit_code::ExitCode;
-use crate::host::{self, GupFix};
+use crate::host::HostFacts;
 use crate::inject::InjectionReport;
+use crate::linux::LinuxReport;
 use crate::stage2::ResolverReport;
-use crate::vcpu::ExitCounts;
+use crate::stage2::protected::{ProtectedReport, VmType};
+use crate::vm::{GranuleFacts, MemAccounting, RunResult, Timing, VcpuResult};
 
 /// How the VM ended, from the user's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,112 +40,44 @@ impl Outcome {
             Outcome::VmmError => ExitCode::VmmError,
         }
     }
-}
 
-/// Facts about the host the VM ran on.
-#[derive(Debug, Clone, Serialize)]
-pub struct HostFacts {
-    pub kernel_release: String,
-    pub kernel_version: String,
-    pub gup_fix: GupFix,
-    pub cpu: String,
-    pub online_cpus: usize,
-    pub kvm_backend: String,
-    pub movable_bytes: u64,
-    pub cma_bytes: u64,
-}
-
-impl HostFacts {
-    pub fn probe() -> Self {
-        let version = host::kernel_version();
-        Self {
-            kernel_release: host::kernel_release(),
-            gup_fix: host::gup_fix_status(&version),
-            kernel_version: version,
-            cpu: host::cpu_model(),
-            online_cpus: crate::sys::allowed_cpus().len(),
-            kvm_backend: host::kvm_backend(),
-            movable_bytes: host::movable_pages() * crate::sys::PAGE_SIZE as u64,
-            cma_bytes: host::cma_total_bytes().unwrap_or(0),
+    /// The verdict on a run, first match wins: a failed pin, a VMM error (a failed host call
+    /// or KVM_RUN), the timeout; then the guest's own result (a Linux guest's result line;
+    /// a payload's status, checksum and errors, the host's page check, `hello`'s line).
+    pub fn judge(r: &RunResult) -> Outcome {
+        let run_failed = |v: &VcpuResult| matches!(v.outcome, VcpuOutcome::RunFailed { .. });
+        if r.termination.is_some() {
+            Outcome::Terminated
+        } else if r.error.is_some() {
+            Outcome::VmmError
+        } else if r.timed_out {
+            Outcome::Timeout
+        } else if r.vcpus.iter().any(run_failed) {
+            Outcome::VmmError
+        } else if let Some(l) = &r.linux {
+            if l.failure.is_some() {
+                Outcome::GuestFailed
+            } else {
+                Outcome::Completed
+            }
+        } else if payload_failed(r) {
+            Outcome::GuestFailed
+        } else {
+            Outcome::Completed
         }
     }
-
-    /// Whether a pin can need a migration at all here.
-    pub fn has_unpinnable_memory(&self) -> bool {
-        self.movable_bytes > 0 || self.cma_bytes > 0
-    }
 }
 
-/// One vCPU's result.
-#[derive(Debug, Clone, Serialize)]
-pub struct VcpuResult {
-    pub id: u8,
-    pub outcome: VcpuOutcome,
-    pub result: u64,
-    /// What a correct guest reports (memtouch checksum); None when there is nothing to check.
-    pub expected: Option<u64>,
-    pub errors: u64,
-    pub touched_pages: u64,
-    pub exits: ExitCounts,
-    pub bad_device_writes: u64,
-    /// memtouch: time of the first write pass (MARK 1 to MARK 2), when every page is touched
-    /// for the first time.
-    pub first_touch_ms: Option<f64>,
-}
-
-/// /proc/self/status values (KiB) around the run.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct MemAccounting {
-    pub vm_pin_kb_before: u64,
-    pub vm_pin_kb_running: u64,
-    pub vm_pin_kb_after: u64,
-    pub vm_lck_kb_before: u64,
-    pub vm_lck_kb_running: u64,
-    pub vm_lck_kb_after: u64,
-    pub open_fds_before: usize,
-    pub open_fds_after: usize,
-    /// The process's resident memory by kind while the VM ran (its guest memory is shmem for
-    /// the shmem backing: RssShmem counts it once per mapped view).
-    pub rss_anon_kb_running: u64,
-    pub rss_file_kb_running: u64,
-    pub rss_shmem_kb_running: u64,
-}
-
-/// The granule guest memory was resolved in, and what the host really used while the VM ran
-/// (a huge page backing asks for 2 MiB; whether the pin and KVM got 2 MiB is measured).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct GranuleFacts {
-    /// Bytes faulted in, pinned (one io_uring buffer) and mapped (one UFFDIO_CONTINUE) per
-    /// resolved fault: 4096, or 2 MiB for the hugetlb and shmem-thp backings.
-    pub granule_bytes: u64,
-    /// Resident granules of the pin view, and how many sat in a 2 MiB folio (hugetlb page or
-    /// THP), from /proc/kpageflags; None where PFNs are not readable (not root).
-    pub resident_granules: Option<u64>,
-    pub huge_folio_granules: Option<u64>,
-    /// KVM's leaf mappings of guest memory while the VM ran (VM stats fd; None where KVM
-    /// keeps no such statistic, e.g. arm64).
-    pub kvm_pages_4k: Option<u64>,
-    pub kvm_pages_2m: Option<u64>,
-}
-
-/// Timings in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Timing {
-    pub setup_ms: f64,
-    pub guest_ms: f64,
-    pub teardown_ms: f64,
-    pub wall_ms: f64,
-    /// Guest time divided by the pages the guest touched (µs).
-    pub guest_us_per_touched_page: f64,
-    /// From the start of the launch to the first guest exit of any vCPU (the earliest point at
-    /// which guest code is seen running).
-    pub first_exit_ms: Option<f64>,
-    /// From the start of the launch to the last vCPU's exit (or the VM's end).
-    pub guest_exit_ms: f64,
-    /// memtouch: the first write pass (slowest vCPU), every page's first touch.
-    pub first_touch_ms: Option<f64>,
-    /// `first_touch_ms` per touched page (µs): the first-touch cost the guest sees.
-    pub first_touch_us_per_page: Option<f64>,
+/// Whether a bare payload's run shows a failure: a vCPU that did not exit with status 0, a
+/// wrong checksum, errors, a page the host found wrong, or `hello` without its line.
+fn payload_failed(r: &RunResult) -> bool {
+    let ok = |v: &VcpuResult| v.outcome == VcpuOutcome::Exited { status: 0 };
+    !r.vcpus.iter().all(ok)
+        || r.vcpus
+            .iter()
+            .any(|v| v.expected.is_some_and(|e| e != v.result) || v.errors > 0)
+        || r.host_check_bad_pages > 0
+        || (r.config.payload == Payload::Hello && !r.console.contains(guest::HELLO_LINE))
 }
 
 /// Everything about one run.
@@ -165,10 +101,10 @@ pub struct Report {
     pub resolver: Option<ResolverReport>,
     /// `--kernel`: what was booted, how it ended, its result line and the verdict.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub linux: Option<crate::linux::LinuxReport>,
+    pub linux: Option<LinuxReport>,
     /// `--vm-type protected`: the loader thread, its drain, EFAULTs and retries.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub protected: Option<crate::stage2::protected::ProtectedReport>,
+    pub protected: Option<ProtectedReport>,
     /// Pins taken before boot (`--stage2 eager`).
     pub eager_pins: u64,
     pub prefilled_pages: u64,
@@ -184,6 +120,129 @@ pub struct Report {
     /// Whether the guest wrote more than was kept.
     pub console_truncated: bool,
     pub error: Option<String>,
+}
+
+impl From<RunResult> for Report {
+    /// Judges the run ([`Outcome::judge`]) and says so in one line.
+    fn from(r: RunResult) -> Self {
+        let outcome = Outcome::judge(&r);
+        let touched: u64 = r.vcpus.iter().map(|v| v.touched_pages).sum();
+        let console_truncated = r.console_bytes > r.console_keep as u64;
+        let summary = summarize(outcome, &r, touched)
+            + &hostile_notes(&r.vcpus, r.console_bytes, console_truncated, r.console_keep);
+        Report {
+            pinvmm_version: env!("CARGO_PKG_VERSION"),
+            outcome,
+            exit_code: outcome.exit_code() as u8,
+            summary,
+            guest_pages: r.config.pages(),
+            config: r.config,
+            host: r.host,
+            vcpus: r.vcpus,
+            host_check_bad_pages: r.host_check_bad_pages,
+            host_check_pages: r.host_check_pages,
+            termination: r.termination,
+            host_failure: r.host_failure,
+            injections: r.injections,
+            resolver: r.resolver,
+            linux: r.linux,
+            protected: r.protected,
+            eager_pins: r.eager_pins,
+            prefilled_pages: r.prefilled_pages,
+            vmstat_delta: r.vmstat_delta,
+            memory: r.memory,
+            granule: r.granule,
+            timing: r.timing,
+            console: r.console,
+            console_bytes: r.console_bytes,
+            console_truncated,
+            error: r.error,
+        }
+    }
+}
+
+/// The report's summary line.
+fn summarize(outcome: Outcome, r: &RunResult, touched: u64) -> String {
+    let cfg = &r.config;
+    match outcome {
+        Outcome::Completed | Outcome::GuestFailed if r.linux.is_some() => r
+            .linux
+            .as_ref()
+            .map(LinuxReport::summary)
+            .unwrap_or_default(),
+        Outcome::Completed if cfg.payload == Payload::Memtouch => {
+            format!("memtouch checksum verified on {touched} pages")
+        }
+        Outcome::Completed => format!("{} finished with status 0", cfg.payload.name()),
+        Outcome::Terminated if cfg.vm_type == VmType::Protected => {
+            let t = r
+                .termination
+                .as_ref()
+                .expect("terminated has a termination");
+            format!("{}; protected VM terminated, as crosvm does", t.message)
+        }
+        Outcome::Terminated => {
+            let t = r
+                .termination
+                .as_ref()
+                .expect("terminated has a termination");
+            format!(
+                "long-term pin of GPA {:#x} failed ({}): VM terminated as pKVM would",
+                t.gpa, t.errno_name
+            )
+        }
+        Outcome::Timeout => format!(
+            "guest did not finish within {:.0} s",
+            cfg.timeout.as_secs_f64()
+        ),
+        Outcome::VmmError => r.error.clone().unwrap_or_else(|| {
+            let v = r
+                .vcpus
+                .iter()
+                .find(|v| matches!(v.outcome, VcpuOutcome::RunFailed { .. }));
+            format!("KVM_RUN failed: {:?}", v.map(|v| &v.outcome))
+        }),
+        Outcome::GuestFailed => {
+            let bad: Vec<String> = r
+                .vcpus
+                .iter()
+                .filter(|v| {
+                    v.outcome != (VcpuOutcome::Exited { status: 0 })
+                        || v.expected.is_some_and(|e| e != v.result)
+                })
+                .map(|v| format!("vCPU {} {:?}", v.id, v.outcome))
+                .collect();
+            if bad.is_empty() {
+                "guest result did not verify".into()
+            } else {
+                bad.join("; ")
+            }
+        }
+    }
+}
+
+/// What a guest did to the VMM's devices, when it did more than a well-behaved guest does.
+fn hostile_notes(vcpus: &[VcpuResult], console_bytes: u64, truncated: bool, keep: usize) -> String {
+    let mut s = String::new();
+    let unmapped: u64 = vcpus.iter().map(|v| v.exits.unmapped).sum();
+    if unmapped > 0 {
+        let first = vcpus.iter().find_map(|v| v.exits.first_unmapped);
+        s += &format!(
+            "; {unmapped} accesses to addresses no device answers (first: {}; reads return all ones, writes are dropped)",
+            first.map_or_else(|| "?".into(), |a| a.to_string())
+        );
+    }
+    let bad: u64 = vcpus.iter().map(|v| v.bad_device_writes).sum();
+    if bad > 0 {
+        s += &format!("; {bad} writes to undefined test-device registers (ignored)");
+    }
+    if truncated {
+        s += &format!(
+            "; console: {console_bytes} bytes written, the first and last {} kept (truncated)",
+            keep / 2
+        );
+    }
+    s
 }
 
 impl Report {
@@ -355,7 +414,7 @@ pub struct SetupFailureReport {
 }
 
 impl SetupFailureReport {
-    pub fn new(config: &VmConfig, err: &crate::vm::VmError) -> Self {
+    pub fn new(config: &VmConfig, err: &BuildError) -> Self {
         let (outcome, code) = if err.is_bad_input() {
             ("bad-input", ExitCode::BadInput)
         } else if err.is_host_unsupported() {
@@ -386,7 +445,7 @@ impl SetupFailureReport {
     }
 }
 
-fn human_linux(s: &mut String, l: &crate::linux::LinuxReport) {
+fn human_linux(s: &mut String, l: &LinuxReport) {
     let secs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |ms| format!("{:.2} s", ms / 1e3));
     let _ = writeln!(
         s,

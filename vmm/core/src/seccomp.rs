@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::control::{HostFailure, VmControl, VmEvent};
 
-/// Which threads of a VM `vm::run` filters.
+/// Which threads of a VM get a seccomp filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SeccompMode {
@@ -35,7 +35,7 @@ pub enum SeccompMode {
     /// bench), whose calling thread goes on to do other work.
     #[default]
     Threads,
-    /// Also the thread that called `vm::run`, once every VM thread is running
+    /// Also the thread that built the VM (`builder::build`), once every VM thread is running
     /// (`pinvmm run`). Irreversible for that thread.
     All,
 }

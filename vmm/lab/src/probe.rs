@@ -8,8 +8,8 @@ use kvm_ioctls::Kvm;
 use serde::Serialize;
 
 use vmm::Backing;
+use vmm::host::HostFacts;
 use vmm::memory::GuestMemory;
-use vmm::report::HostFacts;
 use vmm::stage2::drain::{DrainPolicy, Drainer};
 use vmm::sys;
 

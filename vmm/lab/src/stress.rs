@@ -20,7 +20,7 @@ use crate::args::named;
 use vmm::config::parse_size;
 use vmm::exit_code::ExitCode;
 use vmm::host;
-use vmm::report::Outcome;
+use vmm::report::{Outcome, Report};
 use vmm::stage2::drain::DrainPolicy;
 use vmm::{Backing, HostLimits, VmConfig};
 
@@ -271,7 +271,7 @@ pub fn main(a: &StressArgs) -> ExitCode {
     // Warm-up VM: one-time allocations (signal handlers, thread-locals) are not leaks.
     let mut warm = config(cells[0]);
     warm.mem_size = vmm::arch::MIN_MEM.max(4 << 20);
-    if let Err(e) = vmm::vm::run(&warm) {
+    if let Err(e) = vmm::build(&warm).map(|vm| vm.run()) {
         eprintln!("pinvmm: the warm-up VM failed: {e}");
         return ExitCode::VmmError;
     }
@@ -425,7 +425,7 @@ fn worker(s: &Shared, cfgs: &[VmConfig], deadline: Instant) {
         let c = &cfgs[i];
         let n = s.running.fetch_add(1, Ordering::Relaxed) + 1;
         s.max_running.fetch_max(n, Ordering::Relaxed);
-        let r = vmm::vm::run(c);
+        let r = vmm::build(c).map(|vm| Report::from(vm.run()));
         s.running.fetch_sub(1, Ordering::Relaxed);
         s.done.fetch_add(1, Ordering::Relaxed);
         let (outcome, summary, guest_s) = match &r {

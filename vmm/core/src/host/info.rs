@@ -303,6 +303,40 @@ pub fn gup_fix_status(release: &str) -> GupFix {
     }
 }
 
+/// Facts about the host the VM ran on.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostFacts {
+    pub kernel_release: String,
+    pub kernel_version: String,
+    pub gup_fix: GupFix,
+    pub cpu: String,
+    pub online_cpus: usize,
+    pub kvm_backend: String,
+    pub movable_bytes: u64,
+    pub cma_bytes: u64,
+}
+
+impl HostFacts {
+    pub fn probe() -> Self {
+        let version = kernel_version();
+        Self {
+            kernel_release: kernel_release(),
+            gup_fix: gup_fix_status(&version),
+            kernel_version: version,
+            cpu: cpu_model(),
+            online_cpus: crate::sys::allowed_cpus().len(),
+            kvm_backend: kvm_backend(),
+            movable_bytes: movable_pages() * crate::sys::PAGE_SIZE as u64,
+            cma_bytes: cma_total_bytes().unwrap_or(0),
+        }
+    }
+
+    /// Whether a pin can need a migration at all here.
+    pub fn has_unpinnable_memory(&self) -> bool {
+        self.movable_bytes > 0 || self.cma_bytes > 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,8 +37,9 @@ use crate::stamp::{loadavg, utc_now};
 use render::us;
 use vmm::config::parse_size;
 use vmm::exit_code::ExitCode;
+use vmm::host::HostFacts;
 use vmm::host::hugepages::{HUGE_PAGE_SIZE, HostSetting};
-use vmm::report::{HostFacts, Outcome, Report};
+use vmm::report::{Outcome, Report};
 use vmm::stage2::drain::{DrainPolicy, Drainer};
 use vmm::stage2::pin::PinTable;
 use vmm::stats::median;
@@ -408,7 +409,7 @@ fn vm_config(
 }
 
 fn run_vm(cfg: &VmConfig, what: &str) -> Result<Report, String> {
-    let r = vmm::vm::run(cfg).map_err(|e| format!("{what}: {e}"))?;
+    let r = Report::from(vmm::build(cfg).map_err(|e| format!("{what}: {e}"))?.run());
     if r.outcome != Outcome::Completed {
         return Err(format!("{what}: {:?}: {}", r.outcome, r.summary));
     }

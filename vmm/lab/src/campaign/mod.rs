@@ -27,7 +27,7 @@ use journal::{Journal, RunRecord};
 use summary::{CellSummary, Comparison, Expectation};
 use vmm::config::parse_size;
 use vmm::exit_code::ExitCode;
-use vmm::report::HostFacts;
+use vmm::host::HostFacts;
 use vmm::stage2::drain::DrainPolicy;
 use vmm::{Backing, CpuPlacement, FaultIn, HostLimits, VmConfig, VmType};
 

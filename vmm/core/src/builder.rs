@@ -1,0 +1,497 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Building a VM: a linear script (Firecracker's `build_microvm_for_boot` shape) from a
+//! validated [`VmConfig`] to a running [`Vm`] — guest memory and the boot image, KVM, stage 2,
+//! devices, vCPUs — one function per step. [`Vm::run`] then waits and tears down, and
+//! [`crate::report::Report::from`] judges the result.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use devices::{ConsoleSink, I8042Device, SerialDevice, TestDevice};
+use guest::PayloadArgs;
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::arch::{self, DeviceAddr, LinuxBoot};
+use crate::config::VmConfig;
+use crate::control::{HostFailure, VmControl};
+use crate::host::kvmstats::PageSizeStats;
+use crate::inject::{Injector, Site};
+use crate::linux;
+use crate::memory::{GuestMemory, MemoryError};
+use crate::seccomp::{self, SeccompMode, ThreadKind};
+use crate::stage2::protected::{self, LoadPlan, ProtectedReport, RunCounters, VmType};
+use crate::stage2::uffd::Uffd;
+use crate::stage2::{self, Resolver, ResolverConfig, ResolverError, Stage2};
+use crate::sys::{self, PAGE_SIZE};
+use crate::vcpu::{self, Buses};
+use crate::vm::{
+    Baseline, Boot, CONSOLE_KEEP_BYTES, EagerPins, LINUX_CONSOLE_KEEP_BYTES, VcpuThread, Vm, ms,
+};
+
+/// Failures that stop a VM from being built (as opposed to outcomes of a run).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot open /dev/kvm: {0} (is KVM available and are you allowed to use it?)")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("KVM lacks a capability pinvmm needs: {0}")]
+    KvmCap(&'static str),
+    #[error("cannot create the VM: {0}")]
+    CreateVm(kvm_ioctls::Error),
+    #[error("cannot create vCPU {id}: {err}")]
+    CreateVcpu { id: u8, err: kvm_ioctls::Error },
+    #[error("cannot register guest memory with KVM (GPA {gpa:#x}, {size} bytes): {err}")]
+    MemoryRegion {
+        gpa: u64,
+        size: u64,
+        err: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Arch(#[from] arch::ArchError),
+    #[error(transparent)]
+    Resolver(#[from] ResolverError),
+    #[error("cannot place a device on the bus: {0}")]
+    Bus(#[from] devices::BusError),
+    #[error("cannot start a VM thread: {0}")]
+    Thread(std::io::Error),
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    #[error("eager pinning before boot failed: {0}")]
+    EagerPin(String),
+    #[error("loading the protected VM failed: {0}")]
+    Protected(String),
+    #[error(transparent)]
+    Linux(#[from] crate::linux::LinuxError),
+    #[error("cannot wire the UART's interrupt to GSI {gsi} (KVM_IRQFD): {err}")]
+    Irqfd { gsi: u32, err: kvm_ioctls::Error },
+}
+
+impl BuildError {
+    /// Whether the failure means "this host cannot do it" rather than a VMM bug.
+    pub fn is_host_unsupported(&self) -> bool {
+        matches!(
+            self,
+            BuildError::KvmOpen(_)
+                | BuildError::KvmCap(_)
+                | BuildError::Resolver(ResolverError::Create(_))
+                | BuildError::Memory(MemoryError::HugePagesShort { .. })
+        )
+    }
+
+    /// The failed host call, for reports, when it is one of the injection sites.
+    pub fn host_failure(&self) -> Option<HostFailure> {
+        match self {
+            BuildError::Memory(MemoryError::Mlock { err, injected, .. }) => Some(HostFailure::at(
+                Site::Mlock,
+                err.raw_os_error(),
+                *injected,
+                "main",
+                None,
+                self.to_string(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether the user's input is at fault (a bad kernel or initrd): exit 2.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, BuildError::Linux(e) if e.is_bad_input())
+    }
+}
+
+/// Stage 2 as armed before KVM sees the memory.
+struct Armed {
+    uffd: Option<Arc<Uffd>>,
+    eager: Option<EagerPins>,
+}
+
+/// The devices the vCPUs share, and the console they write to.
+struct SharedDevices {
+    buses: Buses,
+    console: ConsoleSink,
+    console_keep: usize,
+    serial_irqfd: EventFd,
+}
+
+/// Builds the VM `cfg` describes and starts its vCPUs. `cfg` must have been validated.
+pub fn build(cfg: &VmConfig) -> Result<Vm, BuildError> {
+    let t_start = Instant::now();
+    let baseline = Baseline::now();
+    vcpu::install_kick_handler().map_err(BuildError::Signal)?;
+    let faults = Injector::new(&cfg.inject);
+    // Memory and the boot image, written through the loader view (page cache / staging).
+    let mem = GuestMemory::new_injected(cfg.backing, arch::RAM_START, cfg.mem_size, &faults)?;
+    let (boot, prefilled) = load_guest(cfg, &mem)?;
+    // KVM is opened after the images are loaded, so a bad kernel or initrd is reported as
+    // such (exit 2) even on a host without KVM.
+    let kvm = Kvm::new().map_err(BuildError::KvmOpen)?;
+    let (vm_fd, kvm_page_sizes) = create_vm(&kvm, cfg.vm_type, &boot)?;
+    let armed = arm_stage2(cfg, &boot, &mem, &faults)?;
+    register_memory(&vm_fd, &mem, boot.is_protected())?;
+    let mem = Arc::new(mem);
+    let protected = load_protected(cfg, &boot, &mem)?;
+    let counters = Arc::new(RunCounters::default());
+    let (ctl, events) = VmControl::new();
+    let resolver = match &armed.uffd {
+        Some(u) => Some(Resolver::start(
+            resolver_config(cfg),
+            mem.clone(),
+            u.clone(),
+            ctl.clone(),
+            faults.clone(),
+        )?),
+        None => None,
+    };
+    let shared = shared_devices(cfg, &boot)?;
+    let (fds, args) = create_vcpus(&kvm, &vm_fd, cfg, &boot)?;
+    if boot.linux().is_some() {
+        // Bare payloads poll the UART; Linux's 8250 driver waits for its interrupt.
+        vm_fd
+            .register_irqfd(&shared.serial_irqfd, arch::SERIAL_IRQ)
+            .map_err(|err| BuildError::Irqfd {
+                gsi: arch::SERIAL_IRQ,
+                err,
+            })?;
+    }
+    let vcpu_cpu = match (&boot, &armed.uffd) {
+        (Boot::Protected { .. }, _) => Some(cfg.cpus.pin_cpu),
+        (_, Some(_)) => resolver_config(cfg).vcpu_cpu(),
+        (_, None) => None,
+    };
+    let start = VcpuStart {
+        boot: &boot,
+        vcpu_cpu,
+        ctl: &ctl,
+        faults: &faults,
+        counters: &counters,
+    };
+    let threads = start_vcpus(cfg, &start, fds, args, &shared.buses)?;
+    // Every VM thread is running (and filtered): the calling thread's own filter comes last.
+    seccomp::install_or_fail_vm(ThreadKind::Main, cfg.seccomp == SeccompMode::All, &ctl);
+    let t_guest = Instant::now();
+    let setup_ms = ms(t_start.elapsed());
+    Ok(Vm {
+        cfg: cfg.clone(),
+        boot,
+        t_start,
+        baseline,
+        faults,
+        mem,
+        prefilled,
+        kvm,
+        vm_fd,
+        kvm_page_sizes,
+        uffd: armed.uffd,
+        eager: armed.eager,
+        resolver,
+        protected,
+        counters,
+        ctl,
+        events,
+        console: shared.console,
+        console_keep: shared.console_keep,
+        shared: shared.buses,
+        serial_irqfd: shared.serial_irqfd,
+        threads,
+        t_guest,
+        setup_ms,
+    })
+}
+
+/// Loads the guest through the loader view: the payload or the Linux kernel (and initrd),
+/// then the `--prefill` pages. A protected VM's payload is left to its loader thread, which
+/// writes through the mlocked view instead ([`load_protected`]). Returns the boot and the
+/// number of prefilled pages.
+fn load_guest(cfg: &VmConfig, mem: &GuestMemory) -> Result<(Boot, u64), BuildError> {
+    let boot_pages = (arch::DATA_START - arch::RAM_START) / PAGE_SIZE as u64;
+    if cfg.vm_type == VmType::Protected {
+        return Ok((
+            Boot::Protected {
+                entry: arch::RAM_START,
+            },
+            0,
+        ));
+    }
+    if let Some(l) = &cfg.linux {
+        let boot = linux::load(mem, cfg.vcpus, l)?;
+        // Prefill only free RAM: a marker inside the kernel, initrd or boot structures
+        // would corrupt them.
+        let busy = linux_busy_pages(&boot);
+        let prefilled = mem.prefill(cfg.prefill_pct, |page| {
+            page < boot_pages || busy.iter().any(|r| r.contains(&page))
+        })?;
+        return Ok((Boot::Linux(boot), prefilled));
+    }
+    let entry = arch::load_boot_image(mem, cfg.payload.code())?;
+    let prefilled = mem.prefill(cfg.prefill_pct, |page| page < boot_pages)?;
+    Ok((Boot::Payload { entry }, prefilled))
+}
+
+/// Guest page ranges a Linux boot occupies before the first instruction (kernel with its BSS,
+/// initrd, and the boot structure at `boot_info` with the 2 MiB a device tree may take).
+fn linux_busy_pages(boot: &LinuxBoot) -> Vec<std::ops::Range<u64>> {
+    let page = PAGE_SIZE as u64;
+    let pages = |start: u64, len: u64| {
+        let first = start.saturating_sub(arch::RAM_START) / page;
+        first..(start + len).saturating_sub(arch::RAM_START).div_ceil(page)
+    };
+    let mut busy = vec![
+        pages(boot.kernel.start, boot.kernel.len),
+        pages(boot.boot_info, 2 << 20),
+    ];
+    busy.extend(boot.initrd.map(|r| pages(r.start, r.len)));
+    busy
+}
+
+/// Creates the VM (of `vm_type`) and its arch setup; opens KVM's page-size statistics now,
+/// as the main thread's seccomp filter allows no ioctl later.
+fn create_vm(
+    kvm: &Kvm,
+    vm_type: VmType,
+    boot: &Boot,
+) -> Result<(VmFd, Option<PageSizeStats>), BuildError> {
+    if !kvm.check_extension(kvm_ioctls::Cap::UserMemory) {
+        return Err(BuildError::KvmCap("KVM_CAP_USER_MEMORY"));
+    }
+    let vm = protected::create_vm(kvm, vm_type).map_err(BuildError::CreateVm)?;
+    let kvm_page_sizes = PageSizeStats::open(&vm);
+    arch::setup_vm(&vm)?;
+    if boot.linux().is_some() {
+        arch::setup_linux_vm(&vm)?;
+    }
+    Ok((vm, kvm_page_sizes))
+}
+
+/// Stage 2: arms userfaultfd (pin, uffd), or pins everything now (eager), or leaves the
+/// faults to KVM (kernel); nothing for a protected VM, whose pins KVM takes.
+fn arm_stage2(
+    cfg: &VmConfig,
+    boot: &Boot,
+    mem: &GuestMemory,
+    faults: &Arc<Injector>,
+) -> Result<Armed, BuildError> {
+    let mut armed = Armed {
+        uffd: None,
+        eager: None,
+    };
+    if boot.is_protected() {
+        return Ok(armed);
+    }
+    match cfg.stage2 {
+        Stage2::Pin | Stage2::Uffd => armed.uffd = Some(stage2::arm(mem)?),
+        Stage2::Eager => {
+            mem.copy_staged_into_guest_view()
+                .map_err(|e| BuildError::EagerPin(e.to_string()))?;
+            let (table, drainer) = stage2::pin_all_eagerly(mem, cfg.policy, faults)
+                .map_err(|e| BuildError::EagerPin(e.to_string()))?;
+            armed.eager = Some(EagerPins {
+                table,
+                _drainer: drainer,
+            });
+        }
+        Stage2::Kernel => {
+            mem.copy_staged_into_guest_view()
+                .map_err(|e| BuildError::EagerPin(e.to_string()))?;
+        }
+    }
+    Ok(armed)
+}
+
+/// Slot 0: the guest view, or for a protected VM the mlocked pin view (the mapping KVM pins).
+fn register_memory(vm: &VmFd, mem: &GuestMemory, pin_view: bool) -> Result<(), BuildError> {
+    let view = if pin_view {
+        mem.pin_view()
+    } else {
+        mem.guest_view()
+    };
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: mem.base(),
+        memory_size: mem.size(),
+        userspace_addr: view.addr(),
+    };
+    // SAFETY: the view is a live mapping of exactly memory_size bytes owned by `mem`,
+    // which the caller keeps alive until after the VM fd is closed; slot 0 is the only slot.
+    unsafe { vm.set_user_memory_region(region) }.map_err(|err| BuildError::MemoryRegion {
+        gpa: mem.base(),
+        size: mem.size(),
+        err,
+    })
+}
+
+/// A protected VM's loader thread: payload and prefill through the mlocked view, then the
+/// policy's drain (`stage2::protected::load`).
+fn load_protected(
+    cfg: &VmConfig,
+    boot: &Boot,
+    mem: &Arc<GuestMemory>,
+) -> Result<Option<ProtectedReport>, BuildError> {
+    let Boot::Protected { entry } = *boot else {
+        return Ok(None);
+    };
+    let plan = LoadPlan {
+        code: cfg.payload.code().to_vec(),
+        entry,
+        first_data_page: (arch::DATA_START - arch::RAM_START) / PAGE_SIZE as u64,
+        prefill_pct: cfg.prefill_pct,
+        policy: cfg.policy,
+        cpu: cfg.cpus.fault_cpu,
+    };
+    protected::load(mem, plan)
+        .map(Some)
+        .map_err(BuildError::Protected)
+}
+
+fn resolver_config(cfg: &VmConfig) -> ResolverConfig {
+    ResolverConfig {
+        stage2: cfg.stage2,
+        backing: cfg.backing,
+        fault_in: cfg.fault_in,
+        policy: cfg.policy,
+        fault_cpu: cfg.cpus.fault_cpu,
+        pin_cpu: cfg.cpus.pin_cpu,
+        noise_pages: cfg.noise_pages,
+        fault_ahead: cfg.fault_ahead,
+        spin: stage2::DEFAULT_SPIN,
+        vcpus: cfg.vcpus,
+        seccomp: cfg.seccomp.threads(),
+    }
+}
+
+/// Devices: one shared serial port (and, for Linux, the keyboard controller that resets).
+/// A Linux console is long: keep more of it, and watch it for the workload's result line.
+fn shared_devices(cfg: &VmConfig, boot: &Boot) -> Result<SharedDevices, BuildError> {
+    let linux = boot.linux().is_some();
+    let console_keep = if linux {
+        LINUX_CONSOLE_KEEP_BYTES
+    } else {
+        CONSOLE_KEEP_BYTES
+    };
+    let console = ConsoleSink::new(console_keep, cfg.echo_console);
+    let console = if linux {
+        console.watching(linux::MARKER)
+    } else {
+        console
+    };
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::Thread)?;
+    let serial_irqfd = serial_irq.try_clone().map_err(BuildError::Thread)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console.clone())));
+    let mut buses = Buses::default();
+    place(&mut buses, arch::SERIAL, SerialDevice::LEN, serial)?;
+    if let (true, Some(addr)) = (linux, arch::RESET_DEVICE) {
+        let reset = Arc::new(Mutex::new(I8042Device::new()));
+        place(&mut buses, addr, devices::i8042::LEN, reset)?;
+    }
+    Ok(SharedDevices {
+        buses,
+        console,
+        console_keep,
+        serial_irqfd,
+    })
+}
+
+fn place(
+    buses: &mut Buses,
+    at: DeviceAddr,
+    len: u64,
+    dev: Arc<Mutex<dyn devices::BusDevice>>,
+) -> Result<(), devices::BusError> {
+    match at {
+        DeviceAddr::Pio(a) => buses.pio.insert(a, len, dev),
+        DeviceAddr::Mmio(a) => buses.mmio.insert(a, len, dev),
+    }
+}
+
+/// Creates and configures the vCPUs (memtouch's range split between them) and finishes the
+/// arch setup that needs them all (arm64: the GIC).
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    cfg: &VmConfig,
+    boot: &Boot,
+) -> Result<(Vec<VcpuFd>, Vec<PayloadArgs>), BuildError> {
+    let base = PayloadArgs {
+        stride: cfg.touch.stride_pages * PAGE_SIZE as u64,
+        passes: cfg.touch.passes,
+        seed: cfg.touch.seed,
+        testdev: arch::TESTDEV.addr(),
+        serial: arch::SERIAL.addr(),
+        ram_end: arch::RAM_START + cfg.mem_size,
+        far: arch::far_unmapped_gpa(cfg.mem_size),
+        ..Default::default()
+    };
+    let per_vcpu = arch::split_touch_range(cfg.mem_size, cfg.vcpus, base);
+    let mut fds = Vec::with_capacity(per_vcpu.len());
+    for (id, args) in per_vcpu.iter().enumerate() {
+        let id = id as u8;
+        let fd = vm
+            .create_vcpu(id.into())
+            .map_err(|err| BuildError::CreateVcpu { id, err })?;
+        match boot {
+            Boot::Linux(b) => arch::configure_vcpu_linux(kvm, vm, &fd, id, b)?,
+            Boot::Payload { entry } | Boot::Protected { entry } => {
+                arch::configure_vcpu(kvm, vm, &fd, *entry, args)?
+            }
+        }
+        fds.push(fd);
+    }
+    arch::finish_vcpus(vm, fds.len())?;
+    Ok((fds, per_vcpu))
+}
+
+/// What every vCPU thread is started with.
+struct VcpuStart<'a> {
+    boot: &'a Boot,
+    /// The CPU to place a vCPU thread on, if any.
+    vcpu_cpu: Option<usize>,
+    ctl: &'a Arc<VmControl>,
+    faults: &'a Arc<Injector>,
+    counters: &'a Arc<RunCounters>,
+}
+
+/// Starts one thread per vCPU, each with its own test device on a copy of the shared buses:
+/// the ordinary run loop, or a protected VM's (which terminates on KVM_RUN = EFAULT).
+fn start_vcpus(
+    cfg: &VmConfig,
+    s: &VcpuStart<'_>,
+    fds: Vec<VcpuFd>,
+    args: Vec<PayloadArgs>,
+    shared: &Buses,
+) -> Result<Vec<VcpuThread>, BuildError> {
+    let pkvm = s.boot.is_protected();
+    let mut threads = Vec::with_capacity(fds.len());
+    for (id, (fd, args)) in fds.into_iter().zip(args).enumerate() {
+        let id = id as u8;
+        let testdev = Arc::new(Mutex::new(TestDevice::new()));
+        let mut buses = shared.clone();
+        place(&mut buses, arch::TESTDEV, TestDevice::LEN, testdev.clone())?;
+        let (c, vcpu_faults) = (s.ctl.clone(), s.faults.clone());
+        let (policy, counters, vcpu_cpu) = (cfg.policy, s.counters.clone(), s.vcpu_cpu);
+        let filter = cfg.seccomp.threads() && !pkvm;
+        let handle = std::thread::Builder::new()
+            .name(format!("pinvmm-vcpu{id}"))
+            .spawn(move || {
+                // A failed affinity only costs speed (the resolver reports its CPUs).
+                if let Some(cpu) = vcpu_cpu {
+                    let _ = sys::pin_thread_to_cpu(cpu);
+                }
+                seccomp::install_or_fail_vm(ThreadKind::Vcpu, filter, &c);
+                if pkvm {
+                    protected::run_loop(id, fd, buses, c, policy, counters)
+                } else {
+                    vcpu::run_loop(id, fd, buses, c, vcpu_faults)
+                }
+            })
+            .map_err(BuildError::Thread)?;
+        threads.push(VcpuThread {
+            handle,
+            testdev,
+            args,
+        });
+    }
+    Ok(threads)
+}
