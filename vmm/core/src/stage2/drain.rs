@@ -37,6 +37,48 @@ named_enum! {
     }
 }
 
+/// What a policy does around one long-term pin. [`DrainPolicy::hooks`] is the one definition
+/// of every policy: the userfaultfd resolver, eager pinning and a protected VM's loader ask it
+/// through a [`Drainer`], and a protected VM's vCPU loop asks it whether to run a failed
+/// `KVM_RUN` again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hooks {
+    /// Drain the batches of the CPU that faulted the page in, right after the fault-in, on
+    /// that CPU (a local `lru_add_drain()`).
+    pub after_fault_in: bool,
+    /// Drain every CPU's batches just before the pin (`lru_add_drain_all()`).
+    pub before_pin: bool,
+    /// When the pin fails, pin once more: after draining every CPU where the VMM takes the
+    /// pin, or by running KVM_RUN again where KVM takes it (the kernel then drains itself).
+    pub retry_failed_pin: bool,
+}
+
+impl DrainPolicy {
+    /// What the policy does around a pin (see [`Hooks`]).
+    pub const fn hooks(self) -> Hooks {
+        let nothing = Hooks {
+            after_fault_in: false,
+            before_pin: false,
+            retry_failed_pin: false,
+        };
+        match self {
+            DrainPolicy::None => nothing,
+            DrainPolicy::LruAddDrain => Hooks {
+                before_pin: true,
+                ..nothing
+            },
+            DrainPolicy::MlockDrain => Hooks {
+                after_fault_in: true,
+                ..nothing
+            },
+            DrainPolicy::Retry => Hooks {
+                retry_failed_pin: true,
+                ..nothing
+            },
+        }
+    }
+}
+
 /// Failures of a drain call.
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
@@ -143,7 +185,7 @@ impl Drainer {
 
     /// Runs on the fault-in thread right after the fault-in, on `fault_cpu`.
     pub fn after_fault_in(&mut self, fault_cpu: usize) -> Result<(), DrainError> {
-        if self.policy == DrainPolicy::MlockDrain {
+        if self.policy.hooks().after_fault_in {
             self.drain_local(fault_cpu)?;
         }
         Ok(())
@@ -151,7 +193,7 @@ impl Drainer {
 
     /// Runs on the pin thread just before the pin.
     pub fn before_pin(&mut self) -> Result<(), DrainError> {
-        if self.policy == DrainPolicy::LruAddDrain {
+        if self.policy.hooks().before_pin {
             self.drain_all()?;
         }
         Ok(())
@@ -159,7 +201,7 @@ impl Drainer {
 
     /// Runs after a failed pin; true if the policy wants the pin tried again.
     pub fn after_failed_pin(&mut self) -> Result<bool, DrainError> {
-        if self.policy != DrainPolicy::Retry {
+        if !self.policy.hooks().retry_failed_pin {
             return Ok(false);
         }
         self.drain_all()?;
@@ -205,6 +247,23 @@ impl Drainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_policy_has_one_hook() {
+        let hooks = DrainPolicy::ALL.map(|p| {
+            let h = p.hooks();
+            (h.after_fault_in, h.before_pin, h.retry_failed_pin)
+        });
+        assert_eq!(
+            hooks,
+            [
+                (false, false, false),
+                (false, true, false),
+                (true, false, false),
+                (false, false, true)
+            ]
+        );
+    }
 
     #[test]
     fn policies_call_the_right_drain() {

@@ -191,12 +191,10 @@ fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, String> 
     }
     report.prefilled_pages = pages.len() as u64;
     report.loader_pages += pages.len() as u64;
-    match policy {
-        DrainPolicy::MlockDrain => drainer.drain_local(cpu),
-        DrainPolicy::LruAddDrain => drainer.drain_all(),
-        DrainPolicy::None | DrainPolicy::Retry => Ok(()),
-    }
-    .map_err(|e| e.to_string())?;
+    // The loader faulted the pages in on `cpu`; the pins come later, in KVM: the policy's
+    // drains run now, in the order the resolver runs them.
+    drainer.after_fault_in(cpu).map_err(|e| e.to_string())?;
+    drainer.before_pin().map_err(|e| e.to_string())?;
     report.drain = drainer.stats;
     report.loader_cpu = sys::current_cpu();
     report.loader_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -214,7 +212,7 @@ pub enum OnEfault {
 
 /// The policy's answer to the `consecutive`-th EFAULT in a row (1-based).
 pub fn on_efault(policy: DrainPolicy, consecutive: u64) -> OnEfault {
-    if policy == DrainPolicy::Retry && consecutive <= MAX_CONSECUTIVE_RETRIES {
+    if policy.hooks().retry_failed_pin && consecutive <= MAX_CONSECUTIVE_RETRIES {
         OnEfault::Retry
     } else {
         OnEfault::Terminate
@@ -284,7 +282,7 @@ pub fn run_loop(
 
 fn termination(gpa: Option<u64>, consecutive: u64, policy: DrainPolicy) -> Termination {
     let at = gpa.map_or_else(|| "an IPA KVM did not report".into(), |g| format!("{g:#x}"));
-    let retried = if policy == DrainPolicy::Retry {
+    let retried = if policy.hooks().retry_failed_pin {
         format!(" after {} retries", consecutive - 1)
     } else {
         String::new()
@@ -359,6 +357,31 @@ mod tests {
             0x0403_0201
         );
         assert_eq!(mem.pin_view().touch_read(16 * 4096 + 8), 0x0b);
+    }
+
+    /// The loader drains as the resolver does for the same policy: its Drainer's hooks.
+    #[test]
+    fn loader_drains_as_the_policy_says() {
+        use crate::memory::Backing;
+        let cpu = sys::allowed_cpus()[0];
+        for policy in DrainPolicy::ALL {
+            let mem = Arc::new(GuestMemory::new(Backing::Shmem, 0, 32 * 4096).unwrap());
+            let plan = LoadPlan {
+                code: vec![0x90],
+                entry: 0,
+                first_data_page: 8,
+                prefill_pct: 0,
+                policy,
+                cpu,
+            };
+            let d = load(&mem, plan).unwrap().drain;
+            let h = policy.hooks();
+            assert_eq!(
+                (d.local_drains, d.all_drains),
+                (u64::from(h.after_fault_in), u64::from(h.before_pin)),
+                "{policy}"
+            );
+        }
     }
 
     #[test]
