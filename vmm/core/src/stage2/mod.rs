@@ -1,18 +1,26 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! Stage-2 fault resolution: the userfaultfd resolver and its pins and drains, eager pinning,
-//! and pKVM protected VMs, whose faults KVM resolves by pins itself.
+//! Stage-2 fault resolution, one strategy per file over shared parts:
+//! - [`resolver`]: the userfaultfd resolver (fault-in thread, pin thread, [`handoff`] ring
+//!   between them), for `--stage2 pin` and `uffd`;
+//! - [`eager`]: every page pinned before boot (`--stage2 eager`);
+//! - [`protected`]: pKVM protected VMs, whose faults KVM resolves by pins itself;
+//! - shared by them: [`pin`] (long-term pins through io_uring), [`drain`] (the drain
+//!   policies), [`uffd`] (userfaultfd).
+//!
+//! `--stage2 kernel` leaves every fault to KVM: nothing here.
 
 use crate::names::named_enum;
 
 pub mod drain;
+pub mod eager;
+mod handoff;
 pub mod pin;
 pub mod protected;
 pub mod resolver;
 pub mod uffd;
 
-pub use resolver::{
-    DEFAULT_SPIN, Resolver, ResolverConfig, ResolverError, ResolverReport, arm, pin_all_eagerly,
-};
+pub use eager::pin_all_eagerly;
+pub use resolver::{DEFAULT_SPIN, Resolver, ResolverConfig, ResolverError, ResolverReport, arm};
 
 named_enum! {
     /// Who faults a page into the mlocked pin view before the long-term pin.

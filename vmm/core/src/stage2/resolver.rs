@@ -29,12 +29,11 @@
 //! hugetlb and shmem-thp backings, where one fault is resolved by faulting in, pinning (one
 //! io_uring buffer) and mapping (one UFFDIO_CONTINUE) the whole 2 MiB around it.
 
-use std::cell::UnsafeCell;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::thread::{JoinHandle, Thread};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -42,6 +41,7 @@ use serde::Serialize;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use super::handoff::{Handoff, Producer, Work};
 use super::{FaultIn, Stage2};
 use crate::control::{CallFailure, HostFailure, Termination, VmControl, VmEvent};
 use crate::inject::{Injector, Site};
@@ -70,10 +70,6 @@ const EVENTS_PER_READ: usize = 16;
 /// fault-in side faults in the next (measured: 4-8 pay too many hand-offs and wake-ups, 64
 /// leaves the two CPUs waiting for each other).
 const FAULT_AHEAD_CHUNK: u64 = 16;
-
-/// Hand-offs in flight between the fault-in and the pin thread (one per waiting vCPU at most,
-/// without fault-ahead; the producer waits when full).
-const HANDOFF_SLOTS: usize = 256;
 
 /// Failures setting up or running the resolver.
 #[derive(Debug, thiserror::Error)]
@@ -176,102 +172,6 @@ pub struct ResolverReport {
     /// Bytes faulted in, pinned and mapped per resolved page (4096, or 2 MiB for the huge page
     /// backings): faults, pins and `pages_ahead` count these units.
     pub granule_bytes: u64,
-}
-
-/// One fault (and the pages resolved ahead of it), handed from the fault-in thread to the
-/// pin thread: guest pages `page .. page + count`.
-#[derive(Debug, Clone, Copy)]
-struct Work {
-    page: u64,
-    count: u32,
-    guest_hva: u64,
-    /// When the fault was read.
-    t0: Instant,
-    /// Whether the faulting page is among these (the fault's latency ends with this work).
-    faulting: bool,
-}
-
-/// Single-producer (fault-in thread), single-consumer (pin thread) ring of [`Work`]. Both
-/// sides only touch atomics on the way; the consumer sleeps (park) only after polling for
-/// `spin`, and the producer's unpark is a single atomic swap unless the consumer sleeps.
-struct Handoff {
-    slots: Box<[UnsafeCell<Work>]>,
-    /// Next slot to pop; written by the consumer only.
-    head: AtomicUsize,
-    /// Next slot to push; written by the producer only.
-    tail: AtomicUsize,
-    closed: AtomicBool,
-    consumer: OnceLock<Thread>,
-    sleeps: AtomicUsize,
-}
-
-// SAFETY: a slot is written only by the single producer while it is outside [head, tail) and
-// read only by the single consumer while it is inside; the Release store of `tail` (push) /
-// `head` (pop) and the Acquire loads on the other side order those accesses.
-unsafe impl Sync for Handoff {}
-
-impl Handoff {
-    fn new(t0: Instant) -> Self {
-        let blank = Work {
-            page: 0,
-            count: 0,
-            guest_hva: 0,
-            t0,
-            faulting: false,
-        };
-        Self {
-            slots: (0..HANDOFF_SLOTS).map(|_| UnsafeCell::new(blank)).collect(),
-            head: AtomicUsize::new(0),
-            tail: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-            consumer: OnceLock::new(),
-            sleeps: AtomicUsize::new(0),
-        }
-    }
-
-    /// Producer side. Waits (yielding) while the ring is full.
-    fn push(&self, w: Work) {
-        let t = self.tail.load(Ordering::Relaxed);
-        while t.wrapping_sub(self.head.load(Ordering::Acquire)) >= self.slots.len() {
-            std::thread::yield_now();
-        }
-        // SAFETY: slot t is outside [head, tail) (checked above), so the consumer does not
-        // read it until the Release store below publishes it.
-        unsafe { *self.slots[t % self.slots.len()].get() = w };
-        self.tail.store(t.wrapping_add(1), Ordering::Release);
-        if let Some(c) = self.consumer.get() {
-            c.unpark();
-        }
-    }
-
-    /// Consumer side.
-    fn pop(&self) -> Option<Work> {
-        let h = self.head.load(Ordering::Relaxed);
-        if h == self.tail.load(Ordering::Acquire) {
-            return None;
-        }
-        // SAFETY: slot h is inside [head, tail): published by the producer's Release store
-        // of `tail`, and not reused until the Release store of `head` below.
-        let w = unsafe { *self.slots[h % self.slots.len()].get() };
-        self.head.store(h.wrapping_add(1), Ordering::Release);
-        Some(w)
-    }
-
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        if let Some(c) = self.consumer.get() {
-            c.unpark();
-        }
-    }
-}
-
-/// The fault-in thread's end of the ring; dropping it ends the pin thread.
-struct Producer(Arc<Handoff>);
-
-impl Drop for Producer {
-    fn drop(&mut self) {
-        self.0.close();
-    }
 }
 
 /// Makes a userfaultfd call at `site`, unless `faults` fails it first.
@@ -1038,76 +938,9 @@ fn pin_loop(mut side: PinSide, q: &Handoff, cpu: usize, spin: Duration) -> (PinS
     (side, sleeps)
 }
 
-/// Faults in and pins every page before boot (`--stage2 eager`). The returned table holds
-/// the pins until it is dropped.
-pub fn pin_all_eagerly(
-    mem: &GuestMemory,
-    policy: DrainPolicy,
-    faults: &Arc<Injector>,
-) -> Result<(PinTable, Drainer), String> {
-    let g = mem.granule();
-    let mut table = PinTable::new(mem.granules())
-        .with_injector(faults.clone())
-        .with_granule(g);
-    let mut drainer = Drainer::new(policy)
-        .map_err(|e| e.to_string())?
-        .with_injector(faults.clone());
-    let cpu = sys::current_cpu().unwrap_or(0);
-    for page in 0..mem.granules() {
-        let off = page as usize * g;
-        for o in (off..off + g).step_by(PAGE_SIZE) {
-            mem.pin_view().touch_read(o);
-        }
-        drainer.after_fault_in(cpu).map_err(|e| e.to_string())?;
-        drainer.before_pin().map_err(|e| e.to_string())?;
-        let hva = mem.pin_view().addr() + page * g as u64;
-        table.pin(page, hva).map_err(|e| e.to_string())?;
-    }
-    Ok((table, drainer))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn work(page: u64) -> Work {
-        Work {
-            page,
-            count: 1,
-            guest_hva: page * PAGE_SIZE as u64,
-            t0: Instant::now(),
-            faulting: true,
-        }
-    }
-
-    #[test]
-    fn handoff_keeps_order_across_wraparound_and_threads() {
-        let q = Arc::new(Handoff::new(Instant::now()));
-        let n = HANDOFF_SLOTS as u64 * 3 + 7;
-        let rx = q.clone();
-        let consumer = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            loop {
-                match rx.pop() {
-                    Some(w) => got.push(w.page),
-                    None if rx.closed.load(Ordering::Acquire) => match rx.pop() {
-                        Some(w) => got.push(w.page),
-                        None => break,
-                    },
-                    None => std::thread::park_timeout(Duration::from_millis(1)),
-                }
-            }
-            got
-        });
-        let _ = q.consumer.set(consumer.thread().clone());
-        let producer = Producer(q);
-        for p in 0..n {
-            producer.0.push(work(p));
-        }
-        drop(producer); // closes the ring
-        let got = consumer.join().unwrap();
-        assert_eq!(got, (0..n).collect::<Vec<_>>());
-    }
 
     #[test]
     fn vcpu_goes_next_to_the_thread_that_wakes_it() {
