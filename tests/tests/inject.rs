@@ -17,7 +17,7 @@ use guest::Payload;
 use libtest_mimic::{Arguments, Failed, Trial};
 use vmm::host::ProcessCounters;
 use vmm::inject::{InjectSpec, Site};
-use vmm::{Backing, DrainPolicy, FaultIn, HostLimits, Outcome, Report, VmConfig};
+use vmm::{Backing, DrainPolicy, FaultIn, HostLimits, Outcome, Report, Stage2, VmConfig};
 
 /// One injection case.
 struct Case {
@@ -27,6 +27,7 @@ struct Case {
     backing: Backing,
     policy: DrainPolicy,
     fault_in: FaultIn,
+    stage2: Stage2,
     vcpus: u8,
     /// Resolver halves on one CPU (the pin runs inline on the fault-in thread).
     same_cpu: bool,
@@ -43,6 +44,7 @@ const fn case(name: &'static str, specs: &'static [&'static str], site: Site, gp
         backing: Backing::Shmem,
         policy: DrainPolicy::None,
         fault_in: FaultIn::Touch,
+        stage2: Stage2::Pin,
         vcpus: 1,
         same_cpu: false,
         site,
@@ -146,6 +148,17 @@ fn cases() -> Vec<Case> {
                 true,
             )
         },
+        // Eager stage 2 pins before boot: a failed drain or pin fails the setup, and the
+        // setup failure names the site and the GPA.
+        Case {
+            stage2: Stage2::Eager,
+            policy: DrainPolicy::MlockDrain,
+            ..case("eager_drain", &["drain@3"], Site::Drain, true)
+        },
+        Case {
+            stage2: Stage2::Eager,
+            ..case("eager_pin", &["pin-update@5"], Site::PinUpdate, true)
+        },
         case("kvm_run", &["kvm-run@2"], Site::KvmRun, false),
         Case {
             vcpus: 2,
@@ -161,6 +174,7 @@ fn config(c: &Case) -> Result<VmConfig, Failed> {
     cfg.backing = c.backing;
     cfg.policy = c.policy;
     cfg.fault_in = c.fault_in;
+    cfg.stage2 = c.stage2;
     cfg.vcpus = c.vcpus;
     if c.same_cpu {
         cfg.cpus.pin_cpu = cfg.cpus.fault_cpu;
@@ -196,9 +210,10 @@ fn run_case(c: &Case) -> Result<(), Failed> {
             let f = e
                 .host_failure()
                 .ok_or_else(|| format!("{name}: setup failed without a host failure: {e}"))?;
-            ensure(f.site == c.site.name() && f.injected, || {
-                format!("{name}: {f:?}")
-            })?;
+            ensure(
+                f.site == c.site.name() && f.injected && f.gpa.is_some() == c.gpa,
+                || format!("{name}: {f:?}"),
+            )?;
             ensure(e.to_string().contains("[injected]"), || {
                 format!("{name}: {e}")
             })?;
@@ -295,7 +310,8 @@ fn every_site_ends_the_vm_and_leaks_nothing() -> Result<(), Failed> {
 }
 
 /// Through the binary: the exit code, and the JSON report naming the site (for a failed
-/// setup too: `--inject mlock` writes a setup-failure report).
+/// setup too: `--inject mlock`, or a failed pin under `--stage2 eager`, writes a setup-failure
+/// report).
 fn cli_cases() -> Vec<Trial> {
     let cli = |name: &str, args: &'static [&'static str], code: i32, site: &'static str| {
         kvm_test(&format!("cli::{name}"), move || {
@@ -360,6 +376,12 @@ fn cli_cases() -> Vec<Trial> {
             &["--inject", "mlock"],
             1,
             "mlock",
+        ),
+        cli(
+            "eager_pin_setup_failure_exit_1",
+            &["--stage2", "eager", "--inject", "pin-update@7"],
+            1,
+            "pin-update",
         ),
         kvm_test("cli::unfired_injection_is_reported", || {
             let r = pinvmm(&["run", "--mem", "4M", "--inject", "uffd-copy"])?;

@@ -21,9 +21,9 @@ use crate::inject::{Injector, Site};
 use crate::linux;
 use crate::memory::{GuestMemory, MemoryError};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
-use crate::stage2::protected::{self, LoadPlan, ProtectedReport, RunCounters, VmType};
+use crate::stage2::protected::{self, LoadError, LoadPlan, ProtectedReport, RunCounters, VmType};
 use crate::stage2::uffd::Uffd;
-use crate::stage2::{self, Resolver, ResolverConfig, ResolverError, Stage2};
+use crate::stage2::{self, EagerError, Resolver, ResolverConfig, ResolverError, Stage2};
 use crate::sys::{self, PAGE_SIZE};
 use crate::vcpu::{self, Buses};
 use crate::vm::{
@@ -59,10 +59,12 @@ pub enum BuildError {
     Thread(std::io::Error),
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
+    #[error("cannot copy the staged (anon) pages into the guest view: {0}")]
+    CopyStaged(std::io::Error),
     #[error("eager pinning before boot failed: {0}")]
-    EagerPin(String),
+    EagerPin(#[from] EagerError),
     #[error("loading the protected VM failed: {0}")]
-    Protected(String),
+    Protected(#[from] LoadError),
     #[error(transparent)]
     Linux(#[from] crate::linux::LinuxError),
     #[error("cannot wire the UART's interrupt to GSI {gsi} (KVM_IRQFD): {err}")]
@@ -81,7 +83,8 @@ impl BuildError {
         )
     }
 
-    /// The failed host call, for reports, when it is one of the injection sites.
+    /// The failed host call, for reports, when it is one of the injection sites (mlock of
+    /// guest memory; the drains and pins of eager stage 2).
     pub fn host_failure(&self) -> Option<HostFailure> {
         match self {
             BuildError::Memory(MemoryError::Mlock { err, injected, .. }) => Some(HostFailure::at(
@@ -92,6 +95,7 @@ impl BuildError {
                 None,
                 self.to_string(),
             )),
+            BuildError::EagerPin(e) => e.host_failure(),
             _ => None,
         }
     }
@@ -284,9 +288,8 @@ fn arm_stage2(
         Stage2::Pin | Stage2::Uffd => armed.uffd = Some(stage2::arm(mem)?),
         Stage2::Eager => {
             mem.copy_staged_into_guest_view()
-                .map_err(|e| BuildError::EagerPin(e.to_string()))?;
-            let (table, drainer) = stage2::pin_all_eagerly(mem, cfg.policy, faults)
-                .map_err(|e| BuildError::EagerPin(e.to_string()))?;
+                .map_err(BuildError::CopyStaged)?;
+            let (table, drainer) = stage2::pin_all_eagerly(mem, cfg.policy, faults)?;
             armed.eager = Some(EagerPins {
                 table,
                 _drainer: drainer,
@@ -294,7 +297,7 @@ fn arm_stage2(
         }
         Stage2::Kernel => {
             mem.copy_staged_into_guest_view()
-                .map_err(|e| BuildError::EagerPin(e.to_string()))?;
+                .map_err(BuildError::CopyStaged)?;
         }
     }
     Ok(armed)
@@ -341,9 +344,7 @@ fn load_protected(
         policy: cfg.policy,
         cpu: cfg.cpus.fault_cpu,
     };
-    protected::load(mem, plan)
-        .map(Some)
-        .map_err(BuildError::Protected)
+    Ok(Some(protected::load(mem, plan)?))
 }
 
 fn resolver_config(cfg: &VmConfig) -> ResolverConfig {

@@ -62,7 +62,7 @@ pub enum LinuxError {
     #[error("--cmdline: {0} (the guest workload would stop on it; see guest/linux/build --help)")]
     Workload(guest::workload::WorkloadError),
     #[error("cannot set up the Linux guest: {0}")]
-    Setup(String),
+    Setup(LinuxLoadError),
 }
 
 impl LinuxError {
@@ -304,7 +304,7 @@ pub fn load(mem: &GuestMemory, vcpus: u8, cfg: &LinuxConfig) -> Result<LinuxBoot
             None if matches!(err, LinuxLoadError::Cmdline(_)) => {
                 LinuxError::Cmdline(err.to_string())
             }
-            None => LinuxError::Setup(err.to_string()),
+            None => LinuxError::Setup(err),
         }
     })
 }

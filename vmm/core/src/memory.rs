@@ -93,11 +93,27 @@ pub enum MemoryError {
         want: u64,
     },
     #[error("cannot set up the loader view: {0}")]
-    Loader(String),
+    Loader(vm_memory::mmap::FromRangesError),
     #[error("cannot write {len} bytes at guest address {gpa:#x}: {err}")]
-    Write { gpa: u64, len: usize, err: String },
+    Write {
+        gpa: u64,
+        len: usize,
+        err: vm_memory::GuestMemoryError,
+    },
     #[error("cannot read guest address {gpa:#x}: {err}")]
-    Read { gpa: u64, err: String },
+    Read {
+        gpa: u64,
+        err: vm_memory::GuestMemoryError,
+    },
+    #[error(
+        "guest address {gpa:#x} ({len} bytes) is outside guest RAM ({size} bytes at {base:#x})"
+    )]
+    OutsideRam {
+        gpa: u64,
+        len: usize,
+        base: u64,
+        size: u64,
+    },
 }
 
 /// Guest RAM: one contiguous range at `base`.
@@ -177,14 +193,14 @@ impl GuestMemory {
                 let off = FileOffset::new(fd.try_clone().map_err(map_err("loader"))?, 0);
                 let loader =
                     GuestMemoryMmap::from_ranges_with_files([(GuestAddress(base), len, Some(off))])
-                        .map_err(|e| MemoryError::Loader(e.to_string()))?;
+                        .map_err(MemoryError::Loader)?;
                 (guest, Some(pin), loader, Some(fd))
             }
             Backing::Anon => {
                 let guest = Mapping::anonymous(len).map_err(map_err("guest"))?;
                 mlock(&guest)?;
                 let loader = GuestMemoryMmap::from_ranges(&[(GuestAddress(base), len)])
-                    .map_err(|e| MemoryError::Loader(e.to_string()))?;
+                    .map_err(MemoryError::Loader)?;
                 (guest, None, loader, None)
             }
         };
@@ -333,27 +349,31 @@ impl GuestMemory {
     pub fn load(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.loader
             .write_slice(data, GuestAddress(gpa))
-            .map_err(|e| MemoryError::Write {
+            .map_err(|err| MemoryError::Write {
                 gpa,
                 len: data.len(),
-                err: e.to_string(),
+                err,
             })
     }
 
     /// Reads a u64 at `gpa` without faulting pages into the guest or pin views (shmem: the
     /// loader view; anon: the guest view, to be called only once userfaultfd is gone).
     pub fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
-        let err = |e: String| MemoryError::Read { gpa, err: e };
         match self.backing {
             Backing::Shmem | Backing::Hugetlb | Backing::ShmemThp => self
                 .loader
                 .read_obj(GuestAddress(gpa))
-                .map_err(|e| err(e.to_string())),
+                .map_err(|err| MemoryError::Read { gpa, err }),
             Backing::Anon => {
                 let off = gpa
                     .checked_sub(self.base)
                     .filter(|o| o + 8 <= self.size)
-                    .ok_or_else(|| err("outside guest RAM".into()))?;
+                    .ok_or(MemoryError::OutsideRam {
+                        gpa,
+                        len: 8,
+                        base: self.base,
+                        size: self.size,
+                    })?;
                 // SAFETY: off + 8 is inside the guest view, which lives as long as &self.
                 Ok(unsafe {
                     self.guest_view

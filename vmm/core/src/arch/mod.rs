@@ -39,8 +39,20 @@ pub enum ArchError {
     Image(#[from] crate::memory::MemoryError),
     #[error("the payload ({len} bytes) does not fit its {max}-byte slot")]
     PayloadTooLarge { len: usize, max: u64 },
-    #[error("{0}")]
-    Vm(String),
+    #[error("KVM lacks {cap} (needed for {why})")]
+    MissingCap {
+        cap: &'static str,
+        why: &'static str,
+    },
+    #[cfg(target_arch = "aarch64")]
+    #[error("{vcpus} vCPUs do not fit the GICv3 redistributor region (at most {max})")]
+    TooManyVcpus { vcpus: usize, max: u64 },
+    #[cfg(target_arch = "x86_64")]
+    #[error("cannot build the MSR list: {0:?}")]
+    MsrList(vmm_sys_util::fam::Error),
+    #[cfg(target_arch = "x86_64")]
+    #[error("KVM set {set} of {of} boot MSRs (MISC_ENABLE, MTRRdefType)")]
+    MsrsSet { set: usize, of: usize },
     #[cfg(target_arch = "aarch64")]
     #[error("cannot set up the in-kernel GICv3 ({step}): {err}")]
     Gic {
@@ -132,12 +144,28 @@ pub enum LinuxLoadError {
     Read { file: BootFile, err: std::io::Error },
     #[error("kernel command line: {0}")]
     Cmdline(String),
-    /// Writing guest memory or an arch boot structure (device tree, boot_params) failed.
-    #[error("{0}")]
-    Setup(String),
+    /// Writing guest memory or an arch boot structure (device tree, boot_params) failed:
+    /// `what` says which.
+    #[error("{what}: {err}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        err: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl LinuxLoadError {
+    /// A failed step of the boot setup: `what` failed with `err`.
+    pub fn setup<E>(what: &'static str) -> impl Fn(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        move |err| Self::Setup {
+            what,
+            err: Box::new(err),
+        }
+    }
+
     /// The file the error is about, if it is about one.
     pub fn file(&self) -> Option<BootFile> {
         match self {
@@ -146,7 +174,7 @@ impl LinuxLoadError {
             | Self::TooLarge { file, .. }
             | Self::Read { file, .. }
             | Self::Corrupt(file, _) => Some(*file),
-            Self::Cmdline(_) | Self::Setup(_) => None,
+            Self::Cmdline(_) | Self::Setup { .. } => None,
         }
     }
 }

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::control::HostFailure;
 use crate::inject::{Injector, Site};
 use crate::names::named_enum;
 use crate::sys::{self, Mapping, PAGE_SIZE};
@@ -122,6 +123,19 @@ impl DrainError {
             self,
             DrainError::Local { injected: true, .. } | DrainError::All { injected: true, .. }
         )
+    }
+
+    /// For the report: the drain before the pin of `gpa`, on `thread`, failed.
+    pub fn host_failure(&self, thread: &str, gpa: u64) -> HostFailure {
+        let mut f = HostFailure::named(
+            Site::Drain.name(),
+            self.call(),
+            self.errno(),
+            thread,
+            format!("draining before the pin of GPA {gpa:#x}: {self}"),
+        );
+        (f.gpa, f.injected) = (Some(gpa), self.injected());
+        f
     }
 }
 

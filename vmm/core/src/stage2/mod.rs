@@ -19,7 +19,7 @@ pub mod protected;
 pub mod resolver;
 pub mod uffd;
 
-pub use eager::pin_all_eagerly;
+pub use eager::{EagerError, pin_all_eagerly};
 pub use resolver::{DEFAULT_SPIN, Resolver, ResolverConfig, ResolverError, ResolverReport, arm};
 
 named_enum! {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use io_uring::IoUring;
 use serde::Serialize;
 
+use crate::control::HostFailure;
 use crate::inject::{Injector, Site};
 use crate::sys::PAGE_SIZE;
 
@@ -101,6 +102,28 @@ impl PinError {
             self,
             PinError::Table { injected: true, .. } | PinError::Pin { injected: true, .. }
         )
+    }
+
+    /// For the report: the failed call (the pin itself at `pin-update`, the table's setup at
+    /// `pin-register`), on `thread`, about guest-physical `gpa`; `message` says what it was
+    /// doing.
+    pub fn host_failure(&self, thread: &str, gpa: u64, message: String) -> HostFailure {
+        let site = match self {
+            PinError::Pin { .. } => Site::PinUpdate,
+            PinError::Ring(_) | PinError::Table { .. } => Site::PinRegister,
+        };
+        let mut f = HostFailure::at(
+            site,
+            self.errno(),
+            self.injected(),
+            thread,
+            Some(gpa),
+            message,
+        );
+        if matches!(self, PinError::Ring(_)) {
+            f.call = "io_uring_setup".into();
+        }
+        f
     }
 }
 

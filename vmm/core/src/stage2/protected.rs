@@ -31,8 +31,9 @@ use serde::Serialize;
 
 use crate::control::{Termination, VcpuOutcome, VmControl, VmEvent};
 use crate::memory::GuestMemory;
+use crate::memory::MemoryError;
 use crate::names::named_enum;
-use crate::stage2::drain::{DrainPolicy, DrainStats, Drainer};
+use crate::stage2::drain::{DrainError, DrainPolicy, DrainStats, Drainer};
 use crate::sys::errno_name;
 use crate::sys::{self, PAGE_SIZE};
 use crate::vcpu::{self, Action, Buses, ExitCounts};
@@ -119,14 +120,33 @@ pub fn is_prefilled(page: u64, pct: u8) -> bool {
 /// for the time between reading an image and using it), then write each through the mlocked
 /// view as the VMM's loader/device code does; finally run the policy's drain. Returns when
 /// done: the vCPUs start only afterwards, so the drain precedes every guest fault.
-pub fn load(mem: &Arc<GuestMemory>, plan: LoadPlan) -> Result<ProtectedReport, String> {
+pub fn load(mem: &Arc<GuestMemory>, plan: LoadPlan) -> Result<ProtectedReport, LoadError> {
     let mem = mem.clone();
     std::thread::Builder::new()
         .name("pinvmm-loader".into())
         .spawn(move || loader(&mem, plan))
-        .map_err(|e| format!("cannot start the loader thread: {e}"))?
+        .map_err(LoadError::Thread)?
         .join()
-        .map_err(|_| "the loader thread panicked".to_owned())?
+        .map_err(|_| LoadError::Panicked)?
+}
+
+/// Why the loader thread could not load a protected VM.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot start the loader thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the loader thread panicked")]
+    Panicked,
+    #[error("cannot pin the loader to CPU {cpu}: {err}")]
+    Cpu { cpu: usize, err: std::io::Error },
+    /// The drainer's scratch page, the settling drain or the policy's drain.
+    #[error(transparent)]
+    Drain(#[from] DrainError),
+    #[error("payload at {entry:#x} is outside guest RAM")]
+    OutsideRam { entry: u64 },
+    /// A prefill page, through the loader view.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
 }
 
 /// What the loader thread writes, where, and how it drains afterwards.
@@ -143,7 +163,7 @@ pub struct LoadPlan {
     pub cpu: usize,
 }
 
-fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, String> {
+fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, LoadError> {
     let LoadPlan {
         code,
         entry,
@@ -153,15 +173,14 @@ fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, String> 
         cpu,
     } = plan;
     let t = Instant::now();
-    sys::pin_thread_to_cpu(cpu).map_err(|e| format!("cannot pin the loader to CPU {cpu}: {e}"))?;
-    let mut settle = Drainer::new(DrainPolicy::None).map_err(|e| e.to_string())?;
-    let mut drainer = Drainer::new(policy).map_err(|e| e.to_string())?;
+    sys::pin_thread_to_cpu(cpu).map_err(|err| LoadError::Cpu { cpu, err })?;
+    let mut settle = Drainer::new(DrainPolicy::None)?;
+    let mut drainer = Drainer::new(policy)?;
     let view = mem.pin_view();
     let off = entry
         .checked_sub(mem.base())
         .filter(|o| o + code.len() as u64 <= mem.size())
-        .ok_or_else(|| format!("payload at {entry:#x} is outside guest RAM"))?
-        as usize;
+        .ok_or(LoadError::OutsideRam { entry })? as usize;
     // SAFETY: off + code.len() is inside the pin view (checked above), a live mapping owned by
     // `mem`; no vCPU runs yet, so nothing else accesses it.
     unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), view.at(off), code.len()) };
@@ -175,11 +194,10 @@ fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, String> 
     const MARK: u64 = 0x0b0b_0b0b_0b0b_0b0b;
     for &p in &pages {
         // Offset 8: memtouch writes offset 0, so this never changes its result.
-        mem.load(mem.base() + p * PAGE_SIZE as u64 + 8, &MARK.to_le_bytes())
-            .map_err(|e| e.to_string())?;
+        mem.load(mem.base() + p * PAGE_SIZE as u64 + 8, &MARK.to_le_bytes())?;
     }
     if !pages.is_empty() {
-        settle.drain_local(cpu).map_err(|e| e.to_string())?;
+        settle.drain_local(cpu)?;
     }
     for &p in &pages {
         // SAFETY: p < mem.pages(), so the 8 bytes at offset 8 of page p are inside the pin view.
@@ -193,8 +211,8 @@ fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, String> 
     report.loader_pages += pages.len() as u64;
     // The loader faulted the pages in on `cpu`; the pins come later, in KVM: the policy's
     // drains run now, in the order the resolver runs them.
-    drainer.after_fault_in(cpu).map_err(|e| e.to_string())?;
-    drainer.before_pin().map_err(|e| e.to_string())?;
+    drainer.after_fault_in(cpu)?;
+    drainer.before_pin()?;
     report.drain = drainer.stats;
     report.loader_cpu = sys::current_cpu();
     report.loader_ms = t.elapsed().as_secs_f64() * 1e3;

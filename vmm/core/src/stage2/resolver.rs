@@ -85,7 +85,7 @@ pub enum ResolverError {
         err: UffdError,
     },
     #[error("cannot set up the resolver's event loop: {0}")]
-    EventLoop(String),
+    EventLoop(event_manager::Error),
     #[error("cannot start the resolver thread: {0}")]
     Spawn(io::Error),
     #[error("cannot create the noise file: {0}")]
@@ -195,19 +195,6 @@ fn is_eexist(e: &CallFailure) -> bool {
     e.errno == Some(libc::EEXIST)
 }
 
-/// A failed drain, for the report.
-fn drain_failure(e: &DrainError, thread: &str, gpa: u64) -> HostFailure {
-    let mut f = HostFailure::named(
-        Site::Drain.name(),
-        e.call(),
-        e.errno(),
-        thread,
-        format!("draining before the pin of GPA {gpa:#x}: {e}"),
-    );
-    (f.gpa, f.injected) = (Some(gpa), e.injected());
-    f
-}
-
 /// One step of polling for work: lets a runnable thread on this CPU (the vCPU) go first.
 fn relax() {
     std::thread::yield_now();
@@ -243,7 +230,7 @@ impl PinSide {
         let n = u64::from(w.count);
         if self.cfg.stage2 == Stage2::Pin {
             if let Err(e) = self.drainer.before_pin() {
-                return self.fail_host(drain_failure(&e, self.thread, self.gpa(w.page)));
+                return self.fail_host(e.host_failure(self.thread, self.gpa(w.page)));
             }
             let g = self.mem.granule() as u64;
             let pin_hva = |p: u64| self.mem.pin_view().addr() + p * g;
@@ -260,7 +247,7 @@ impl PinSide {
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        return self.fail_host(drain_failure(&e, self.thread, self.gpa(failed)));
+                        return self.fail_host(e.host_failure(self.thread, self.gpa(failed)));
                     }
                 }
             }
@@ -268,21 +255,9 @@ impl PinSide {
                 Ok(()) => {}
                 Err(e @ PinError::Pin { .. }) => return self.terminate(&e),
                 Err(e) => {
-                    let mut f = HostFailure::at(
-                        Site::PinRegister,
-                        e.errno(),
-                        e.injected(),
-                        self.thread,
-                        Some(self.gpa(w.page)),
-                        format!(
-                            "setting up the pin table for GPA {:#x}: {e}",
-                            self.gpa(w.page)
-                        ),
-                    );
-                    if matches!(e, PinError::Ring(_)) {
-                        f.call = "io_uring_setup".into();
-                    }
-                    return self.fail_host(f);
+                    let gpa = self.gpa(w.page);
+                    let what = format!("setting up the pin table for GPA {gpa:#x}: {e}");
+                    return self.fail_host(e.host_failure(self.thread, gpa, what));
                 }
             }
             self.pin_lat.record(t.elapsed().as_nanos() as u64);
@@ -486,7 +461,7 @@ impl FaultSide {
             // One drain after a chunk's fault-ins covers every page faulted in on this CPU.
             if let Err(e) = self.drainer.after_fault_in(self.cfg.fault_cpu) {
                 let gpa = self.mem.base() + (page + done) * g;
-                return self.fail(drain_failure(&e, FAULT_THREAD, gpa));
+                return self.fail(e.host_failure(FAULT_THREAD, gpa));
             }
             self.dispatch(Work {
                 page: page + done,
@@ -826,8 +801,7 @@ impl Resolver {
             },
             done: false,
         };
-        let mut mgr = EventManager::<FaultSide>::new()
-            .map_err(|e| ResolverError::EventLoop(format!("{e:?}")))?;
+        let mut mgr = EventManager::<FaultSide>::new().map_err(ResolverError::EventLoop)?;
         let id = mgr.add_subscriber(fault_side);
         let fault_cpu = cfg.fault_cpu;
         let fault_thread = std::thread::Builder::new()

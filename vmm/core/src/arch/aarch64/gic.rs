@@ -73,10 +73,10 @@ fn set_attr<T>(
 /// Creates, places and initialises the GICv3 for the `vcpus` vCPUs that now exist.
 pub fn create_and_init(vm: &VmFd, vcpus: usize) -> Result<(), ArchError> {
     if vcpus as u64 > max_vcpus_for_gic() {
-        return Err(ArchError::Vm(format!(
-            "{vcpus} vCPUs do not fit the GICv3 redistributor region (at most {})",
-            max_vcpus_for_gic()
-        )));
+        return Err(ArchError::TooManyVcpus {
+            vcpus,
+            max: max_vcpus_for_gic(),
+        });
     }
     let fd = vm
         .create_device(&mut vgic_v3(0))

@@ -261,10 +261,9 @@ pub fn load_linux(
         None => None,
     };
     let at = place(mem.size(), &image, initrd_len)?;
-    let loaded =
-        PE::load(mem.loader(), Some(GuestAddress(at.base)), kernel, None).map_err(|e| {
-            LinuxLoadError::Setup(format!("linux-loader could not load the Image: {e}"))
-        })?;
+    let loaded = PE::load(mem.loader(), Some(GuestAddress(at.base)), kernel, None).map_err(
+        LinuxLoadError::setup("linux-loader could not load the Image"),
+    )?;
     debug_assert_eq!(loaded.kernel_load.0, at.kernel.start);
     if let (Some(f), Some(r)) = (initrd, at.initrd) {
         f.rewind().map_err(|err| LinuxLoadError::Read {
@@ -284,9 +283,9 @@ pub fn load_linux(
         cmdline: cmdline.to_owned(),
         initrd: at.initrd.map(|r| (r.start, r.len)),
     })
-    .map_err(|e| LinuxLoadError::Setup(e.to_string()))?;
+    .map_err(LinuxLoadError::setup("cannot build the device tree"))?;
     mem.load(at.fdt, &blob)
-        .map_err(|e| LinuxLoadError::Setup(format!("cannot write the device tree: {e}")))?;
+        .map_err(LinuxLoadError::setup("cannot write the device tree"))?;
     Ok(LinuxBoot {
         entry: at.kernel.start,
         boot_info: at.fdt,

@@ -39,9 +39,10 @@ pub const RESET_DEVICE: Option<DeviceAddr> = None;
 /// [`finish_vcpus`]).
 pub fn setup_vm(vm: &VmFd) -> Result<(), ArchError> {
     if !vm.check_extension(Cap::ArmPsci02) {
-        return Err(ArchError::Vm(
-            "KVM lacks KVM_CAP_ARM_PSCI_0_2 (needed for KVM_ARM_VCPU_INIT)".into(),
-        ));
+        return Err(ArchError::MissingCap {
+            cap: "KVM_CAP_ARM_PSCI_0_2",
+            why: "KVM_ARM_VCPU_INIT",
+        });
     }
     gic::probe(vm)
 }

@@ -403,10 +403,6 @@ fn write_cpu_tables(mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemoryE
     Ok(())
 }
 
-fn setup_err(what: &str) -> impl Fn(vm_memory::GuestMemoryError) -> LinuxLoadError + '_ {
-    move |e| LinuxLoadError::Setup(format!("cannot write the {what}: {e}"))
-}
-
 /// The loader itself, over any seekable input (tests use in-memory images).
 fn load<K, I>(
     mem: &GuestMemoryMmap,
@@ -469,10 +465,9 @@ where
         .map_err(|e| LinuxLoadError::Cmdline(e.to_string()))?;
 
     // Checked above: the header is valid and the kernel fits.
-    let loaded =
-        BzImage::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))).map_err(|e| {
-            LinuxLoadError::Setup(format!("linux-loader could not copy the bzImage: {e}"))
-        })?;
+    let loaded = BzImage::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))).map_err(
+        LinuxLoadError::setup("linux-loader could not copy the bzImage"),
+    )?;
     let hdr = loaded.setup_header.unwrap_or(image.hdr);
     let image = Image { hdr, ..image };
 
@@ -496,16 +491,18 @@ where
     };
 
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
-        .map_err(|e| LinuxLoadError::Setup(format!("cannot write the command line: {e}")))?;
+        .map_err(LinuxLoadError::setup("cannot write the command line"))?;
     let params = boot_params_for(&image, cmdline.len() as u64, initrd, mem_size);
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
         &BootParams::new(&params, GuestAddress(BOOT_PARAMS)),
         mem,
     )
-    .map_err(|e| LinuxLoadError::Setup(format!("cannot write boot_params: {e}")))?;
-    write_cpu_tables(mem).map_err(setup_err("GDT and page tables"))?;
+    .map_err(LinuxLoadError::setup("cannot write boot_params"))?;
+    write_cpu_tables(mem).map_err(LinuxLoadError::setup(
+        "cannot write the GDT and page tables",
+    ))?;
     mem.write_slice(&table, GuestAddress(mptable::MPTABLE_START))
-        .map_err(setup_err("MP table"))?;
+        .map_err(LinuxLoadError::setup("cannot write the MP table"))?;
 
     Ok(LinuxBoot {
         // The 64-bit entry point is 0x200 past the start of the protected-mode kernel.
@@ -610,13 +607,13 @@ pub fn configure_vcpu_linux(
             ..Default::default()
         },
     ])
-    .map_err(|e| ArchError::Vm(format!("cannot build the MSR list: {e:?}")))?;
+    .map_err(ArchError::MsrList)?;
     let n = vcpu.set_msrs(&msrs).map_err(set("boot MSRs"))?;
     if n != msrs.as_slice().len() {
-        return Err(ArchError::Vm(format!(
-            "KVM set {n} of {} boot MSRs (MISC_ENABLE, MTRRdefType)",
-            msrs.as_slice().len()
-        )));
+        return Err(ArchError::MsrsSet {
+            set: n,
+            of: msrs.as_slice().len(),
+        });
     }
 
     let fpu = kvm_fpu {
