@@ -60,7 +60,7 @@ pub enum BuildError {
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
     #[error("cannot copy the staged (anon) pages into the guest view: {0}")]
-    CopyStaged(std::io::Error),
+    CopyStaged(MemoryError),
     #[error("eager pinning before boot failed: {0}")]
     EagerPin(#[from] EagerError),
     #[error("loading the protected VM failed: {0}")]

@@ -105,6 +105,8 @@ pub enum MemoryError {
         gpa: u64,
         err: vm_memory::GuestMemoryError,
     },
+    #[error("cannot see which pages the loader staged (mincore): {0}")]
+    Staged(io::Error),
     #[error(
         "guest address {gpa:#x} ({len} bytes) is outside guest RAM ({size} bytes at {base:#x})"
     )]
@@ -223,8 +225,7 @@ impl GuestMemory {
                     }
                 }
                 if let Some(r) = loader.iter().next() {
-                    sys::madvise(r.as_ptr(), len, libc::MADV_HUGEPAGE)
-                        .map_err(map_err("loader"))?;
+                    sys::advise_huge_pages(r.as_ptr(), len).map_err(map_err("loader"))?;
                 }
             }
             Backing::Hugetlb => {}
@@ -365,22 +366,10 @@ impl GuestMemory {
                 .read_obj(GuestAddress(gpa))
                 .map_err(|err| MemoryError::Read { gpa, err }),
             Backing::Anon => {
-                let off = gpa
-                    .checked_sub(self.base)
-                    .filter(|o| o + 8 <= self.size)
-                    .ok_or(MemoryError::OutsideRam {
-                        gpa,
-                        len: 8,
-                        base: self.base,
-                        size: self.size,
-                    })?;
-                // SAFETY: off + 8 is inside the guest view, which lives as long as &self.
-                Ok(unsafe {
-                    self.guest_view
-                        .at(off as usize)
-                        .cast::<u64>()
-                        .read_volatile()
-                })
+                let off = gpa.checked_sub(self.base).ok_or(self.outside(gpa, 8))?;
+                self.guest_view
+                    .read_u64(off as usize)
+                    .map_err(|_| self.outside(gpa, 8))
             }
         }
     }
@@ -417,8 +406,7 @@ impl GuestMemory {
             .iter()
             .next()
             .ok_or_else(|| io::Error::other("no loader region"))?;
-        // SAFETY: the loader's region is mapped for as long as &self lives.
-        unsafe { sys::resident_pages(region.as_ptr(), self.size as usize) }
+        sys::resident_pages(region.as_ptr(), self.size as usize)
     }
 
     /// Host address of a staged (anon) page's contents in the loader's region.
@@ -433,19 +421,32 @@ impl GuestMemory {
     }
 
     /// Copies every staged page into the guest view (anon backing without userfaultfd).
-    pub fn copy_staged_into_guest_view(&self) -> io::Result<u64> {
-        let staged = self.staged_pages()?;
+    pub fn copy_staged_into_guest_view(&self) -> Result<u64, MemoryError> {
+        let staged = self.staged_pages().map_err(MemoryError::Staged)?;
+        let mut page_buf = vec![0u8; PAGE_SIZE];
         let mut n = 0;
         for (page, _) in staged.iter().enumerate().filter(|(_, s)| **s) {
-            let src = self.staged_page_addr(page as u64).expect("page in range");
-            // SAFETY: both ranges are one page inside live mappings of the same size, and
-            // they are distinct mappings, so they do not overlap.
-            unsafe {
-                std::ptr::copy_nonoverlapping(src, self.guest_view.at(page * PAGE_SIZE), PAGE_SIZE)
-            };
+            let off = page * PAGE_SIZE;
+            let gpa = self.base + off as u64;
+            self.loader
+                .read_slice(&mut page_buf, GuestAddress(gpa))
+                .map_err(|err| MemoryError::Read { gpa, err })?;
+            self.guest_view
+                .copy_in(off, &page_buf)
+                .map_err(|_| self.outside(gpa, PAGE_SIZE))?;
             n += 1;
         }
         Ok(n)
+    }
+
+    /// The error of an access to `len` bytes at `gpa`, outside guest RAM.
+    fn outside(&self, gpa: u64, len: usize) -> MemoryError {
+        MemoryError::OutsideRam {
+            gpa,
+            len,
+            base: self.base,
+            size: self.size,
+        }
     }
 }
 

@@ -47,7 +47,21 @@ pub fn memfd_hugetlb(name: &str, size: u64) -> io::Result<File> {
     Ok(file)
 }
 
-/// An mmap'ed area, unmapped on drop.
+/// An access to a [`Mapping`] that does not fit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    #[error("{len} bytes at offset {offset:#x} are outside the {size}-byte mapping")]
+    OutOfBounds {
+        offset: usize,
+        len: usize,
+        size: usize,
+    },
+    #[error("offset {offset:#x} is not {align}-byte aligned")]
+    Misaligned { offset: usize, align: usize },
+}
+
+/// An mmap'ed area, unmapped on drop. Safe code reads and writes it through bounds-checked
+/// helpers ([`Mapping::write_u64`], [`Mapping::copy_in`], ...).
 #[derive(Debug)]
 pub struct Mapping {
     ptr: NonNull<u8>,
@@ -151,10 +165,66 @@ impl Mapping {
         self.len == 0
     }
 
-    /// Host address of byte `offset`.
-    pub fn at(&self, offset: usize) -> *mut u8 {
-        debug_assert!(offset < self.len);
-        self.ptr.as_ptr().wrapping_add(offset)
+    /// The address of `[offset, offset + len)`, checked to lie inside the mapping and to be
+    /// `align`-byte aligned.
+    fn range(&self, offset: usize, len: usize, align: usize) -> Result<*mut u8, AccessError> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(AccessError::OutOfBounds {
+                offset,
+                len,
+                size: self.len,
+            });
+        }
+        let p = self.ptr.as_ptr().wrapping_add(offset);
+        if !(p as usize).is_multiple_of(align) {
+            return Err(AccessError::Misaligned { offset, align });
+        }
+        Ok(p)
+    }
+
+    /// Writes one byte at `offset` (volatile: the write faults the page in, as a guest's or a
+    /// loader's would).
+    pub fn write_u8(&self, offset: usize, v: u8) -> Result<(), AccessError> {
+        let p = self.range(offset, 1, 1)?;
+        // SAFETY: p is inside the mapping (checked), which stays mapped while &self lives; its
+        // memory is shared with the guest and is only ever accessed through raw pointers.
+        unsafe { p.write_volatile(v) };
+        Ok(())
+    }
+
+    /// Writes a u64 at `offset`, which must be 8-byte aligned.
+    pub fn write_u64(&self, offset: usize, v: u64) -> Result<(), AccessError> {
+        let p = self.range(offset, 8, 8)?;
+        // SAFETY: as in write_u8; p is 8-byte aligned (checked).
+        unsafe { p.cast::<u64>().write_volatile(v) };
+        Ok(())
+    }
+
+    /// Reads the u64 at `offset`, which must be 8-byte aligned.
+    pub fn read_u64(&self, offset: usize) -> Result<u64, AccessError> {
+        let p = self.range(offset, 8, 8)?;
+        // SAFETY: as in write_u64.
+        Ok(unsafe { p.cast::<u64>().read_volatile() })
+    }
+
+    /// Copies `data` into the mapping at `offset`.
+    pub fn copy_in(&self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
+        let p = self.range(offset, data.len(), 1)?;
+        // SAFETY: the destination is inside the mapping (checked); `copy` allows the source to
+        // be anywhere, even another mapping of the same pages.
+        unsafe { std::ptr::copy(data.as_ptr(), p, data.len()) };
+        Ok(())
+    }
+
+    /// `madvise(advice)` on `[offset, offset + len)` of the mapping.
+    pub fn madvise(&self, offset: usize, len: usize, advice: i32) -> io::Result<()> {
+        let p = self
+            .range(offset, len, 1)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: the range is inside this mapping (checked), whose memory is only ever
+        // accessed through raw pointers: whatever the advice does to its contents (even
+        // dropping them) breaks no reference.
+        unsafe { madvise(p, len, advice) }
     }
 
     /// `mlock2(MLOCK_ONFAULT)`: pages are locked as they are faulted in, as crosvm does.
@@ -175,7 +245,7 @@ impl Mapping {
     /// A kernel without CONFIG_TRANSPARENT_HUGEPAGE (the small ci/kernels/ board kernels)
     /// rejects the advice with EINVAL: it has no huge pages to disable.
     pub fn no_huge_pages(&self) -> io::Result<()> {
-        match madvise(self.as_ptr(), self.len, libc::MADV_NOHUGEPAGE) {
+        match self.madvise(0, self.len, libc::MADV_NOHUGEPAGE) {
             Err(e)
                 if e.raw_os_error() == Some(libc::EINVAL)
                     && !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() =>
@@ -189,21 +259,21 @@ impl Mapping {
     /// Asks for transparent huge pages on the range (shmem: 2 MiB folios where the shmem
     /// THP setting allows MADV_HUGEPAGE; see hugepages.rs).
     pub fn huge_pages(&self) -> io::Result<()> {
-        madvise(self.as_ptr(), self.len, libc::MADV_HUGEPAGE)
+        self.madvise(0, self.len, libc::MADV_HUGEPAGE)
     }
 
     /// Reads one byte through the mapping (a fault-in "touch").
     pub fn touch_read(&self, offset: usize) -> u8 {
         assert!(offset < self.len, "touch beyond mapping");
-        // SAFETY: offset is inside the mapping, which stays mapped while &self lives; a
-        // volatile read is what makes the page fault happen.
-        unsafe { std::ptr::read_volatile(self.at(offset)) }
+        let p = self.ptr.as_ptr().wrapping_add(offset);
+        // SAFETY: offset is inside the mapping (asserted), which stays mapped while &self
+        // lives; a volatile read is what makes the page fault happen.
+        unsafe { std::ptr::read_volatile(p) }
     }
 
     /// Whether each page of the mapping is resident.
     pub fn resident_pages(&self) -> io::Result<Vec<bool>> {
-        // SAFETY: the range is exactly this live mapping.
-        unsafe { resident_pages(self.as_ptr(), self.len) }
+        resident_pages(self.as_ptr(), self.len)
     }
 }
 
@@ -214,24 +284,47 @@ impl Drop for Mapping {
     }
 }
 
-/// Whether each page of `[addr, addr + len)` is resident (mincore).
-///
-/// # Safety
-/// The range must be mapped for the duration of the call.
-pub unsafe fn resident_pages(addr: *const u8, len: usize) -> io::Result<Vec<bool>> {
+/// Whether each page of `[addr, addr + len)` is resident (mincore). Any range is sound: the
+/// kernel only looks at it (an unmapped one is ENOMEM).
+pub fn resident_pages(addr: *const u8, len: usize) -> io::Result<Vec<bool>> {
     let mut vec = vec![0u8; len.div_ceil(PAGE_SIZE)];
-    // SAFETY: vec has one byte per page of the range, as mincore requires; the caller
-    // guarantees the range is mapped.
+    // SAFETY: vec has one byte per page of the range, as mincore requires; mincore reads
+    // nothing of the range itself.
     let r = unsafe { libc::mincore(addr.cast_mut().cast(), len, vec.as_mut_ptr()) };
     check(r as libc::c_long)?;
     Ok(vec.into_iter().map(|b| b & 1 == 1).collect())
 }
 
 /// madvise on a raw range.
-pub fn madvise(addr: *mut u8, len: usize, advice: i32) -> io::Result<()> {
-    // SAFETY: madvise does not touch memory contents for the advices we use (COLD, NOHUGEPAGE);
-    // an invalid range is reported as an error.
+///
+/// # Safety
+/// Some advices drop or replace the range's contents (MADV_DONTNEED, MADV_REMOVE, ...): the
+/// caller must own the range and hold no reference into it.
+unsafe fn madvise(addr: *mut u8, len: usize, advice: i32) -> io::Result<()> {
+    // SAFETY: the caller owns the range (see above); an invalid one is reported as an error.
     check(unsafe { libc::madvise(addr.cast(), len, advice) } as libc::c_long).map(drop)
+}
+
+/// `madvise(MADV_HUGEPAGE)` on any range (a vm-memory region, say): it changes how the kernel
+/// backs the range, never its contents.
+pub fn advise_huge_pages(addr: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: MADV_HUGEPAGE leaves the contents as they are; a range that is not mapped is
+    // reported as an error.
+    check(unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) } as libc::c_long).map(drop)
+}
+
+/// Punches a hole of `len` bytes at `offset` in `file` (its pages are dropped; the size stays).
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a file we hold open; punching a hole only drops its pages.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    check(r as libc::c_long).map(drop)
 }
 
 /// `migrate_pages(2)` on this process with identical old and new node masks: migrates nothing,
@@ -374,8 +467,7 @@ mod tests {
         let f = memfd("t", 2 * PAGE_SIZE as u64).unwrap();
         let a = Mapping::shared(&f, 2 * PAGE_SIZE).unwrap();
         let b = Mapping::shared(&f, 2 * PAGE_SIZE).unwrap();
-        // SAFETY: in bounds of a live mapping.
-        unsafe { a.at(PAGE_SIZE).write_volatile(42) };
+        a.write_u8(PAGE_SIZE, 42).unwrap();
         assert_eq!(b.touch_read(PAGE_SIZE), 42);
         assert_eq!(b.resident_pages().unwrap(), vec![false, true]);
     }
@@ -386,9 +478,39 @@ mod tests {
         let a = Mapping::shared_aligned(&f, 4 << 20, 2 << 20).unwrap();
         let b = Mapping::shared(&f, 4 << 20).unwrap();
         assert_eq!(a.addr() % (2 << 20), 0);
-        // SAFETY: in bounds of a live mapping.
-        unsafe { a.at(3 << 20).write_volatile(9) };
+        a.write_u8(3 << 20, 9).unwrap();
         assert_eq!(b.touch_read(3 << 20), 9);
+    }
+
+    #[test]
+    fn accesses_are_checked() {
+        let m = Mapping::anonymous(2 * PAGE_SIZE).unwrap();
+        m.write_u64(8, 0x1122_3344_5566_7788).unwrap();
+        assert_eq!(m.read_u64(8), Ok(0x1122_3344_5566_7788));
+        m.copy_in(PAGE_SIZE - 2, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(m.touch_read(PAGE_SIZE + 1), 4);
+        let end = 2 * PAGE_SIZE;
+        assert_eq!(
+            m.write_u8(end, 1),
+            Err(AccessError::OutOfBounds {
+                offset: end,
+                len: 1,
+                size: end
+            })
+        );
+        assert!(m.read_u64(end - 4).is_err());
+        assert!(m.copy_in(end - 1, &[0, 0]).is_err());
+        assert!(m.copy_in(usize::MAX, &[0]).is_err());
+        assert_eq!(
+            m.write_u64(4, 0),
+            Err(AccessError::Misaligned {
+                offset: 4,
+                align: 8
+            })
+        );
+        let e = m.madvise(PAGE_SIZE, end, libc::MADV_COLD).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        m.madvise(0, end, libc::MADV_COLD).unwrap();
     }
 
     #[test]

@@ -125,8 +125,9 @@ fn run_case(
         view.no_huge_pages().map_err(|e| format!("madvise: {e}"))?;
         sys::pin_thread_to_cpu(cpus.0).map_err(|e| format!("affinity: {e}"))?;
         for p in 0..pages as usize {
-            // SAFETY: inside the live loader mapping.
-            unsafe { loader.at(p * PAGE_SIZE).write_volatile(1) };
+            loader
+                .write_u8(p * PAGE_SIZE, 1)
+                .map_err(|e| format!("loader write: {e}"))?;
         }
         let mut table = PinTable::new(pages);
         for p in 0..pages {

@@ -231,7 +231,7 @@ impl Drainer {
         let injected = self.injected();
         let injected_now = injected.is_err();
         injected
-            .and_then(|()| sys::madvise(self.scratch.as_ptr(), PAGE_SIZE, libc::MADV_COLD))
+            .and_then(|()| self.scratch.madvise(0, PAGE_SIZE, libc::MADV_COLD))
             .map_err(|err| DrainError::Local {
                 err,
                 injected: injected_now,

@@ -147,6 +147,9 @@ pub enum LoadError {
     /// A prefill page, through the loader view.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// A prefill page, through the mlocked view.
+    #[error("cannot write the mlocked view: {0}")]
+    Access(#[from] crate::sys::AccessError),
 }
 
 /// What the loader thread writes, where, and how it drains afterwards.
@@ -181,9 +184,9 @@ fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, LoadErro
         .checked_sub(mem.base())
         .filter(|o| o + code.len() as u64 <= mem.size())
         .ok_or(LoadError::OutsideRam { entry })? as usize;
-    // SAFETY: off + code.len() is inside the pin view (checked above), a live mapping owned by
-    // `mem`; no vCPU runs yet, so nothing else accesses it.
-    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), view.at(off), code.len()) };
+    // No vCPU runs yet: nothing else accesses the view.
+    view.copy_in(off, &code)
+        .map_err(|_| LoadError::OutsideRam { entry })?;
     let mut report = ProtectedReport {
         loader_pages: (code.len() as u64).div_ceil(PAGE_SIZE as u64),
         ..Default::default()
@@ -200,12 +203,7 @@ fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, LoadErro
         settle.drain_local(cpu)?;
     }
     for &p in &pages {
-        // SAFETY: p < mem.pages(), so the 8 bytes at offset 8 of page p are inside the pin view.
-        unsafe {
-            view.at(p as usize * PAGE_SIZE + 8)
-                .cast::<u64>()
-                .write_volatile(MARK)
-        };
+        view.write_u64(p as usize * PAGE_SIZE + 8, MARK)?;
     }
     report.prefilled_pages = pages.len() as u64;
     report.loader_pages += pages.len() as u64;

@@ -387,25 +387,19 @@ impl Noise {
     }
 
     fn write_pages(&mut self, n: u32) -> u64 {
+        let mut written = 0;
         for _ in 0..n {
             if self.next + PAGE_SIZE > Self::SIZE {
-                // Recycle: punch the file so the next writes allocate fresh folios again.
-                // SAFETY: fallocate on our own memfd; punching a hole only drops its pages.
-                unsafe {
-                    libc::fallocate(
-                        self.file.as_raw_fd(),
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                        0,
-                        Self::SIZE as i64,
-                    )
-                };
+                // Recycle: punch the file so the next writes allocate fresh folios again (a
+                // failed punch only means the next writes find their pages already there).
+                let _ = sys::punch_hole(&self.file, 0, Self::SIZE as u64);
                 self.next = 0;
             }
-            // SAFETY: next + PAGE_SIZE <= SIZE, inside the live noise mapping.
-            unsafe { self.map.at(self.next).write_volatile(1) };
+            // next + PAGE_SIZE <= SIZE: inside the mapping, so the write never fails.
+            written += u64::from(self.map.write_u8(self.next, 1).is_ok());
             self.next += PAGE_SIZE;
         }
-        u64::from(n)
+        written
     }
 }
 
@@ -499,8 +493,8 @@ impl FaultSide {
             if sys::current_cpu() != Some(self.cfg.fault_cpu) {
                 self.report.fault_cpu_mismatches += 1;
             }
-            let at = self.mem.pin_view().at(page as usize * g);
-            match sys::madvise(at, n as usize * g, libc::MADV_POPULATE_READ) {
+            let view = self.mem.pin_view();
+            match view.madvise(page as usize * g, n as usize * g, libc::MADV_POPULATE_READ) {
                 Ok(()) => {
                     self.write_noise(n);
                     return Ok(());

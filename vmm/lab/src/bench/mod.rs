@@ -616,8 +616,8 @@ impl Dirtier {
             while rx.recv().is_ok() {
                 // Two fresh pages: each lands in this CPU's LRU-add batch.
                 for _ in 0..2 {
-                    // SAFETY: next < 64 MiB, inside the live mapping owned by this thread.
-                    unsafe { map.at(next).write_volatile(1) };
+                    map.write_u8(next, 1)
+                        .expect("next < 64 MiB: inside the mapping");
                     next = (next + PAGE_SIZE) % (64 << 20);
                 }
                 if dtx.send(()).is_err() {
