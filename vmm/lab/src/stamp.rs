@@ -31,3 +31,15 @@ pub fn utc_now() -> String {
         (rem % 3600) / 60
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_date_is_well_formed() {
+        let d = utc_now();
+        assert_eq!(d.len(), 16, "{d}");
+        assert!(d.starts_with("20"), "{d}");
+    }
+}

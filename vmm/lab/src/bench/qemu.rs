@@ -109,7 +109,7 @@ impl QemuSection {
         );
         let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|");
         let o = |v: Option<f64>, d: usize| v.map_or("-".into(), |x| format!("{x:.d$}"));
-        let u = |v: Option<f64>| v.map_or("-".into(), super::render::us);
+        let u = |v: Option<f64>| v.map_or("-".into(), super::common::us);
         for r in &self.rows {
             let _ = writeln!(
                 w,
