@@ -42,7 +42,7 @@ pub enum Command {
     Campaign(lab::campaign::CampaignArgs),
     /// Summarise, plot (SVG/PNG) and export (CSV) campaign results.
     Report(lab::campaign::plot::ReportArgs),
-    /// Measure the stage-2 paths, drain policies, launch latency and RSS side by side (issue 8).
+    /// Measure the stage-2 paths, drain policies, launch latency and RSS side by side.
     Bench(lab::bench::BenchArgs),
     /// Run many VMs in parallel in one process for a bounded time (every policy and backing in
     /// turn), then check nothing leaked: VmPin, VmLck, fds and RSS of the process, the host's

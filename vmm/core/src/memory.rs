@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! Guest memory and its views (shared/DESIGN.md §2).
+//! Guest memory and its views (docs/DESIGN.md §2).
 //!
 //! shmem backing (default, as crosvm): one memfd mapped three times, MAP_SHARED:
 //! - the *guest view*, given to KVM and armed with userfaultfd;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! Small safe wrappers over the host calls no rust-vmm crate offers: memfd mappings, mlock2,
-//! madvise, migrate_pages, CPU affinity; and the names of errnos. Every `unsafe` in the VMM's memory
-//! path lives here.
+//! Small safe wrappers over the host calls no rust-vmm crate offers: memfd mappings and
+//! bounds-checked access to them, mlock2, madvise, migrate_pages, CPU affinity; and the names
+//! of errnos. Every `unsafe` in the VMM's memory path lives here.
 
 use std::fs::File;
 use std::io;

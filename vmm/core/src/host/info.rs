@@ -276,7 +276,7 @@ pub enum GupFix {
     Unknown,
 }
 
-/// Versions (major, minor, first fixed patch) per stable branch (shared/DESIGN.md §5).
+/// Versions (major, minor, first fixed patch) per stable branch (docs/DESIGN.md §5).
 const FIXED_FROM: &[(u32, u32, u32)] = &[(6, 16, 9), (6, 12, 49), (6, 6, 109), (6, 1, 155)];
 
 pub fn gup_fix_status(release: &str) -> GupFix {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Pre-migration drain policies: what the resolver does between faulting a page into the
 //! mlocked pin view and taking the long-term pin, so that no per-CPU batch still holds a
-//! reference to the folio when the pin tries to migrate it (shared/DESIGN.md §1, §3, §7).
+//! reference to the folio when the pin tries to migrate it (docs/DESIGN.md §1, §3, §7).
 //!
 //! Userspace has no call that drains only the mlock batch. What it has:
 //! - a *local* `lru_add_drain()` (which also runs `mlock_drain_local()`): `madvise(MADV_COLD)`

@@ -2,7 +2,7 @@
 //! Real pKVM protected VMs (`--vm-type protected`, arm64 hosts booted with
 //! `kvm-arm.mode=protected`, Linux 7.x): KVM itself resolves every stage-2 fault of the guest by
 //! a `FOLL_LONGTERM` pin of the VMM's page, on the vCPU thread — the seed's exact kernel path,
-//! no userfaultfd (shared/DESIGN.md §5).
+//! no userfaultfd (docs/DESIGN.md §5).
 //!
 //! What differs from the userfaultfd emulation (`vm.rs` calls into this module at each point):
 //! - the VM is created with `KVM_VM_TYPE_ARM_PROTECTED`;

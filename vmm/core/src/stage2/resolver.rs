@@ -16,7 +16,7 @@
 //! trip, no pin) always runs on the fault-in thread alone. A failed pin is not resolved: the
 //! VM is terminated (reported to the main thread), as pKVM turns it into a failed KVM_RUN.
 //!
-//! Speed (issue 8, docs/PERFORMANCE.md): the guest waits for every hand-off, and on a virtual
+//! Speed (docs/PERFORMANCE.md): the guest waits for every hand-off, and on a virtual
 //! host waking a thread on an idle CPU costs tens of µs. So both threads keep polling for
 //! `spin` after their last piece of work before they sleep — the fault-in thread reads the
 //! userfaultfd non-blocking inside its event-manager callback, the pin thread polls a
@@ -370,7 +370,7 @@ struct FaultSide {
 }
 
 /// Fresh, not-mlocked shmem pages written on the fault CPU: LRU traffic that can flush the
-/// LRU-add batch while a folio still sits in the mlock batch (shared/DESIGN.md §1).
+/// LRU-add batch while a folio still sits in the mlock batch (docs/DESIGN.md §1).
 struct Noise {
     file: std::fs::File,
     map: Mapping,

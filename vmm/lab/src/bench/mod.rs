@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `pinvmm bench`: what the pinning stage-2 path costs, side by side with its baselines, in one
-//! run (issue 8; results and how to read them in docs/PERFORMANCE.md).
+//! run (results and how to read them in docs/PERFORMANCE.md).
 //!
 //! Sections:
 //! - **touch**: first-touch cost of guest memory (memtouch's first write pass, µs per 4 KiB

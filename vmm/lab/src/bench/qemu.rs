@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The `qemu` section of `pinvmm bench`: `qemu-system-x86_64 -accel kvm` and pinvmm, each
 //! one process per VM, on the same bare work — touch every 4 KiB page of guest RAM from 1 MiB
-//! to the end once, then read it all back (issue 8, item 3).
+//! to the end once, then read it all back.
 //!
 //! QEMU runs guest/src/qemu_rom.rs as its BIOS (`-M microvm -bios`): it writes `A` on COM1 as
 //! its first instruction, `B` once at CPL3, `C` when every page was touched, `D` when all

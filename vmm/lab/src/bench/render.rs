@@ -216,7 +216,7 @@ impl BenchReport {
             q.human(w);
         }
         if !self.goals.is_empty() {
-            let _ = writeln!(w, "Goals (issue 8)\n");
+            let _ = writeln!(w, "Goals\n");
             let _ = writeln!(w, "| goal | target | measured | met |");
             let _ = writeln!(w, "|---|---|---|---|");
             for g in &self.goals {

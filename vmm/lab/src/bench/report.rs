@@ -10,7 +10,7 @@ use super::launch::{LaunchRow, RssRow};
 use super::qemu::QemuSection;
 use super::touch::{TouchRow, paired, row_name};
 
-/// A goal of issue 8 and where this run stands.
+/// A performance goal and where this run stands.
 #[derive(Debug, Clone, Serialize)]
 pub struct Goal {
     pub goal: String,
