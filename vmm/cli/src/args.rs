@@ -184,6 +184,12 @@ pub struct RunArgs {
     /// Install no seccomp filters (default: every vCPU, resolver and, after setup, the main thread).
     #[arg(long)]
     pub no_seccomp: bool,
+    /// Explain failed pins further (docs/FAILURES.md): record the kernel's migrate:
+    /// trace events of this VM's own threads in a private tracefs instance (needs root and a
+    /// mounted tracefs), and read each folio's state just before its pin. Without it a failed
+    /// pin is still explained from the folio's state after the failure and the page's path.
+    #[arg(long)]
+    pub trace: bool,
 }
 
 fn parse_payload(s: &str) -> Result<Payload, String> {
@@ -249,6 +255,7 @@ pub fn build_config(a: &RunArgs, host: &HostLimits) -> Result<VmConfig, String> 
         cmdline: a.cmdline.clone(),
     });
     c.echo_console = a.console;
+    c.trace = a.trace;
     c.seccomp = if a.no_seccomp {
         SeccompMode::Off
     } else {

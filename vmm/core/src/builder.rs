@@ -21,13 +21,15 @@ use crate::inject::{Injector, Site};
 use crate::linux;
 use crate::memory::{GuestMemory, MemoryError};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
+use crate::stage2::efault::ProtectedExplain;
 use crate::stage2::protected::{self, LoadError, LoadPlan, ProtectedReport, RunCounters, VmType};
 use crate::stage2::uffd::Uffd;
 use crate::stage2::{self, EagerError, Resolver, ResolverConfig, ResolverError, Stage2};
 use crate::sys::{self, PAGE_SIZE};
 use crate::vcpu::{self, Buses};
 use crate::vm::{
-    Baseline, Boot, CONSOLE_KEEP_BYTES, EagerPins, LINUX_CONSOLE_KEEP_BYTES, VcpuThread, Vm, ms,
+    Baseline, Boot, CONSOLE_KEEP_BYTES, EagerPins, Explainer, LINUX_CONSOLE_KEEP_BYTES, VcpuThread,
+    Vm, ms,
 };
 
 /// Failures that stop a VM from being built (as opposed to outcomes of a run).
@@ -124,6 +126,8 @@ struct SharedDevices {
 pub fn build(cfg: &VmConfig) -> Result<Vm, BuildError> {
     let t_start = Instant::now();
     let baseline = Baseline::now();
+    // Before anything pins (eager pins happen on this thread, at arm_stage2).
+    let mut explain = Explainer::new(cfg.trace, t_start);
     vcpu::install_kick_handler().map_err(BuildError::Signal)?;
     let faults = Injector::new(&cfg.inject);
     // Memory and the boot image, written through the loader view (page cache / staging).
@@ -136,7 +140,11 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, BuildError> {
     let armed = arm_stage2(cfg, &boot, &mem, &faults)?;
     register_memory(&vm_fd, &mem, boot.is_protected())?;
     let mem = Arc::new(mem);
-    let protected = load_protected(cfg, &boot, &mem)?;
+    let pkvm_explain = boot
+        .is_protected()
+        .then(|| explain.protected(&mem, cfg.trace));
+    explain.pkvm = pkvm_explain.clone();
+    let protected = load_protected(cfg, &boot, &mem, pkvm_explain.clone())?;
     let counters = Arc::new(RunCounters::default());
     let (ctl, events) = VmControl::new();
     let resolver = match &armed.uffd {
@@ -146,6 +154,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, BuildError> {
             u.clone(),
             ctl.clone(),
             faults.clone(),
+            explain.parts(),
         )?),
         None => None,
     };
@@ -171,6 +180,8 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, BuildError> {
         ctl: &ctl,
         faults: &faults,
         counters: &counters,
+        trace: explain.trace.as_ref(),
+        pkvm_explain: pkvm_explain.as_ref(),
     };
     let threads = start_vcpus(cfg, &start, fds, args, &shared.buses)?;
     // Every VM thread is running (and filtered): the calling thread's own filter comes last.
@@ -202,6 +213,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, BuildError> {
         threads,
         t_guest,
         setup_ms,
+        explain,
     })
 }
 
@@ -332,6 +344,7 @@ fn load_protected(
     cfg: &VmConfig,
     boot: &Boot,
     mem: &Arc<GuestMemory>,
+    explain: Option<ProtectedExplain>,
 ) -> Result<Option<ProtectedReport>, BuildError> {
     let Boot::Protected { entry } = *boot else {
         return Ok(None);
@@ -343,6 +356,7 @@ fn load_protected(
         prefill_pct: cfg.prefill_pct,
         policy: cfg.policy,
         cpu: cfg.cpus.fault_cpu,
+        explain,
     };
     Ok(Some(protected::load(mem, plan)?))
 }
@@ -360,6 +374,7 @@ fn resolver_config(cfg: &VmConfig) -> ResolverConfig {
         spin: stage2::DEFAULT_SPIN,
         vcpus: cfg.vcpus,
         seccomp: cfg.seccomp.threads(),
+        read_before_pin: cfg.trace,
     }
 }
 
@@ -452,6 +467,10 @@ struct VcpuStart<'a> {
     ctl: &'a Arc<VmControl>,
     faults: &'a Arc<Injector>,
     counters: &'a Arc<RunCounters>,
+    /// `--trace`: each vCPU thread adds itself (KVM pins a protected VM's pages on it).
+    trace: Option<&'a Arc<crate::host::trace::TraceSession>>,
+    /// A protected VM's vCPUs explain their failed pins (stage2::efault).
+    pkvm_explain: Option<&'a ProtectedExplain>,
 }
 
 /// Starts one thread per vCPU, each with its own test device on a copy of the shared buses:
@@ -473,6 +492,8 @@ fn start_vcpus(
         let (c, vcpu_faults) = (s.ctl.clone(), s.faults.clone());
         let (policy, counters, vcpu_cpu) = (cfg.policy, s.counters.clone(), s.vcpu_cpu);
         let filter = cfg.seccomp.threads() && !pkvm;
+        let trace = s.trace.cloned();
+        let pkvm_explain = s.pkvm_explain.cloned();
         let handle = std::thread::Builder::new()
             .name(format!("pinvmm-vcpu{id}"))
             .spawn(move || {
@@ -480,9 +501,12 @@ fn start_vcpus(
                 if let Some(cpu) = vcpu_cpu {
                     let _ = sys::pin_thread_to_cpu(cpu);
                 }
+                if let Some(t) = trace {
+                    let _ = t.add_current_thread();
+                }
                 seccomp::install_or_fail_vm(ThreadKind::Vcpu, filter, &c);
                 if pkvm {
-                    protected::run_loop(id, fd, buses, c, policy, counters)
+                    protected::run_loop(id, fd, buses, c, policy, counters, pkvm_explain)
                 } else {
                     vcpu::run_loop(id, fd, buses, c, vcpu_faults)
                 }

@@ -93,6 +93,9 @@ pub struct VmConfig {
     pub echo_console: bool,
     /// Which threads get a seccomp filter (`seccomp.rs`).
     pub seccomp: SeccompMode,
+    /// `--trace`: record the kernel's `migrate:` trace events of the VM's own threads
+    /// (host::trace) and read every folio's state just before its pin, to explain failed pins.
+    pub trace: bool,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -204,6 +207,7 @@ impl VmConfig {
             linux: None,
             echo_console: false,
             seccomp: SeccompMode::Threads,
+            trace: false,
         }
     }
 

@@ -13,9 +13,11 @@ use crate::config::VmConfig;
 use crate::control::{HostFailure, Termination, VcpuOutcome};
 use crate::exit_code::ExitCode;
 use crate::host::HostFacts;
+use crate::host::trace::KernelTrace;
 use crate::inject::InjectionReport;
 use crate::linux::LinuxReport;
 use crate::stage2::ResolverReport;
+use crate::stage2::explain::FailedPin;
 use crate::stage2::protected::{ProtectedReport, VmType};
 use crate::vm::{GranuleFacts, MemAccounting, RunResult, Timing, VcpuResult};
 
@@ -120,6 +122,15 @@ pub struct Report {
     /// Whether the guest wrote more than was kept.
     pub console_truncated: bool,
     pub error: Option<String>,
+    /// Every failed long-term pin, explained: the folio's PFN, zone and flags, the page's
+    /// fault-in → pin path, the verdict and its evidence, the kernel's event (`--trace`).
+    /// docs/FAILURES.md.
+    pub failed_pins: Vec<FailedPin>,
+    /// `--trace`: the kernel's `migrate:` events of the VM's own threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_trace: Option<KernelTrace>,
+    /// What the failure explanation could not see on this host (not root, no tracefs).
+    pub explain_notes: Vec<String>,
 }
 
 impl From<RunResult> for Report {
@@ -157,6 +168,9 @@ impl From<RunResult> for Report {
             console_bytes: r.console_bytes,
             console_truncated,
             error: r.error,
+            failed_pins: r.failed_pins,
+            kernel_trace: r.kernel_trace,
+            explain_notes: r.explain_notes,
         }
     }
 }
@@ -343,7 +357,17 @@ impl Report {
                 opt(g.kvm_pages_2m)
             );
         }
-        if let Some(t) = &self.termination {
+        if let Some(t) = self
+            .termination
+            .as_ref()
+            .filter(|t| t.gpa == 0 && self.protected.is_some())
+        {
+            let _ = writeln!(
+                s,
+                "  TERMINATED: KVM_RUN failed with {} and named no IPA (pKVM's failed pin; WHY below names the page where it can)",
+                t.errno_name
+            );
+        } else if let Some(t) = &self.termination {
             let _ = writeln!(
                 s,
                 "  TERMINATED: pin of GPA {:#x} (host {:#x}) failed with {} after {} successful pins{}",
@@ -354,6 +378,7 @@ impl Report {
                 if t.injected { " [injected]" } else { "" }
             );
         }
+        human_failed_pins(&mut s, self);
         if let Some(f) = &self.host_failure {
             let _ = writeln!(s, "  HOST CALL FAILED: {}", f.describe());
         }
@@ -442,6 +467,42 @@ impl SetupFailureReport {
         } else {
             ExitCode::VmmError
         }
+    }
+}
+
+/// Failed pins shown in the human report (all are in the JSON).
+const HUMAN_FAILED_PINS: usize = 3;
+
+/// Why the pins failed (docs/FAILURES.md), what the kernel recorded, what could not be seen.
+fn human_failed_pins(s: &mut String, r: &Report) {
+    for f in r.failed_pins.iter().take(HUMAN_FAILED_PINS) {
+        let _ = writeln!(s, "  WHY: {}", f.describe().replace('\n', "\n  "));
+    }
+    if r.failed_pins.len() > HUMAN_FAILED_PINS {
+        let _ = writeln!(
+            s,
+            "  ... {} more failed pins in the JSON report (failed_pins)",
+            r.failed_pins.len() - HUMAN_FAILED_PINS
+        );
+    }
+    if let Some(k) = &r.kernel_trace {
+        let _ = writeln!(
+            s,
+            "  kernel trace ({}, threads {:?}): {} long-term-pin migrations, {} folios migrated, {} failed{}",
+            k.instance,
+            k.tids,
+            k.pin_migrations,
+            k.pin_migrated,
+            k.pin_failed,
+            if k.lost_events > 0 {
+                format!(" ({} events lost)", k.lost_events)
+            } else {
+                String::new()
+            }
+        );
+    }
+    for n in &r.explain_notes {
+        let _ = writeln!(s, "  note: {n}");
     }
 }
 

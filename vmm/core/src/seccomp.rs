@@ -168,6 +168,7 @@ mod filter {
         libc::SYS_io_uring_register,
         libc::SYS_io_uring_enter,
         libc::SYS_migrate_pages, // lru-add-drain / retry
+        libc::SYS_pread64,       // the folio's state at a failed pin (pagemap, kpageflags)
     ];
 
     /// The fault-in thread's event loop.
@@ -193,6 +194,7 @@ mod filter {
         libc::SYS_exit_group,
         libc::SYS_pread64, // KVM's stats fd, /proc/self/pagemap, /proc/kpageflags
         libc::SYS_mincore, // which granules are resident (the report's granule facts)
+        libc::SYS_rmdir,   // --trace: removing the VM's tracefs instance at teardown
     ];
 
     fn cond(

@@ -20,12 +20,16 @@ use vmm_sys_util::signal::Killable;
 use crate::arch::{self, LinuxBoot};
 use crate::config::VmConfig;
 use crate::control::{HostFailure, Termination, VcpuOutcome, VmControl, VmEvent};
+use crate::host::folio::FolioReader;
 use crate::host::kvmstats::PageSizeStats;
+use crate::host::trace::{KernelTrace, TraceSession};
 use crate::host::{self, HostFacts};
 use crate::inject::{InjectionReport, Injector};
 use crate::linux::{self, LinuxReport};
 use crate::memory::GuestMemory;
 use crate::stage2::drain::Drainer;
+use crate::stage2::explain::FailedPin;
+use crate::stage2::path::PathCounters;
 use crate::stage2::pin::PinTable;
 use crate::stage2::protected::{ProtectedReport, RunCounters};
 use crate::stage2::uffd::Uffd;
@@ -101,6 +105,131 @@ pub(crate) struct EagerPins {
     pub _drainer: Drainer,
 }
 
+/// What explains a failed pin (docs/FAILURES.md), held for the VM's life: the path counters
+/// every thread adds to, the folio reader, the `--trace` session, and the failed pins
+/// explained outside the resolver (a protected VM's vCPU threads).
+#[derive(Debug)]
+pub struct Explainer {
+    pub counters: Arc<PathCounters>,
+    pub folio: Option<Arc<FolioReader>>,
+    pub trace: Option<Arc<TraceSession>>,
+    pub failed: Arc<std::sync::Mutex<Vec<FailedPin>>>,
+    /// What cannot be seen on this host (not root, no tracefs), for the report.
+    pub notes: Vec<String>,
+    /// A protected VM's explainer, for the failures the trace identifies at teardown.
+    pub pkvm: Option<crate::stage2::efault::ProtectedExplain>,
+}
+
+impl Explainer {
+    /// Sets up what `cfg` asks for at `t0` (the VM's time zero), on the calling thread: the
+    /// folio reader always (it degrades to a note without root), the trace session with
+    /// `--trace` (a note when it cannot start).
+    pub fn new(trace: bool, t0: Instant) -> Self {
+        let mut notes = Vec::new();
+        let folio = match FolioReader::open() {
+            Ok(r) => {
+                notes.extend(r.note());
+                Some(Arc::new(r))
+            }
+            Err(e) => {
+                notes.push(format!("folio state unavailable: {e}"));
+                None
+            }
+        };
+        let trace = if trace {
+            match crate::host::trace::current_tid()
+                .ok_or_else(|| "no /proc/thread-self".to_owned())
+                .and_then(|tid| TraceSession::start(t0, tid).map_err(|e| e.to_string()))
+            {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    notes.push(format!("--trace: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Self {
+            counters: Arc::new(PathCounters::new(t0)),
+            folio,
+            trace,
+            failed: Arc::default(),
+            notes,
+            pkvm: None,
+        }
+    }
+
+    /// What a protected VM's loader and vCPUs need (stage2::efault); `read_before`: read the
+    /// loaded pages' folios at the end of loading (`--trace`).
+    pub fn protected(
+        &self,
+        mem: &Arc<GuestMemory>,
+        read_before: bool,
+    ) -> crate::stage2::efault::ProtectedExplain {
+        crate::stage2::efault::ProtectedExplain {
+            mem: mem.clone(),
+            counters: self.counters.clone(),
+            folio: self.folio.clone(),
+            record: Arc::default(),
+            out: self.failed.clone(),
+            read_before,
+        }
+    }
+
+    /// The parts the resolver needs.
+    pub fn parts(&self) -> crate::stage2::ExplainParts {
+        crate::stage2::ExplainParts {
+            counters: self.counters.clone(),
+            folio: self.folio.clone(),
+            trace: self.trace.clone(),
+        }
+    }
+
+    /// At teardown: every failed pin (resolver's first, then the others), with the kernel's
+    /// event of each attached, and the trace.
+    fn finish(
+        self,
+        resolver: Option<&mut ResolverReport>,
+    ) -> (Vec<FailedPin>, Option<KernelTrace>, Vec<String>) {
+        let mut notes = self.notes;
+        let mut failed = resolver
+            .map(|r| std::mem::take(&mut r.failed_pins))
+            .unwrap_or_default();
+        failed.extend(std::mem::take(
+            &mut *self.failed.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
+        let trace = self.trace.and_then(|t| match t.finish() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                notes.push(format!("--trace: {e}"));
+                None
+            }
+        });
+        if let Some(k) = &trace {
+            // A protected VM's failures and the trace's failed migrations, both in order.
+            let mut late = k.failures.iter();
+            for f in &mut failed {
+                f.resolve(k);
+                if f.identified_by != "resolver" {
+                    let e = late.next();
+                    if let (Some(x), Some(e)) = (&self.pkvm, e) {
+                        x.resolve_late(f, e);
+                    }
+                }
+                f.attach_kernel(k);
+            }
+            if k.lost_events > 0 {
+                notes.push(format!(
+                    "--trace: the ring buffer dropped {} events: the kernel's counts are incomplete",
+                    k.lost_events
+                ));
+            }
+        }
+        (failed, trace, notes)
+    }
+}
+
 /// A built VM whose vCPUs run: everything its run, teardown and report need. Made by
 /// [`crate::builder::build`]; [`Vm::run`] consumes it.
 #[derive(Debug)]
@@ -131,6 +260,7 @@ pub struct Vm {
     /// When the last VM thread was started (and the main thread filtered): the guest's start.
     pub(crate) t_guest: Instant,
     pub(crate) setup_ms: f64,
+    pub(crate) explain: Explainer,
 }
 
 /// One vCPU's result.
@@ -257,6 +387,12 @@ pub struct RunResult {
     pub console: String,
     pub console_bytes: u64,
     pub console_keep: usize,
+    /// Every failed long-term pin, explained (docs/FAILURES.md).
+    pub failed_pins: Vec<FailedPin>,
+    /// `--trace`: the kernel's record of the VM's pins.
+    pub kernel_trace: Option<KernelTrace>,
+    /// What this host did not let the explanation see.
+    pub explain_notes: Vec<String>,
 }
 
 impl Vm {
@@ -287,7 +423,7 @@ impl Vm {
     fn tear_down(self, mut ended: Ended, running: Running) -> RunResult {
         let t_teardown = Instant::now();
         self.ctl.request_stop();
-        let resolver = self.resolver.map(Resolver::finish);
+        let mut resolver = self.resolver.map(Resolver::finish);
         drop(self.uffd);
         let stuck = kick_until_stopped(&self.threads, &self.events, &mut ended.outcomes);
         if !stuck.is_empty() {
@@ -335,6 +471,8 @@ impl Vm {
         let memory = accounting(&self.baseline, &running);
         let wall_ms = ms(self.t_start.elapsed());
         drop((self.kvm, self.shared, self.serial_irqfd));
+        // Every VM thread has ended: the trace holds all of their events.
+        let (failed_pins, kernel_trace, explain_notes) = self.explain.finish(resolver.as_mut());
         RunResult {
             config: cfg,
             host,
@@ -358,6 +496,9 @@ impl Vm {
             console,
             console_bytes,
             console_keep: self.console_keep,
+            failed_pins,
+            kernel_trace,
+            explain_notes,
         }
     }
 }

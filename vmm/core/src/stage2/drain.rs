@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::control::HostFailure;
 use crate::inject::{Injector, Site};
 use crate::names::named_enum;
+use crate::stage2::path::{Count, PathCounters};
 use crate::sys::{self, Mapping, PAGE_SIZE};
 
 named_enum! {
@@ -164,6 +165,8 @@ pub struct Drainer {
     policy: DrainPolicy,
     scratch: Mapping,
     faults: Arc<Injector>,
+    /// The VM's path counters (stage2::path), when a failed pin is to be explained.
+    counters: Option<Arc<PathCounters>>,
     pub stats: DrainStats,
 }
 
@@ -175,8 +178,16 @@ impl Drainer {
             policy,
             scratch,
             faults: Injector::off(),
+            counters: None,
             stats: DrainStats::default(),
         })
+    }
+
+    /// Drains that are also counted in the VM's path counters (what ran between a page's
+    /// fault-in and its pin).
+    pub fn with_counters(mut self, counters: Arc<PathCounters>) -> Self {
+        self.counters = Some(counters);
+        self
     }
 
     /// Drains that fail as `faults` says (site `drain`).
@@ -238,6 +249,9 @@ impl Drainer {
             })?;
         self.stats.local_drains += 1;
         self.stats.total_ns += t.elapsed().as_nanos() as u64;
+        if let Some(c) = &self.counters {
+            c.add(Count::LocalDrain, 1);
+        }
         Ok(())
     }
 
@@ -254,6 +268,9 @@ impl Drainer {
             })?;
         self.stats.all_drains += 1;
         self.stats.total_ns += t.elapsed().as_nanos() as u64;
+        if let Some(c) = &self.counters {
+            c.add(Count::AllDrain, 1);
+        }
         Ok(())
     }
 }

@@ -9,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::Instant;
 
+use super::path::Stamp;
+
 /// Hand-offs in flight between the fault-in and the pin thread (one per waiting vCPU at most,
 /// without fault-ahead; the producer waits when full).
 const HANDOFF_SLOTS: usize = 256;
@@ -24,6 +26,8 @@ pub(super) struct Work {
     pub(super) t0: Instant,
     /// Whether the faulting page is among these (the fault's latency ends with this work).
     pub(super) faulting: bool,
+    /// The first page's fault-in into the mlocked view (`None`: the pin faults it in).
+    pub(super) stamp: Option<Stamp>,
 }
 
 /// Single-producer (fault-in thread), single-consumer (pin thread) ring of [`Work`]. Both
@@ -53,6 +57,7 @@ impl Handoff {
             guest_hva: 0,
             t0,
             faulting: false,
+            stamp: None,
         };
         Self {
             slots: (0..HANDOFF_SLOTS).map(|_| UnsafeCell::new(blank)).collect(),
@@ -123,6 +128,7 @@ mod tests {
             guest_hva: page * PAGE_SIZE as u64,
             t0: Instant::now(),
             faulting: true,
+            stamp: None,
         }
     }
 

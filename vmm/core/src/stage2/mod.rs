@@ -5,7 +5,8 @@
 //! - [`eager`]: every page pinned before boot (`--stage2 eager`);
 //! - [`protected`]: pKVM protected VMs, whose faults KVM resolves by pins itself;
 //! - shared by them: [`pin`] (long-term pins through io_uring), [`drain`] (the drain
-//!   policies), [`uffd`] (userfaultfd).
+//!   policies), [`uffd`] (userfaultfd), [`path`] (each page's fault-in → pin path) and
+//!   [`explain`] (why a pin failed: the verdict from the folio's flags and the path).
 //!
 //! `--stage2 kernel` leaves every fault to KVM: nothing here.
 
@@ -13,14 +14,19 @@ use crate::names::named_enum;
 
 pub mod drain;
 pub mod eager;
+pub mod efault;
+pub mod explain;
 mod handoff;
+pub mod path;
 pub mod pin;
 pub mod protected;
 pub mod resolver;
 pub mod uffd;
 
 pub use eager::{EagerError, pin_all_eagerly};
-pub use resolver::{DEFAULT_SPIN, Resolver, ResolverConfig, ResolverError, ResolverReport, arm};
+pub use resolver::{
+    DEFAULT_SPIN, ExplainParts, Resolver, ResolverConfig, ResolverError, ResolverReport, arm,
+};
 
 named_enum! {
     /// Who faults a page into the mlocked pin view before the long-term pin.

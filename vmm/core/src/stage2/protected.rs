@@ -34,6 +34,8 @@ use crate::memory::GuestMemory;
 use crate::memory::MemoryError;
 use crate::names::named_enum;
 use crate::stage2::drain::{DrainError, DrainPolicy, DrainStats, Drainer};
+use crate::stage2::efault::ProtectedExplain;
+use crate::stage2::path::Count;
 use crate::sys::errno_name;
 use crate::sys::{self, PAGE_SIZE};
 use crate::vcpu::{self, Action, Buses, ExitCounts};
@@ -164,6 +166,8 @@ pub struct LoadPlan {
     pub policy: DrainPolicy,
     /// CPU the loader runs on.
     pub cpu: usize,
+    /// Records what the loader writes, to explain a failed pin later (stage2::efault).
+    pub explain: Option<ProtectedExplain>,
 }
 
 fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, LoadError> {
@@ -174,11 +178,21 @@ fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, LoadErro
         prefill_pct,
         policy,
         cpu,
+        explain,
     } = plan;
     let t = Instant::now();
     sys::pin_thread_to_cpu(cpu).map_err(|err| LoadError::Cpu { cpu, err })?;
     let mut settle = Drainer::new(DrainPolicy::None)?;
     let mut drainer = Drainer::new(policy)?;
+    if let Some(x) = &explain {
+        settle = settle.with_counters(x.counters.clone());
+        drainer = drainer.with_counters(x.counters.clone());
+    }
+    let wrote = |page: u64| {
+        if let Some(x) = &explain {
+            x.wrote(page, Some(cpu));
+        }
+    };
     let view = mem.pin_view();
     let off = entry
         .checked_sub(mem.base())
@@ -187,6 +201,8 @@ fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, LoadErro
     // No vCPU runs yet: nothing else accesses the view.
     view.copy_in(off, &code)
         .map_err(|_| LoadError::OutsideRam { entry })?;
+    let first = off as u64 / PAGE_SIZE as u64;
+    (first..(off + code.len()).div_ceil(PAGE_SIZE) as u64).for_each(&wrote);
     let mut report = ProtectedReport {
         loader_pages: (code.len() as u64).div_ceil(PAGE_SIZE as u64),
         ..Default::default()
@@ -198,12 +214,16 @@ fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, LoadErro
     for &p in &pages {
         // Offset 8: memtouch writes offset 0, so this never changes its result.
         mem.load(mem.base() + p * PAGE_SIZE as u64 + 8, &MARK.to_le_bytes())?;
+        if let Some(x) = &explain {
+            x.counters.add(Count::LoaderWrite, 1);
+        }
     }
     if !pages.is_empty() {
         settle.drain_local(cpu)?;
     }
     for &p in &pages {
         view.write_u64(p as usize * PAGE_SIZE + 8, MARK)?;
+        wrote(p);
     }
     report.prefilled_pages = pages.len() as u64;
     report.loader_pages += pages.len() as u64;
@@ -212,6 +232,9 @@ fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, LoadErro
     drainer.after_fault_in(cpu)?;
     drainer.before_pin()?;
     report.drain = drainer.stats;
+    if let Some(x) = &explain {
+        x.loaded();
+    }
     report.loader_cpu = sys::current_cpu();
     report.loader_ms = t.elapsed().as_secs_f64() * 1e3;
     Ok(report)
@@ -255,6 +278,7 @@ pub fn run_loop(
     ctl: Arc<VmControl>,
     policy: DrainPolicy,
     counters: Arc<RunCounters>,
+    explain: Option<ProtectedExplain>,
 ) -> ExitCounts {
     let mut counts = ExitCounts::default();
     let (mut first, mut consecutive) = (true, 0u64);
@@ -263,6 +287,7 @@ pub fn run_loop(
             break VcpuOutcome::Stopped;
         }
         let r = fd.run();
+        let returned = Instant::now();
         if std::mem::take(&mut first) {
             ctl.note_first_exit();
         }
@@ -277,7 +302,17 @@ pub fn run_loop(
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             );
-            if on_efault(policy, consecutive) == OnEfault::Retry {
+            let retry = on_efault(policy, consecutive) == OnEfault::Retry;
+            if let Some(x) = &explain {
+                // At once: the failed folio's state changes as the CPUs' batches drain.
+                x.efault(
+                    id,
+                    gpa,
+                    returned,
+                    if retry { "retried" } else { "terminated" },
+                );
+            }
+            if retry {
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -362,6 +397,7 @@ mod tests {
             prefill_pct: 50,
             policy: DrainPolicy::MlockDrain,
             cpu,
+            explain: None,
         };
         let r = load(&mem, plan).unwrap();
         assert_eq!(r.loader_cpu, Some(cpu));
@@ -389,6 +425,7 @@ mod tests {
                 prefill_pct: 0,
                 policy,
                 cpu,
+                explain: None,
             };
             let d = load(&mem, plan).unwrap().drain;
             let h = policy.hooks();

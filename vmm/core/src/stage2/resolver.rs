@@ -25,6 +25,11 @@
 //! the experiment measures), one event faults in, drains, pins (one batched io_uring update)
 //! and maps the faulting page and up to K not-yet-seen pages after it.
 //!
+//! Every failed pin is explained ([`crate::stage2::explain`]): the pin thread reads the
+//! folio's state right after the failure (and, with `--trace`, just before each pin), and
+//! each page carries the [`Stamp`] of its fault-in — thread, CPU, time, and the counts of
+//! drains and LRU traffic at that moment — so the failure's report gives the page's path.
+//!
 //! "Page" here means the memory's granule ([`GuestMemory::granule`]): 4 KiB, or 2 MiB for the
 //! hugetlb and shmem-thp backings, where one fault is resolved by faulting in, pinning (one
 //! io_uring buffer) and mapping (one UFFDIO_CONTINUE) the whole 2 MiB around it.
@@ -44,11 +49,15 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::handoff::{Handoff, Producer, Work};
 use super::{FaultIn, Stage2};
 use crate::control::{CallFailure, HostFailure, Termination, VmControl, VmEvent};
+use crate::host::folio::{FolioReader, FolioState};
+use crate::host::trace::TraceSession;
 use crate::inject::{Injector, Site};
 use crate::memory::Backing;
 use crate::memory::GuestMemory;
 use crate::seccomp::{self, ThreadKind};
 use crate::stage2::drain::{DrainError, DrainPolicy, DrainStats, Drainer};
+use crate::stage2::explain::{FailedPin, explain};
+use crate::stage2::path::{Count, PathCounters, Stamp};
 use crate::stage2::pin::{PinError, PinStats, PinTable};
 use crate::stage2::uffd::{self, Event, EventBuffer, Pagefault, RegisterMode, Uffd, UffdError};
 use crate::stats::{Latencies, LatencySummary};
@@ -112,6 +121,21 @@ pub struct ResolverConfig {
     pub vcpus: u8,
     /// Install the resolver threads' seccomp filters.
     pub seccomp: bool,
+    /// Read the folio's state just before every pin (`--trace`), not only after a failure.
+    pub read_before_pin: bool,
+}
+
+/// Failed pins kept, explained, per VM (the first ones; a retrying VM can fail thousands).
+pub const MAX_FAILED_PINS: usize = 64;
+
+/// What the resolver needs to explain a failed pin: the VM's path counters and a reader of
+/// folio state (`None` where /proc/self/pagemap cannot be opened).
+#[derive(Debug, Clone)]
+pub struct ExplainParts {
+    pub counters: Arc<PathCounters>,
+    pub folio: Option<Arc<FolioReader>>,
+    /// `--trace`: the resolver threads add themselves to the session's filter.
+    pub trace: Option<Arc<TraceSession>>,
 }
 
 impl ResolverConfig {
@@ -172,6 +196,13 @@ pub struct ResolverReport {
     /// Bytes faulted in, pinned and mapped per resolved page (4096, or 2 MiB for the huge page
     /// backings): faults, pins and `pages_ahead` count these units.
     pub granule_bytes: u64,
+    /// From a page's fault-in into the mlocked view to the start of its pin (every pin the
+    /// VMM faulted in first; none with `--fault-in pin`).
+    pub fault_to_pin_latency: LatencySummary,
+    /// Failed pins, each explained (docs/FAILURES.md); at most [`MAX_FAILED_PINS`].
+    pub failed_pins: Vec<FailedPin>,
+    /// Failed pins beyond those kept.
+    pub failed_pins_dropped: u64,
 }
 
 /// Makes a userfaultfd call at `site`, unless `faults` fails it first.
@@ -214,11 +245,70 @@ struct PinSide {
     pin_lat: Latencies,
     fault_lat: Latencies,
     resolve_lat: Latencies,
+    fault_to_pin: Latencies,
     retried: u64,
     dead: bool,
+    explain: ExplainParts,
+    failed: Vec<FailedPin>,
+    failed_dropped: u64,
 }
 
 impl PinSide {
+    /// The folio at `hva` now, if it can be read.
+    fn folio(&self, hva: u64) -> Option<FolioState> {
+        self.explain.folio.as_ref()?.read(hva).ok()
+    }
+
+    /// Explains the failed pin `e` of work `w`, read at once; `before` is the first page's
+    /// state read before the pin (`--trace`), `pin_at` when the pin started.
+    fn explain_failure(
+        &self,
+        e: &PinError,
+        w: &Work,
+        before: Option<FolioState>,
+        pin_at: Instant,
+        outcome: &str,
+    ) -> Option<FailedPin> {
+        let PinError::Pin {
+            page,
+            hva,
+            injected,
+            ..
+        } = *e
+        else {
+            return None;
+        };
+        let after = self.folio(hva);
+        let before = before.filter(|_| page == w.page);
+        let fault_in = w.stamp.as_ref().map(|s| (s, FAULT_THREAD));
+        let path = self
+            .explain
+            .counters
+            .path(fault_in, self.thread, sys::current_cpu(), pin_at);
+        let verdict = explain(before.as_ref(), after.as_ref(), &path, injected);
+        Some(FailedPin {
+            gpa: self.gpa(page),
+            hva,
+            errno_name: errno_name(e.errno().unwrap_or(0)),
+            outcome: outcome.into(),
+            identified_by: "resolver".into(),
+            before,
+            after,
+            path,
+            verdict,
+            kernel: None,
+            alternatives: Vec::new(),
+        })
+    }
+
+    fn keep(&mut self, f: Option<FailedPin>) {
+        match f {
+            Some(f) if self.failed.len() < MAX_FAILED_PINS => self.failed.push(f),
+            Some(_) => self.failed_dropped += 1,
+            None => {}
+        }
+    }
+
     fn gpa(&self, page: u64) -> u64 {
         self.mem.base() + page * self.mem.granule() as u64
     }
@@ -233,19 +323,41 @@ impl PinSide {
                 return self.fail_host(e.host_failure(self.thread, self.gpa(w.page)));
             }
             let g = self.mem.granule() as u64;
-            let pin_hva = |p: u64| self.mem.pin_view().addr() + p * g;
+            let base = self.mem.pin_view().addr();
+            let pin_hva = move |p: u64| base + p * g;
+            let before = if self.cfg.read_before_pin {
+                self.folio(pin_hva(w.page))
+            } else {
+                None
+            };
             let t = Instant::now();
+            if let Some(s) = &w.stamp {
+                self.fault_to_pin
+                    .record(t.saturating_duration_since(s.at).as_nanos() as u64);
+            }
             let mut r = self.table.pin_range(w.page, pin_hva(w.page), n);
             // A failed pin (not a failed table setup) may be retried, as the policy says.
-            if let Err(PinError::Pin { page: failed, .. }) = r {
+            if let Err(e @ PinError::Pin { page: failed, .. }) = &r {
+                let failed = *failed;
+                // Read the folio at once, before the retry's drain changes it.
+                let record = self.explain_failure(e, &w, before, t, "retried");
                 // Pages before the failed one stay pinned; the retry starts at it.
                 match self.drainer.after_failed_pin() {
                     Ok(true) => {
                         self.retried += 1;
+                        self.keep(record);
                         let left = w.page + n - failed;
+                        let t2 = Instant::now();
                         r = self.table.pin_range(failed, pin_hva(failed), left);
+                        if let Err(e) = &r {
+                            let again = self.explain_failure(e, &w, None, t2, "terminated");
+                            self.keep(again);
+                        }
                     }
-                    Ok(false) => {}
+                    Ok(false) => self.keep(record.map(|mut f| {
+                        f.outcome = "terminated".into();
+                        f
+                    })),
                     Err(e) => {
                         return self.fail_host(e.host_failure(self.thread, self.gpa(failed)));
                     }
@@ -367,6 +479,11 @@ struct FaultSide {
     populate: bool,
     report: ResolverReport,
     done: bool,
+    /// The VM's path counters: fault-ins, noise, drains (stage2::path).
+    counters: Arc<PathCounters>,
+    /// The CPU of the last fault-in.
+    last_cpu: Option<usize>,
+    trace: Option<Arc<TraceSession>>,
 }
 
 /// Fresh, not-mlocked shmem pages written on the fault CPU: LRU traffic that can flush the
@@ -432,6 +549,7 @@ impl FaultSide {
                 guest_hva,
                 t0,
                 faulting: true,
+                stamp: None,
             });
         }
         // The faulting page, then up to `fault_ahead` pages after it that no fault has reached
@@ -449,9 +567,10 @@ impl FaultSide {
             for p in page + done..page + done + n {
                 self.seen[p as usize] = true;
             }
-            if let Err(f) = self.fault_in_range(page + done, n, guest_hva + done * g) {
-                return self.fail(*f);
-            }
+            let stamp = match self.fault_in_range(page + done, n, guest_hva + done * g) {
+                Ok(s) => s,
+                Err(f) => return self.fail(*f),
+            };
             // One drain after a chunk's fault-ins covers every page faulted in on this CPU.
             if let Err(e) = self.drainer.after_fault_in(self.cfg.fault_cpu) {
                 let gpa = self.mem.base() + (page + done) * g;
@@ -463,6 +582,7 @@ impl FaultSide {
                 guest_hva: guest_hva + done * g,
                 t0,
                 faulting: done == 0,
+                stamp,
             });
             done += n;
         }
@@ -479,25 +599,28 @@ impl FaultSide {
     /// Step 1 for `n` pages, each followed by its noise pages. A run of several shmem pages
     /// (fault-ahead), or a 2 MiB granule, is faulted in with one MADV_POPULATE_READ on the pin
     /// view: the same faults as touching each 4 KiB page (mlocked on fault, on this CPU), in
-    /// one system call.
+    /// one system call. Returns the stamp of the first page's fault-in, taken before its noise
+    /// (`None` when the pin is left to fault the pages in).
     fn fault_in_range(
         &mut self,
         page: u64,
         n: u64,
         guest_hva: u64,
-    ) -> Result<(), Box<HostFailure>> {
+    ) -> Result<Option<Stamp>, Box<HostFailure>> {
         let g = self.mem.granule();
         let touch = self.cfg.backing.is_memfd()
             && (self.cfg.fault_in == FaultIn::Touch || self.cfg.stage2 != Stage2::Pin);
+        let mlocked = touch || self.cfg.backing == Backing::Anon;
         if (n > 1 || g > PAGE_SIZE) && touch && self.populate {
-            if sys::current_cpu() != Some(self.cfg.fault_cpu) {
-                self.report.fault_cpu_mismatches += 1;
-            }
+            self.note_cpu();
             let view = self.mem.pin_view();
             match view.madvise(page as usize * g, n as usize * g, libc::MADV_POPULATE_READ) {
                 Ok(()) => {
+                    let pages = n * (g / PAGE_SIZE) as u64;
+                    self.counters.add(Count::MlockedFault, pages);
+                    let stamp = self.counters.stamp(self.last_cpu);
                     self.write_noise(n);
-                    return Ok(());
+                    return Ok(Some(stamp));
                 }
                 // Before Linux 5.14: touch page by page.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.populate = false,
@@ -514,25 +637,41 @@ impl FaultSide {
                 }
             }
         }
+        let mut stamp = None;
         for i in 0..n {
             self.fault_in(page + i, guest_hva + i * g as u64)?;
+            if mlocked {
+                self.counters
+                    .add(Count::MlockedFault, (g / PAGE_SIZE) as u64);
+                if i == 0 {
+                    stamp = Some(self.counters.stamp(self.last_cpu));
+                }
+            }
             self.write_noise(1);
         }
-        Ok(())
+        Ok(stamp)
     }
 
     fn write_noise(&mut self, faulted_pages: u64) {
         if let Some(noise) = self.noise.as_mut() {
             let n = u64::from(self.cfg.noise_pages) * faulted_pages;
-            self.report.noise_pages_written += noise.write_pages(n.min(u32::MAX.into()) as u32);
+            let written = noise.write_pages(n.min(u32::MAX.into()) as u32);
+            self.report.noise_pages_written += written;
+            self.counters.add(Count::NoisePage, written);
+        }
+    }
+
+    /// Notes the CPU this thread runs on (for the path record and the mismatch count).
+    fn note_cpu(&mut self) {
+        self.last_cpu = sys::current_cpu();
+        if self.last_cpu != Some(self.cfg.fault_cpu) {
+            self.report.fault_cpu_mismatches += 1;
         }
     }
 
     /// Step 1: bring the page into the pin view (or stage it for the pin to fault in).
     fn fault_in(&mut self, page: u64, guest_hva: u64) -> Result<(), Box<HostFailure>> {
-        if sys::current_cpu() != Some(self.cfg.fault_cpu) {
-            self.report.fault_cpu_mismatches += 1;
-        }
+        self.note_cpu();
         let g = self.mem.granule();
         let off = page as usize * g;
         match self.cfg.backing {
@@ -731,6 +870,7 @@ impl Resolver {
         uffd: Arc<Uffd>,
         ctl: Arc<VmControl>,
         faults: Arc<Injector>,
+        explain: ExplainParts,
     ) -> Result<Self, ResolverError> {
         let pages = mem.granules() as usize;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(ResolverError::Spawn)?;
@@ -745,12 +885,18 @@ impl Resolver {
             table: PinTable::new(mem.granules())
                 .with_injector(faults.clone())
                 .with_granule(mem.granule()),
-            drainer: Drainer::new(cfg.policy)?.with_injector(faults.clone()),
+            drainer: Drainer::new(cfg.policy)?
+                .with_injector(faults.clone())
+                .with_counters(explain.counters.clone()),
             pin_lat: Latencies::with_capacity(pages),
             fault_lat: Latencies::with_capacity(pages),
             resolve_lat: Latencies::with_capacity(pages),
+            fault_to_pin: Latencies::with_capacity(pages),
             retried: 0,
             dead: false,
+            explain: explain.clone(),
+            failed: Vec::new(),
+            failed_dropped: 0,
         };
         // `uffd` is the bare round trip: no pin, so no pin thread and no hand-off either.
         let (pin_half, pin_thread) = if inline {
@@ -774,7 +920,9 @@ impl Resolver {
             faults: faults.clone(),
             stop: stop.try_clone().map_err(ResolverError::Spawn)?,
             pin: Some(pin_half),
-            drainer: Drainer::new(cfg.policy)?.with_injector(faults),
+            drainer: Drainer::new(cfg.policy)?
+                .with_injector(faults)
+                .with_counters(explain.counters.clone()),
             seen: vec![false; pages],
             staged,
             zero_page: Mapping::anonymous(PAGE_SIZE).map_err(ResolverError::Noise)?,
@@ -794,6 +942,9 @@ impl Resolver {
                 ..Default::default()
             },
             done: false,
+            trace: explain.trace.clone(),
+            counters: explain.counters,
+            last_cpu: None,
         };
         let mut mgr = EventManager::<FaultSide>::new().map_err(ResolverError::EventLoop)?;
         let id = mgr.add_subscriber(fault_side);
@@ -830,6 +981,9 @@ impl Resolver {
             report.pin_latency = p.pin_lat.summary();
             report.fault_latency = p.fault_lat.summary();
             report.resolve_latency = p.resolve_lat.summary();
+            report.fault_to_pin_latency = p.fault_to_pin.summary();
+            report.failed_pins = p.failed;
+            report.failed_pins_dropped = p.failed_dropped;
             // Dropping `p` here unregisters the io_uring buffers: every pin is released.
         }
         self.uffd.take();
@@ -845,6 +999,11 @@ fn fault_loop(
     // A failed affinity shows up as fault_cpu_mismatches in the report.
     let _ = sys::pin_thread_to_cpu(cpu);
     if let Ok(s) = mgr.subscriber_mut(id) {
+        // It pins too when both CPUs are the same. A thread the filter misses only leaves
+        // the trace without its events; the report says how many it has.
+        if let Some(t) = &s.trace {
+            let _ = t.add_current_thread();
+        }
         seccomp::install_or_fail_vm(ThreadKind::Fault, s.cfg.seccomp, &s.ctl);
     }
     loop {
@@ -882,6 +1041,9 @@ fn fault_loop(
 /// times it slept.
 fn pin_loop(mut side: PinSide, q: &Handoff, cpu: usize, spin: Duration) -> (PinSide, u64) {
     let _ = sys::pin_thread_to_cpu(cpu);
+    if let Some(t) = &side.explain.trace {
+        let _ = t.add_current_thread();
+    }
     seccomp::install_or_fail_vm(ThreadKind::Pin, side.cfg.seccomp, &side.ctl);
     let mut last = Instant::now();
     loop {
@@ -924,6 +1086,7 @@ mod tests {
             fault_ahead: 0,
             spin: DEFAULT_SPIN,
             vcpus: 1,
+            read_before_pin: false,
         };
         assert_eq!(c.vcpu_cpu(), Some(1));
         c.stage2 = Stage2::Uffd;
