@@ -4,8 +4,16 @@
 //! the page cache (prefilled through a not-mlocked view), faulted into an mlocked view on one
 //! CPU, then pinned (FOLL_LONGTERM, io_uring) on another. Kernels without Hugh Dickins' 2025
 //! GUP fix fail most such pins with ENOMEM when the pages sit in ZONE_MOVABLE or CMA.
+//!
+//! `--states` checks the rules that explain such failures (docs/FAILURES.md) on the running
+//! kernel: it reads every page's folio state after its fault-in, before its pin and after it,
+//! tallies them per case with each failed pin's verdict, adds a case of fresh pages with LRU
+//! traffic on the fault CPU, and shows a failed page's state after a drain on the fault CPU
+//! and on the pin CPU.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
@@ -13,7 +21,10 @@ use serde::Serialize;
 
 use vmm::exit_code::ExitCode;
 use vmm::host;
+use vmm::host::folio::{FolioReader, FolioState};
 use vmm::stage2::drain::{DrainPolicy, Drainer};
+use vmm::stage2::explain::explain;
+use vmm::stage2::path::{Count, PathCounters};
 use vmm::stage2::pin::PinTable;
 use vmm::sys::{self, Mapping, PAGE_SIZE};
 
@@ -32,6 +43,29 @@ pub struct GupCheckArgs {
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<std::path::PathBuf>,
+    /// Check the failure-explanation rules (docs/FAILURES.md): read each page's folio state
+    /// (kpageflags; needs root) after its fault-in and around its pin, tally the states with
+    /// each failed pin's verdict, add a case of fresh pages with 31 noise pages per fault-in
+    /// on the fault CPU, and probe a failed page with a drain on each CPU.
+    #[arg(long)]
+    pub states: bool,
+}
+
+/// Pages whose states went the same way: `fault_in → before → after`, in `LAMU` letters.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StateCount {
+    pub pins: u64,
+    pub failed: u64,
+    /// Failed pins by verdict signature.
+    pub signatures: BTreeMap<String, u64>,
+}
+
+/// A failed page after a local drain on each CPU (the last failed page of a round).
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainProbe {
+    pub after_failure: FolioState,
+    pub after_fault_cpu_drain: Option<FolioState>,
+    pub after_pin_cpu_drain: Option<FolioState>,
 }
 
 /// One case's numbers.
@@ -46,31 +80,102 @@ pub struct CaseResult {
     pub pgmigrate_success: i64,
     pub pgmigrate_fail: i64,
     pub seconds: f64,
+    /// `--states`: pages by state path, and the drain probe.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub states: BTreeMap<String, StateCount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<DrainProbe>,
 }
 
 struct Case {
     name: &'static str,
     cross: bool,
     drain: DrainPolicy,
+    /// Pages written through the loader view (page cache) first; else fresh.
+    prefill: bool,
+    /// Fresh noise pages written on the fault CPU after each fault-in.
+    noise: u32,
 }
+
+/// `--states` adds it: fresh pages whose LRU-add batch LRU traffic flushes before the pin.
+const NOISE_CASE: Case = Case {
+    name: "fresh_noise31_fault_cpu0_pin_cpu1",
+    cross: true,
+    drain: DrainPolicy::None,
+    prefill: false,
+    noise: 31,
+};
 
 const CASES: [Case; 3] = [
     Case {
         name: "prefill_fault_cpu0_pin_cpu1_no_drain",
         cross: true,
         drain: DrainPolicy::None,
+        prefill: true,
+        noise: 0,
     },
     Case {
         name: "prefill_fault_cpu0_pin_cpu1_local_drain",
         cross: true,
         drain: DrainPolicy::MlockDrain,
+        prefill: true,
+        noise: 0,
     },
     Case {
         name: "prefill_fault_and_pin_same_cpu",
         cross: false,
         drain: DrainPolicy::None,
+        prefill: true,
+        noise: 0,
     },
 ];
+
+/// Fresh, not-mlocked shmem pages written one after another (recycled by punching the file).
+struct NoiseWriter {
+    fd: std::fs::File,
+    map: Mapping,
+    next: usize,
+}
+
+impl NoiseWriter {
+    const LEN: usize = 16 << 20;
+
+    fn new() -> Result<Self, String> {
+        let fd =
+            sys::memfd("pinvmm-gup-noise", Self::LEN as u64).map_err(|e| format!("memfd: {e}"))?;
+        let map = Mapping::shared(&fd, Self::LEN).map_err(|e| format!("mmap: {e}"))?;
+        Ok(Self { fd, map, next: 0 })
+    }
+
+    fn write(&mut self, n: u32) -> Result<(), String> {
+        for _ in 0..n {
+            if self.next + PAGE_SIZE > Self::LEN {
+                sys::punch_hole(&self.fd, 0, Self::LEN as u64)
+                    .map_err(|e| format!("fallocate: {e}"))?;
+                self.next = 0;
+            }
+            self.map
+                .write_u8(self.next, 1)
+                .map_err(|e| format!("noise write: {e}"))?;
+            self.next += PAGE_SIZE;
+        }
+        Ok(())
+    }
+}
+
+/// `--states`: what a case reads and tallies.
+struct States {
+    reader: FolioReader,
+    counters: Arc<PathCounters>,
+    counts: BTreeMap<String, StateCount>,
+    probe: Option<DrainProbe>,
+}
+
+fn short(s: &Option<FolioState>) -> String {
+    s.as_ref()
+        .and_then(|s| s.short.clone())
+        .unwrap_or_else(|| "?".into())
+}
 
 /// ZONE_MOVABLE PFN ranges from /proc/zoneinfo.
 fn movable_ranges() -> Vec<(u64, u64)> {
@@ -110,10 +215,32 @@ fn run_case(
     rounds: u32,
     cpus: (usize, usize),
     ranges: &[(u64, u64)],
+    states: bool,
 ) -> Result<CaseResult, String> {
     let len = pages as usize * PAGE_SIZE;
     let pagemap = std::fs::File::open("/proc/self/pagemap").ok();
     let mut drainer = Drainer::new(c.drain).map_err(|e| e.to_string())?;
+    let mut noise = if c.noise > 0 {
+        Some(NoiseWriter::new()?)
+    } else {
+        None
+    };
+    let mut st = if states {
+        let reader = FolioReader::open().map_err(|e| e.to_string())?;
+        if let Some(n) = reader.note() {
+            return Err(format!("--states: {n}"));
+        }
+        let counters = Arc::new(PathCounters::new(Instant::now()));
+        drainer = drainer.with_counters(counters.clone());
+        Some(States {
+            reader,
+            counters,
+            counts: BTreeMap::new(),
+            probe: None,
+        })
+    } else {
+        None
+    };
     let before = host::vmstat();
     let t = Instant::now();
     let (mut pins, mut failed, mut movable, mut errno) = (0, 0, 0i64, None);
@@ -124,16 +251,28 @@ fn run_case(
         view.mlock_onfault().map_err(|e| format!("mlock2: {e}"))?;
         view.no_huge_pages().map_err(|e| format!("madvise: {e}"))?;
         sys::pin_thread_to_cpu(cpus.0).map_err(|e| format!("affinity: {e}"))?;
-        for p in 0..pages as usize {
+        for p in (0..pages as usize).filter(|_| c.prefill) {
             loader
                 .write_u8(p * PAGE_SIZE, 1)
                 .map_err(|e| format!("loader write: {e}"))?;
         }
         let mut table = PinTable::new(pages);
+        let mut last_failed = None;
         for p in 0..pages {
             let off = p as usize * PAGE_SIZE;
+            let addr = view.addr() + off as u64;
             sys::pin_thread_to_cpu(cpus.0).map_err(|e| format!("affinity: {e}"))?;
             view.touch_read(off);
+            let stamp = st.as_ref().map(|s| {
+                s.counters.add(Count::MlockedFault, 1);
+                (s.counters.stamp(Some(cpus.0)), s.reader.read(addr).ok())
+            });
+            if let Some(n) = noise.as_mut() {
+                n.write(c.noise)?;
+                if let Some(s) = &st {
+                    s.counters.add(Count::NoisePage, u64::from(c.noise));
+                }
+            }
             drainer.after_fault_in(cpus.0).map_err(|e| e.to_string())?;
             if let Some(pfn) = pagemap
                 .as_ref()
@@ -145,10 +284,53 @@ fn run_case(
                 sys::pin_thread_to_cpu(cpus.1).map_err(|e| format!("affinity: {e}"))?;
             }
             pins += 1;
-            if let Err(e) = table.pin(p, view.addr() + off as u64) {
+            let before = st.as_ref().and_then(|s| s.reader.read(addr).ok());
+            let t_pin = Instant::now();
+            let r = table.pin(p, addr);
+            if let Err(e) = &r {
                 failed += 1;
                 errno = e.errno().map(vmm::sys::errno_name);
+                last_failed = Some(addr);
             }
+            if let (Some(s), Some((stamp, at_fault_in))) = (st.as_mut(), stamp) {
+                let after = s.reader.read(addr).ok();
+                let key = format!(
+                    "{} -> {} -> {}",
+                    short(&at_fault_in),
+                    short(&before),
+                    short(&after)
+                );
+                let e = s.counts.entry(key).or_default();
+                e.pins += 1;
+                if r.is_err() {
+                    e.failed += 1;
+                    let pin_cpu = if c.cross { cpus.1 } else { cpus.0 };
+                    let path =
+                        s.counters
+                            .path(Some((&stamp, "fault-in")), "pin", Some(pin_cpu), t_pin);
+                    let v = explain(before.as_ref(), after.as_ref(), &path, false);
+                    *e.signatures
+                        .entry(v.signature.name().to_owned())
+                        .or_default() += 1;
+                }
+            }
+        }
+        // The round's last failed page: its state now, then after a drain on each CPU.
+        if let (Some(s), Some(addr)) = (st.as_mut(), last_failed)
+            && let Ok(after_failure) = s.reader.read(addr)
+        {
+            let mut probe_drain = Drainer::new(DrainPolicy::None).map_err(|e| e.to_string())?;
+            sys::pin_thread_to_cpu(cpus.0).map_err(|e| format!("affinity: {e}"))?;
+            probe_drain.drain_local(cpus.0).map_err(|e| e.to_string())?;
+            let d = s.reader.read(addr).ok();
+            sys::pin_thread_to_cpu(cpus.1).map_err(|e| format!("affinity: {e}"))?;
+            probe_drain.drain_local(cpus.1).map_err(|e| e.to_string())?;
+            let e = s.reader.read(addr).ok();
+            s.probe = Some(DrainProbe {
+                after_failure,
+                after_fault_cpu_drain: d,
+                after_pin_cpu_drain: e,
+            });
         }
     }
     let after = host::vmstat();
@@ -163,7 +345,54 @@ fn run_case(
         pgmigrate_success: d("pgmigrate_success"),
         pgmigrate_fail: d("pgmigrate_fail"),
         seconds: t.elapsed().as_secs_f64(),
+        states: st.as_ref().map(|s| s.counts.clone()).unwrap_or_default(),
+        probe: st.and_then(|s| s.probe),
     })
+}
+
+/// `--states` lines of one case, as KTAP diagnostics.
+fn state_lines(out: &mut String, r: &CaseResult) {
+    if r.states.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# {}: folio states, after fault-in -> before the pin -> after it (L lru, A active, M mlocked, U unevictable):",
+        r.name
+    );
+    for (k, v) in &r.states {
+        let sigs: Vec<String> = v
+            .signatures
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "#   {k}: {} pins, {} failed{}",
+            v.pins,
+            v.failed,
+            if sigs.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", sigs.join(", "))
+            }
+        );
+    }
+    if let Some(p) = &r.probe {
+        let s = |x: &Option<FolioState>| {
+            x.as_ref()
+                .and_then(|x| x.short.clone())
+                .unwrap_or_else(|| "?".into())
+        };
+        let _ = writeln!(
+            out,
+            "#   a failed page ({}): now {}; after a drain on the fault CPU {}; after one on the pin CPU {}",
+            p.after_failure.describe(),
+            p.after_failure.short.as_deref().unwrap_or("?"),
+            s(&p.after_fault_cpu_drain),
+            s(&p.after_pin_cpu_drain)
+        );
+    }
 }
 
 /// Runs the check; prints KTAP; returns the exit code (0 all ok or skipped, 1 a case failed).
@@ -188,7 +417,11 @@ pub fn main(a: &GupCheckArgs) -> ExitCode {
         a.pages,
         a.rounds
     );
-    let _ = writeln!(out, "1..{}", CASES.len());
+    let cases: Vec<&Case> = CASES
+        .iter()
+        .chain(a.states.then_some(&NOISE_CASE))
+        .collect();
+    let _ = writeln!(out, "1..{}", cases.len());
     let skip_all = if movable == 0 && cma == 0 && !a.force {
         Some("no ZONE_MOVABLE or CMA memory: long-term pins never migrate here (boot with movablecore= or cma=)".to_owned())
     } else if cpus.len() < 2 {
@@ -201,13 +434,13 @@ pub fn main(a: &GupCheckArgs) -> ExitCode {
     let ranges = movable_ranges();
     let mut results = Vec::new();
     let mut any_fail = false;
-    for (i, c) in CASES.iter().enumerate() {
+    for (i, c) in cases.iter().enumerate() {
         let n = i + 1;
         if let Some(why) = &skip_all {
             let _ = writeln!(out, "ok {n} {} # SKIP {why}", c.name);
             continue;
         }
-        match run_case(c, a.pages, a.rounds, (cpus[0], cpus[1]), &ranges) {
+        match run_case(c, a.pages, a.rounds, (cpus[0], cpus[1]), &ranges, a.states) {
             Ok(r) => {
                 let _ = writeln!(
                     out,
@@ -224,6 +457,7 @@ pub fn main(a: &GupCheckArgs) -> ExitCode {
                     r.pgmigrate_fail,
                     r.seconds
                 );
+                state_lines(&mut out, &r);
                 let ok = r.failed == 0;
                 any_fail |= !ok;
                 let _ = writeln!(out, "{} {n} {}", if ok { "ok" } else { "not ok" }, c.name);

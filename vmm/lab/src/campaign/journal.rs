@@ -63,6 +63,47 @@ pub struct RunRecord {
     pub at: u64,
     /// What went wrong outside the guest (crashed child, unparsable report), if anything.
     pub note: Option<String>,
+    /// Each failed pin, explained (signature and the facts behind it; docs/FAILURES.md).
+    /// Journals written before this field have none.
+    #[serde(default)]
+    pub failures: Vec<FailureNote>,
+    /// From each page's fault-in to its pin, µs: this VM's median and maximum (0: no pin the
+    /// VMM faulted in first).
+    #[serde(default)]
+    pub fault_to_pin_p50_us: f64,
+    #[serde(default)]
+    pub fault_to_pin_max_us: f64,
+    /// `--trace`: the kernel's own count of this VM's failed long-term-pin migrations and of
+    /// its migration events (None without a trace).
+    #[serde(default)]
+    pub kernel_pin_failed: Option<u64>,
+    #[serde(default)]
+    pub kernel_pin_migrations: Option<u64>,
+}
+
+/// One failed pin of a VM, as the campaign keeps it: the verdict and the facts it rests on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FailureNote {
+    /// `mlock-batch-pending`, `mlock-batch-after-lru-add`, ... (vmm::stage2::explain).
+    pub signature: String,
+    pub decided_by: String,
+    /// `terminated` | `retried`.
+    pub outcome: String,
+    pub gpa: u64,
+    pub pfn: Option<u64>,
+    pub zone: Option<String>,
+    /// `LAMU` letters before the pin (`--trace`) and right after the failure.
+    pub flags_before: Option<String>,
+    pub flags_after: Option<String>,
+    pub fault_cpu: Option<u32>,
+    pub pin_cpu: Option<u32>,
+    pub fault_to_pin_us: Option<f64>,
+    /// The kernel's failed migration of this page was in the trace (`--trace`).
+    pub kernel_event: bool,
+    /// How the failed page was found (`resolver`; for protected VMs `pin-view scan`, `trace`,
+    /// `KVM (memory-fault exit)`, or `unknown: ...`).
+    #[serde(default)]
+    pub identified_by: String,
 }
 
 /// An open journal.
@@ -181,6 +222,11 @@ pub(crate) mod tests {
             kernel: "test".into(),
             at: 0,
             note: None,
+            failures: Vec::new(),
+            fault_to_pin_p50_us: 0.0,
+            fault_to_pin_max_us: 0.0,
+            kernel_pin_failed: None,
+            kernel_pin_migrations: None,
         }
     }
 

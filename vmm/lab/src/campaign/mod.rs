@@ -4,6 +4,7 @@
 //! append-only journal (`--resume` continues a killed campaign); rates with Wilson intervals,
 //! comparisons, KTAP.
 
+pub mod chart;
 pub mod journal;
 pub mod plot;
 pub mod stats;
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::args::named;
-use journal::{Journal, RunRecord};
+use journal::{FailureNote, Journal, RunRecord};
 use summary::{CellSummary, Comparison, Expectation};
 use vmm::config::parse_size;
 use vmm::exit_code::ExitCode;
@@ -100,6 +101,10 @@ pub struct CampaignArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run every VM with --trace: the kernel's migrate: events of each VM's own threads and
+    /// the folio state before each pin, to explain failed pins (needs root and tracefs).
+    #[arg(long)]
+    pub trace: bool,
 }
 
 /// What defines a campaign (a resumed campaign must match it; `runs` may grow).
@@ -120,6 +125,9 @@ pub struct CampaignSpec {
     /// normal | protected (older campaigns, without the field, were normal).
     #[serde(default = "normal_vm")]
     pub vm_type: String,
+    /// Every VM ran with --trace (older campaigns: no).
+    #[serde(default)]
+    pub trace: bool,
 }
 
 fn normal_vm() -> String {
@@ -251,6 +259,7 @@ pub fn spec_of(a: &CampaignArgs, host: &HostLimits) -> Result<CampaignSpec, Stri
         inject_pin_failure_rate: a.inject_pin_failure_rate,
         seed: a.seed,
         vm_type: format!("{:?}", a.vm_type).to_lowercase(),
+        trace: a.trace,
     })
 }
 
@@ -348,6 +357,9 @@ fn child_args(spec: &CampaignSpec, job: &Job, json: &Path) -> Vec<String> {
     if spec.vm_type != "normal" {
         v.push("--vm-type".into());
         v.push(spec.vm_type.clone());
+    }
+    if spec.trace {
+        v.push("--trace".into());
     }
     if let Some(n) = job.inject_at {
         v.push("--inject".into());
@@ -482,7 +494,38 @@ fn record_of(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         note,
+        failures: failure_notes(rep),
+        fault_to_pin_p50_us: f(&res["fault_to_pin_latency"]["p50_us"]),
+        fault_to_pin_max_us: f(&res["fault_to_pin_latency"]["max_us"]),
+        kernel_pin_failed: rep["kernel_trace"]["pin_failed"].as_u64(),
+        kernel_pin_migrations: rep["kernel_trace"]["pin_migrations"].as_u64(),
     }
+}
+
+/// The report's failed pins (`failed_pins`), reduced to what a campaign keeps.
+fn failure_notes(rep: &Value) -> Vec<FailureNote> {
+    let Some(list) = rep["failed_pins"].as_array() else {
+        return Vec::new();
+    };
+    let s = |v: &Value| v.as_str().map(str::to_owned);
+    let cpu = |v: &Value| v.as_u64().and_then(|c| u32::try_from(c).ok());
+    list.iter()
+        .map(|f| FailureNote {
+            signature: s(&f["verdict"]["signature"]).unwrap_or_else(|| "unknown".into()),
+            decided_by: s(&f["verdict"]["decided_by"]).unwrap_or_default(),
+            outcome: s(&f["outcome"]).unwrap_or_default(),
+            gpa: f["gpa"].as_u64().unwrap_or(0),
+            pfn: f["after"]["pfn"].as_u64(),
+            zone: s(&f["after"]["zone"]),
+            flags_before: s(&f["before"]["short"]),
+            flags_after: s(&f["after"]["short"]),
+            fault_cpu: cpu(&f["path"]["fault_in"]["cpu"]),
+            pin_cpu: cpu(&f["path"]["pin"]["cpu"]),
+            fault_to_pin_us: f["path"]["fault_to_pin_us"].as_f64(),
+            kernel_event: !f["kernel"].is_null(),
+            identified_by: s(&f["identified_by"]).unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// The summary file.
@@ -648,6 +691,7 @@ pub fn run(a: &CampaignArgs) -> Result<ExitCode, CampaignError> {
         print!("{ktap}");
     } else {
         print!("{}", summary::table(&cells_sum, &comps));
+        print!("{}", summary::signature_table(&cells_sum));
         println!(
             "results: {}/summary.json, runs.jsonl, summary.csv, results.ktap",
             a.out.display()
@@ -721,6 +765,7 @@ mod tests {
             ktap: false,
             expect: None,
             quiet: true,
+            trace: false,
         };
         let host = HostLimits {
             ram: 1 << 34,

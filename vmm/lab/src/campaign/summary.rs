@@ -47,6 +47,34 @@ pub struct CellSummary {
     /// Natural (not injected) terminations the kernel did not count as a failed migration.
     pub unmatched_terminations: u64,
     pub wall_s: f64,
+    /// Failed pins by signature (docs/FAILURES.md) over the cell's VMs, terminated and
+    /// retried alike.
+    #[serde(default)]
+    pub signatures: BTreeMap<String, u64>,
+    /// Failed pins whose failed migration the kernel's trace showed (`--trace`).
+    #[serde(default)]
+    pub failures_with_kernel_event: u64,
+    /// Median over VMs of each VM's median fault-in → pin time, µs.
+    #[serde(default)]
+    pub fault_to_pin_p50_us: f64,
+    /// The cell's VMs ran with `--trace`.
+    #[serde(default)]
+    pub traced: bool,
+}
+
+/// The signatures that mean "a pending mlock batch held the folio" (decided or inferred).
+pub const MLOCK_BATCH_SIGNATURES: [&str; 2] = ["mlock-batch-pending", "mlock-batch-after-lru-add"];
+
+impl CellSummary {
+    /// Failed pins explained, and how many of them a pending mlock batch explains.
+    pub fn failures_explained(&self) -> (u64, u64) {
+        let all = self.signatures.values().sum();
+        let batch = MLOCK_BATCH_SIGNATURES
+            .iter()
+            .filter_map(|s| self.signatures.get(*s))
+            .sum();
+        (all, batch)
+    }
 }
 
 /// A difference between two policies of the same backing.
@@ -138,6 +166,25 @@ fn cell_summary(cell: &str, rs: &[&RunRecord]) -> CellSummary {
         vmstat_delta: vmstat,
         unmatched_terminations: unmatched,
         wall_s: rs.iter().map(|r| r.wall_ms).sum::<f64>() / 1e3,
+        signatures: rs
+            .iter()
+            .flat_map(|r| &r.failures)
+            .fold(BTreeMap::new(), |mut m, f| {
+                *m.entry(f.signature.clone()).or_default() += 1;
+                m
+            }),
+        failures_with_kernel_event: rs
+            .iter()
+            .flat_map(|r| &r.failures)
+            .filter(|f| f.kernel_event)
+            .count() as u64,
+        traced: rs.iter().any(|r| r.kernel_pin_failed.is_some()),
+        fault_to_pin_p50_us: median(
+            &rs.iter()
+                .map(|r| r.fault_to_pin_p50_us)
+                .filter(|&v| v > 0.0)
+                .collect::<Vec<_>>(),
+        ),
     }
 }
 
@@ -249,10 +296,18 @@ pub fn ktap(cells: &[CellSummary], expect: &[Expectation], header: &str) -> (Str
             .collect();
         let ok = failed.is_empty();
         all_ok &= ok;
-        let detail = format!(
+        let mut detail = format!(
             "terminated {}/{} rate {:.4} [{:.4}, {:.4}]",
             c.terminated, c.runs, c.rate, c.rate_lo, c.rate_hi
         );
+        if !c.signatures.is_empty() {
+            let sigs: Vec<String> = c
+                .signatures
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = write!(detail, "; failed pins: {}", sigs.join(", "));
+        }
         let _ = writeln!(
             s,
             "# {}: {detail}{}",
@@ -272,6 +327,51 @@ pub fn ktap(cells: &[CellSummary], expect: &[Expectation], header: &str) -> (Str
         );
     }
     (s, all_ok)
+}
+
+/// Failed pins by signature, one row per cell that had any (empty when none did), and the
+/// share a pending mlock batch explains.
+pub fn signature_table(cells: &[CellSummary]) -> String {
+    let mut names: Vec<&str> = MLOCK_BATCH_SIGNATURES.to_vec();
+    for c in cells {
+        for k in c.signatures.keys() {
+            if !names.contains(&k.as_str()) {
+                names.push(k);
+            }
+        }
+    }
+    let rows: Vec<&CellSummary> = cells.iter().filter(|c| !c.signatures.is_empty()).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "failed pins by signature (docs/FAILURES.md; a VM keeps its first 64 explained):\n",
+    );
+    let _ = write!(s, "{:<28} {:>15}", "cell", "explained/failed");
+    for n in &names {
+        let _ = write!(s, " {:>w$}", n, w = n.len().max(5));
+    }
+    let _ = writeln!(s, " {:>14} {:>13}", "mlock batch", "kernel event");
+    for c in rows {
+        let (all, batch) = c.failures_explained();
+        let failed = c.pins_failed.max(all);
+        let _ = write!(s, "{:<28} {:>15}", c.cell, format!("{all}/{failed}"));
+        for n in &names {
+            let v = c.signatures.get(*n).copied().unwrap_or(0);
+            let _ = write!(s, " {:>w$}", v, w = n.len().max(5));
+        }
+        let share = format!(
+            "{:.0}% ({batch}/{all})",
+            100.0 * batch as f64 / all.max(1) as f64
+        );
+        let kernel = if c.traced {
+            format!("{}/{all}", c.failures_with_kernel_event)
+        } else {
+            "-".to_owned()
+        };
+        let _ = writeln!(s, " {share:>14} {kernel:>13}");
+    }
+    s
 }
 
 /// The terminal table.
