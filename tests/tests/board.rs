@@ -15,6 +15,12 @@
 //! PINVMM_SKIP_BOARD_LINUX=1 skips it on purpose (loudly). The trials run one after the
 //! other (one board at a time).
 //!
+//! The explain trial boots the unfixed 6.12.43 and checks that every failed pin is explained
+//! (docs/FAILURES.md): `gup-check --states` reproduces the flag rules (each failed pin of the
+//! cross-CPU case has the pending-mlock-batch signature, of the noise case a mlock-batch
+//! signature), and a small `campaign --trace` gives every terminated VM's failure its PFN,
+//! zone, flags, CPUs, verdict and the kernel's own migrate event. About a minute and a half.
+//!
 //! Where the tools cannot be had, the test is skipped LOUDLY (counted as ignored); with
 //! PINVMM_REQUIRE_BOARD=1 (.ci/run) that is a failure. PINVMM_SKIP_BOARD=1 skips it on purpose.
 
@@ -159,6 +165,129 @@ fn smoke(bin: &Path) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The unfixed kernel the explain trial boots.
+const UNFIXED: &str = "6.12.43";
+
+fn explain(bin: &Path) -> Result<(), Failed> {
+    let r = root();
+    sh(
+        Command::new(r.join("ci/board/setup"))
+            .arg(UNFIXED)
+            .current_dir(&r),
+        "board setup (6.12.43)",
+    )?;
+    let results = r.join("target/board-results/explain");
+    let script = "pinvmm gup-check --pages 256 --rounds 1 --states --json gup.json > gup.ktap;          pinvmm campaign --policies none,mlock-drain --runs 8 --guest hello --mem 16M --trace --out camp -q > camp.txt; echo \"campaign $?\" > codes.txt";
+    let st = Command::new(r.join("ci/board/run"))
+        .args([
+            "--kernel",
+            UNFIXED,
+            "--mode",
+            "protected",
+            "--memory",
+            "movable",
+        ])
+        .args(["--timeout", "900", "--bin"])
+        .arg(bin)
+        .arg("--results")
+        .arg(&results)
+        .args(["--", "sh", "-c", script])
+        .current_dir(&r)
+        .status()
+        .map_err(|e| format!("ci/board/run: {e}"))?;
+    ensure(st.code() == Some(0), || {
+        format!(
+            "board run exited with {st} (see {}/console.log)",
+            results.display()
+        )
+    })?;
+    let read = |f: &str| std::fs::read_to_string(results.join(f)).map_err(|e| format!("{f}: {e}"));
+    // The flag rules, on this kernel.
+    let gup: serde_json::Value =
+        serde_json::from_str(&read("gup.json")?).map_err(|e| format!("gup.json: {e}"))?;
+    let cases = gup["cases"].as_array().cloned().unwrap_or_default();
+    ensure(cases.len() == 4, || {
+        format!("gup-check --states ran {} cases", cases.len())
+    })?;
+    for c in &cases {
+        let name = c["name"].as_str().unwrap_or("?");
+        let failed = c["failed"].as_u64().unwrap_or(0);
+        let mut by_sig = std::collections::BTreeMap::<String, u64>::new();
+        for st in c["states"].as_object().into_iter().flat_map(|m| m.values()) {
+            for (k, v) in st["signatures"].as_object().into_iter().flatten() {
+                *by_sig.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+            }
+        }
+        println!("  gup-check {name}: {failed} failed, signatures {by_sig:?}");
+        let explained: u64 = by_sig.values().sum();
+        ensure(explained == failed, || {
+            format!("{name}: {failed} failed pins, {explained} with a verdict")
+        })?;
+        let batch = |s: &str| s.starts_with("mlock-batch-");
+        match name {
+            "prefill_fault_cpu0_pin_cpu1_no_drain" => ensure(
+                failed > 0 && by_sig.get("mlock-batch-pending") == Some(&failed),
+                || format!("{name}: expected every failure pending-mlock-batch: {by_sig:?}"),
+            )?,
+            "fresh_noise31_fault_cpu0_pin_cpu1" => {
+                ensure(failed > 0 && by_sig.keys().all(|k| batch(k)), || {
+                    format!("{name}: expected mlock-batch signatures: {by_sig:?}")
+                })?
+            }
+            _ => ensure(failed == 0, || {
+                format!("{name}: {failed} failed with a drain or on one CPU")
+            })?,
+        }
+    }
+    // A campaign's failures, each with its facts and the kernel's event.
+    ensure(read("codes.txt")?.trim() == "campaign 0", || {
+        format!("campaign: {}", read("camp.txt").unwrap_or_default())
+    })?;
+    let mut terminated = 0;
+    for line in read("camp/runs.jsonl")?.lines() {
+        let r: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("runs.jsonl: {e}"))?;
+        let cell = r["cell"].as_str().unwrap_or("?");
+        if r["outcome"] != "terminated" {
+            ensure(
+                r["failures"].as_array().is_none_or(|f| f.is_empty()),
+                || format!("{cell}: a VM that was not terminated has failures: {r}"),
+            )?;
+            continue;
+        }
+        terminated += 1;
+        ensure(cell == "shmem/none", || format!("{cell}: a VM terminated"))?;
+        let f = &r["failures"][0];
+        ensure(
+            f["pfn"].is_u64()
+                && f["zone"] == "Movable"
+                && f["flags_after"].is_string()
+                && f["fault_cpu"] == 0
+                && f["pin_cpu"] == 1
+                && f["kernel_event"] == true
+                && f["signature"].as_str().is_some_and(batch_sig),
+            || format!("{cell}: failure not fully explained: {f}"),
+        )?;
+        ensure(r["kernel_pin_failed"] == 1, || {
+            format!(
+                "{cell}: the kernel's trace counts {} failed migrations",
+                r["kernel_pin_failed"]
+            )
+        })?;
+    }
+    println!(
+        "  campaign --trace on {UNFIXED}: {terminated} VMs terminated, each failure explained"
+    );
+    ensure(terminated > 0, || {
+        "no VM terminated under none on 6.12.43".to_string()
+    })?;
+    Ok(())
+}
+
+fn batch_sig(s: &str) -> bool {
+    s.starts_with("mlock-batch-")
+}
+
 /// Policy, guest memory and workload of the Linux trial: small, so the nested boot (every
 /// stage-2 fault ~1-2 ms under TCG) stays within a few minutes.
 const LINUX_POLICY: &str = "mlock-drain";
@@ -259,6 +388,10 @@ fn main() {
             format!("aarch64 unit tests under qemu-user: {st}")
         })
     });
-    let trials = vec![unit, smoke, linux];
+    let explain = board_trial(
+        format!("board::explain_{UNFIXED}_protected_movable_failed_pins"),
+        explain,
+    );
+    let trials = vec![unit, smoke, explain, linux];
     libtest_mimic::run(&args, trials).exit();
 }
