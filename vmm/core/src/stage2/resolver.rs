@@ -196,8 +196,8 @@ pub struct ResolverReport {
     /// Bytes faulted in, pinned and mapped per resolved page (4096, or 2 MiB for the huge page
     /// backings): faults, pins and `pages_ahead` count these units.
     pub granule_bytes: u64,
-    /// From a page's fault-in into the mlocked view to the start of its pin (every pin the
-    /// VMM faulted in first; none with `--fault-in pin`).
+    /// From a page's fault-in into the mlocked view to the start of its pin, over the pins
+    /// that succeeded (a failed pin's time is in its explanation; none with `--fault-in pin`).
     pub fault_to_pin_latency: LatencySummary,
     /// Failed pins, each explained (docs/FAILURES.md); at most [`MAX_FAILED_PINS`].
     pub failed_pins: Vec<FailedPin>,
@@ -331,10 +331,6 @@ impl PinSide {
                 None
             };
             let t = Instant::now();
-            if let Some(s) = &w.stamp {
-                self.fault_to_pin
-                    .record(t.saturating_duration_since(s.at).as_nanos() as u64);
-            }
             let mut r = self.table.pin_range(w.page, pin_hva(w.page), n);
             // A failed pin (not a failed table setup) may be retried, as the policy says.
             if let Err(e @ PinError::Pin { page: failed, .. }) = &r {
@@ -373,6 +369,11 @@ impl PinSide {
                 }
             }
             self.pin_lat.record(t.elapsed().as_nanos() as u64);
+            // Successful pins only: a failed one has its own time in its explanation.
+            if let Some(s) = &w.stamp {
+                self.fault_to_pin
+                    .record(t.saturating_duration_since(s.at).as_nanos() as u64);
+            }
         }
         if w.faulting {
             self.resolve_lat.record(w.t0.elapsed().as_nanos() as u64);

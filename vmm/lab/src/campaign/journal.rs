@@ -67,7 +67,7 @@ pub struct RunRecord {
     /// Journals written before this field have none.
     #[serde(default)]
     pub failures: Vec<FailureNote>,
-    /// From each page's fault-in to its pin, µs: this VM's median and maximum (0: no pin the
+    /// From each page's fault-in to its successful pin, µs: this VM's median and maximum (0: no pin the
     /// VMM faulted in first).
     #[serde(default)]
     pub fault_to_pin_p50_us: f64,
