@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use guest::Payload;
 use lab::args::named;
-use vmm::config::parse_size;
+use vmm::config::{SchedTuning, parse_size};
 use vmm::linux::LinuxConfig;
 use vmm::seccomp::SeccompMode;
 use vmm::{
@@ -190,6 +190,14 @@ pub struct RunArgs {
     /// pin is still explained from the folio's state after the failure and the page's path.
     #[arg(long)]
     pub trace: bool,
+    /// The longest a resolver thread polls for a hand-off from the other CPU before it sleeps,
+    /// in µs (0: never poll). It polls only while nothing else wants its CPU.
+    #[arg(long, value_name = "US", default_value_t = SchedTuning::default().spin_us)]
+    pub spin_us: u32,
+    /// vCPU and resolver threads keep the scheduler's default time slice (default: they ask for
+    /// 0.1 ms slices, so that their wake-ups preempt a busy CPU's running task; Linux 6.12+).
+    #[arg(long)]
+    pub no_short_slice: bool,
 }
 
 fn parse_payload(s: &str) -> Result<Payload, String> {
@@ -256,6 +264,10 @@ pub fn build_config(a: &RunArgs, host: &HostLimits) -> Result<VmConfig, String> 
     });
     c.echo_console = a.console;
     c.trace = a.trace;
+    c.sched = SchedTuning {
+        spin_us: a.spin_us,
+        short_slice: !a.no_short_slice,
+    };
     c.seccomp = if a.no_seccomp {
         SeccompMode::Off
     } else {

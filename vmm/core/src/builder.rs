@@ -20,6 +20,7 @@ use crate::host::kvmstats::PageSizeStats;
 use crate::inject::{Injector, Site};
 use crate::linux;
 use crate::memory::{GuestMemory, MemoryError};
+use crate::sched::{self, SchedProbe};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::stage2::efault::ProtectedExplain;
 use crate::stage2::protected::{self, LoadError, LoadPlan, ProtectedReport, RunCounters, VmType};
@@ -371,7 +372,8 @@ fn resolver_config(cfg: &VmConfig) -> ResolverConfig {
         pin_cpu: cfg.cpus.pin_cpu,
         noise_pages: cfg.noise_pages,
         fault_ahead: cfg.fault_ahead,
-        spin: stage2::DEFAULT_SPIN,
+        spin: cfg.sched.spin(),
+        short_slice: cfg.sched.short_slice,
         vcpus: cfg.vcpus,
         seccomp: cfg.seccomp.threads(),
         read_before_pin: cfg.trace,
@@ -494,6 +496,7 @@ fn start_vcpus(
         let filter = cfg.seccomp.threads() && !pkvm;
         let trace = s.trace.cloned();
         let pkvm_explain = s.pkvm_explain.cloned();
+        let short_slice = cfg.sched.short_slice;
         let handle = std::thread::Builder::new()
             .name(format!("pinvmm-vcpu{id}"))
             .spawn(move || {
@@ -504,12 +507,18 @@ fn start_vcpus(
                 if let Some(t) = trace {
                     let _ = t.add_current_thread();
                 }
+                if short_slice {
+                    // Refused (an old kernel or a policy): the default slice.
+                    let _ = sched::request_short_slice(sched::SHORT_SLICE_NS);
+                }
+                let probe = SchedProbe::open(format!("vcpu{id}"));
                 seccomp::install_or_fail_vm(ThreadKind::Vcpu, filter, &c);
-                if pkvm {
+                let counts = if pkvm {
                     protected::run_loop(id, fd, buses, c, policy, counters, pkvm_explain)
                 } else {
                     vcpu::run_loop(id, fd, buses, c, vcpu_faults)
-                }
+                };
+                (counts, probe.read())
             })
             .map_err(BuildError::Thread)?;
         threads.push(VcpuThread {

@@ -96,6 +96,35 @@ pub struct VmConfig {
     /// `--trace`: record the kernel's `migrate:` trace events of the VM's own threads
     /// (host::trace) and read every folio's state just before its pin, to explain failed pins.
     pub trace: bool,
+    /// How the resolver's threads wait for each other and what they ask of the scheduler.
+    pub sched: SchedTuning,
+}
+
+/// How the VM's threads wait for each other and what they ask of the scheduler
+/// (`stage2::resolver`, `sched.rs`, docs/PERFORMANCE.md).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct SchedTuning {
+    /// The longest a resolver thread polls for a hand-off from the other CPU before it sleeps,
+    /// µs (0: never poll). It polls only while nothing else wants its CPU.
+    pub spin_us: u32,
+    /// vCPU and resolver threads ask the scheduler for short slices (0.1 ms; EEVDF, Linux
+    /// 6.12+), so that their wake-ups preempt a busy CPU's running task.
+    pub short_slice: bool,
+}
+
+impl Default for SchedTuning {
+    fn default() -> Self {
+        Self {
+            spin_us: crate::stage2::DEFAULT_SPIN.as_micros() as u32,
+            short_slice: true,
+        }
+    }
+}
+
+impl SchedTuning {
+    pub fn spin(&self) -> Duration {
+        Duration::from_micros(u64::from(self.spin_us))
+    }
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -208,6 +237,7 @@ impl VmConfig {
             echo_console: false,
             seccomp: SeccompMode::Threads,
             trace: false,
+            sched: SchedTuning::default(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod linux;
 pub mod memory;
 pub mod names;
 pub mod report;
+pub mod sched;
 pub mod seccomp;
 pub mod stage2;
 pub mod stats;

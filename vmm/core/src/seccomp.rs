@@ -52,9 +52,11 @@ impl SeccompMode {
 pub enum ThreadKind {
     /// Runs KVM_RUN and emulates MMIO/PIO devices.
     Vcpu,
-    /// The fault-in thread: userfaultfd event loop, fault-in, drains (and the pin, inline).
+    /// The fault-in thread: fault-in, drains (and, alone, the userfaultfd event loop and the
+    /// pin).
     Fault,
-    /// The pin thread: drain, long-term pin (io_uring), UFFDIO_CONTINUE and wake.
+    /// The pin thread: userfaultfd event loop, drain, long-term pin (io_uring),
+    /// UFFDIO_CONTINUE and wake.
     Pin,
     /// The thread that built the VM: waits, kicks the vCPUs, tears down, writes the report.
     Main,
@@ -161,9 +163,14 @@ mod filter {
         libc::SYS_exit,
     ];
 
+    /// vCPU threads: their own scheduler statistics at the end (`sched::SchedProbe`, opened
+    /// before the filter).
+    const VCPU: &[i64] = &[libc::SYS_read];
+
     /// Resolver threads (fault-in and pin): drains, pins, userfaultfd.
     const RESOLVER: &[i64] = &[
         libc::SYS_read,
+        libc::SYS_pread64, // /proc/loadavg: whether to poll for a hand-off or sleep
         libc::SYS_io_uring_setup, // the pin table's ring is created on first use
         libc::SYS_io_uring_register,
         libc::SYS_io_uring_enter,
@@ -171,7 +178,7 @@ mod filter {
         libc::SYS_pread64,       // the folio's state at a failed pin (pagemap, kpageflags)
     ];
 
-    /// The fault-in thread's event loop.
+    /// The event loop of the thread that reads the userfaultfd (pin or fault-in thread).
     const FAULT: &[i64] = &[
         libc::SYS_epoll_wait,
         libc::SYS_epoll_pwait,
@@ -211,8 +218,8 @@ mod filter {
     pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
         let lists: &[&[i64]] = match kind {
-            ThreadKind::Vcpu => &[COMMON],
-            ThreadKind::Pin => &[COMMON, RESOLVER],
+            ThreadKind::Vcpu => &[COMMON, VCPU],
+            ThreadKind::Pin => &[COMMON, RESOLVER, FAULT],
             ThreadKind::Fault => &[COMMON, RESOLVER, FAULT],
             ThreadKind::Main => &[COMMON, MAIN],
         };

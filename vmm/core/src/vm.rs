@@ -27,6 +27,7 @@ use crate::host::{self, HostFacts};
 use crate::inject::{InjectionReport, Injector};
 use crate::linux::{self, LinuxReport};
 use crate::memory::GuestMemory;
+use crate::sched::ThreadSched;
 use crate::stage2::drain::Drainer;
 use crate::stage2::explain::FailedPin;
 use crate::stage2::path::PathCounters;
@@ -92,7 +93,7 @@ impl Baseline {
 /// A vCPU thread, its test device and what its payload was asked to do.
 #[derive(Debug)]
 pub(crate) struct VcpuThread {
-    pub handle: JoinHandle<ExitCounts>,
+    pub handle: JoinHandle<(ExitCounts, Option<ThreadSched>)>,
     pub testdev: Arc<Mutex<TestDevice>>,
     pub args: PayloadArgs,
 }
@@ -278,6 +279,8 @@ pub struct VcpuResult {
     /// memtouch: time of the first write pass (MARK 1 to MARK 2), when every page is touched
     /// for the first time.
     pub first_touch_ms: Option<f64>,
+    /// What the scheduler did to the vCPU thread (run time, run-queue wait, switches).
+    pub sched: Option<ThreadSched>,
 }
 
 /// /proc/self/status values (KiB) around the run.
@@ -592,8 +595,8 @@ fn join_vcpus(
     let memtouch = is_memtouch(cfg);
     let mut vcpus = Vec::with_capacity(threads.len());
     for (id, t) in threads.into_iter().enumerate() {
-        let exits = if stuck.contains(&id) {
-            ExitCounts::default()
+        let (exits, sched) = if stuck.contains(&id) {
+            (ExitCounts::default(), None)
         } else {
             t.handle.join().unwrap_or_default()
         };
@@ -618,6 +621,7 @@ fn join_vcpus(
             exits,
             bad_device_writes: rep.bad_writes,
             first_touch_ms,
+            sched,
         });
     }
     vcpus

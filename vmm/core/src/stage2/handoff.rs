@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! The hand-off between the resolver's two threads: a single-producer (fault-in thread),
-//! single-consumer (pin thread) ring of faults to pin and map, which neither side allocates
-//! or locks on.
+//! The hand-offs between the resolver's two threads: single-producer, single-consumer rings of
+//! [`Work`] (faults to fault in, from the pin thread to the fault-in thread; and back, faulted
+//! in, ready to pin and map), which neither side allocates or locks on; and how a thread waits
+//! for the next one ([`Poller`]: polls while that is cheap, sleeps otherwise).
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::path::Stamp;
 
@@ -15,8 +16,30 @@ use super::path::Stamp;
 /// without fault-ahead; the producer waits when full).
 const HANDOFF_SLOTS: usize = 256;
 
-/// One fault (and the pages resolved ahead of it), handed from the fault-in thread to the
-/// pin thread: guest pages `page .. page + count`.
+/// A gap this long between two looks at a ring while polling means the poller was preempted
+/// by a task that wanted its CPU for long (a look takes well under 1 µs; a kernel worker or
+/// an interrupt takes tens of µs; another CPU-bound task a scheduler slice, milliseconds).
+const PREEMPT_GAP: Duration = Duration::from_micros(200);
+
+/// After a preempted poll, no polling for `hold`: doubled at each preempted poll, halved
+/// after every [`CLEAN_POLLS`] polls in a row that were not, within these bounds. On a busy
+/// CPU polling soon stops for good; on a quiet one a rare interruption costs little.
+const HOLD_MIN: Duration = Duration::from_millis(1);
+const HOLD_MAX: Duration = Duration::from_secs(1);
+const CLEAN_POLLS: u32 = 64;
+
+/// Polls up to this long are made even when more tasks are runnable than there are CPUs.
+pub(super) const SHORT_POLL: Duration = Duration::from_micros(100);
+
+/// How often a poller looks again at how many tasks want a CPU.
+const LOAD_CHECK: Duration = Duration::from_millis(2);
+
+/// How long a sleeping consumer sleeps before it looks again on its own (the producer wakes
+/// it as soon as it pushes; this only bounds a missed wake-up and the reaction to a stop).
+const SLEEP: Duration = Duration::from_millis(50);
+
+/// One fault (and the pages resolved ahead of it), handed between the resolver's threads:
+/// guest pages `page .. page + count`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Work {
     pub(super) page: u64,
@@ -30,9 +53,10 @@ pub(super) struct Work {
     pub(super) stamp: Option<Stamp>,
 }
 
-/// Single-producer (fault-in thread), single-consumer (pin thread) ring of [`Work`]. Both
-/// sides only touch atomics on the way; the consumer sleeps (park) only after polling for
-/// `spin`, and the producer's unpark is a single atomic swap unless the consumer sleeps.
+/// Single-producer, single-consumer ring of [`Work`]. Both sides only touch atomics on the
+/// way; the consumer sleeps (park) when its [`Poller`] says so, and the producer's unpark is a
+/// single atomic swap unless the consumer sleeps. The consumer registers itself
+/// (`consumer`) before its first wait.
 pub(super) struct Handoff {
     slots: Box<[UnsafeCell<Work>]>,
     /// Next slot to pop; written by the consumer only.
@@ -41,7 +65,6 @@ pub(super) struct Handoff {
     tail: AtomicUsize,
     pub(super) closed: AtomicBool,
     pub(super) consumer: OnceLock<Thread>,
-    pub(super) sleeps: AtomicUsize,
 }
 
 // SAFETY: a slot is written only by the single producer while it is outside [head, tail) and
@@ -65,7 +88,6 @@ impl Handoff {
             tail: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             consumer: OnceLock::new(),
-            sleeps: AtomicUsize::new(0),
         }
     }
 
@@ -84,7 +106,36 @@ impl Handoff {
         }
     }
 
-    /// Consumer side.
+    /// Consumer side: the next piece of work, polling for it while `poller` says that is
+    /// cheap, then sleeping until the producer pushes (or closes the ring, or `give_up`).
+    /// None: closed and empty, or given up.
+    pub(super) fn wait(
+        &self,
+        poller: &mut Poller,
+        budget: Duration,
+        give_up: impl Fn() -> bool,
+    ) -> Option<Work> {
+        if let Some(w) = self.pop().or_else(|| poller.poll(budget, || self.pop())) {
+            return Some(w);
+        }
+        loop {
+            if let Some(w) = self.pop() {
+                return Some(w);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                // Closed after its last push: one more look.
+                return self.pop();
+            }
+            if give_up() {
+                return None;
+            }
+            poller.sleeps += 1;
+            // An unpark between the pop above and this park makes it return at once.
+            std::thread::park_timeout(SLEEP);
+        }
+    }
+
+    /// Consumer side, without waiting.
     pub(super) fn pop(&self) -> Option<Work> {
         let h = self.head.load(Ordering::Relaxed);
         if h == self.tail.load(Ordering::Acquire) {
@@ -105,7 +156,151 @@ impl Handoff {
     }
 }
 
-/// The fault-in thread's end of the ring; dropping it ends the pin thread.
+/// How a resolver thread waits for the next hand-off: it polls (a pause loop, no system call)
+/// for up to a budget when the CPUs would otherwise idle — waking a sleeping thread on an idle
+/// CPU costs tens of µs on a virtual host — and sleeps at once when other tasks want a CPU:
+/// a poller takes CPU time those tasks (or this VM's own vCPU) would have had, and a poller
+/// that is preempted waits for its next turn (up to a scheduler tick, several ms), while a
+/// sleeper's wake-up may preempt the running task. "Other tasks want a CPU": more runnable
+/// tasks than CPUs (`/proc/loadavg`, looked at every [`LOAD_CHECK`]), or a poll that found its
+/// thread preempted (a gap between two looks), which stops polling for a while.
+#[derive(Debug)]
+pub(super) struct Poller {
+    /// The most a poll may last (0: never poll).
+    spin: Duration,
+    load: LoadProbe,
+    hold: Duration,
+    no_poll_until: Option<Instant>,
+    clean: u32,
+    /// Polls cut short because the thread was preempted.
+    pub(super) preempted: u64,
+    /// Polls not made because more tasks were runnable than there are CPUs.
+    pub(super) crowded: u64,
+    /// Times the thread went to sleep waiting.
+    pub(super) sleeps: u64,
+}
+
+impl Poller {
+    pub(super) fn new(spin: Duration) -> Self {
+        Self {
+            spin,
+            load: LoadProbe::open(),
+            hold: HOLD_MIN,
+            no_poll_until: None,
+            clean: 0,
+            preempted: 0,
+            crowded: 0,
+            sleeps: 0,
+        }
+    }
+
+    /// Polls `ready` for up to `budget` (at most the poller's own limit); None when the
+    /// caller should sleep instead.
+    pub(super) fn poll<T>(
+        &mut self,
+        budget: Duration,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        let budget = budget.min(self.spin);
+        if budget.is_zero() {
+            return None;
+        }
+        let start = Instant::now();
+        match self.no_poll_until {
+            Some(t) if start < t => return None,
+            Some(_) => self.no_poll_until = None,
+            None => {}
+        }
+        // A short poll (for an answer the other thread is already working on) is worth it
+        // even on a crowded host: it saves a cross-CPU wake-up on the way back.
+        if budget > SHORT_POLL && self.load.crowded(start) {
+            self.crowded += 1;
+            return None;
+        }
+        let mut prev = start;
+        loop {
+            for _ in 0..8 {
+                std::hint::spin_loop();
+            }
+            if let Some(x) = ready() {
+                self.clean_poll();
+                return Some(x);
+            }
+            let now = Instant::now();
+            if now.duration_since(prev) > PREEMPT_GAP {
+                self.preempted += 1;
+                self.clean = 0;
+                self.hold = (self.hold * 2).clamp(HOLD_MIN, HOLD_MAX);
+                self.no_poll_until = Some(now + self.hold);
+                return None;
+            }
+            if now.duration_since(start) >= budget {
+                self.clean_poll();
+                return None;
+            }
+            prev = now;
+        }
+    }
+}
+
+/// How many tasks want a CPU: the running/runnable count of `/proc/loadavg` (its fourth field,
+/// `running/total`, counts this thread too) against the online CPUs. Without the file (or
+/// with a count it cannot read) nothing is crowded.
+#[derive(Debug)]
+struct LoadProbe {
+    file: Option<std::fs::File>,
+    cpus: usize,
+    checked: Option<Instant>,
+    crowded: bool,
+}
+
+impl LoadProbe {
+    fn open() -> Self {
+        Self {
+            file: std::fs::File::open("/proc/loadavg").ok(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            checked: None,
+            crowded: false,
+        }
+    }
+
+    fn crowded(&mut self, now: Instant) -> bool {
+        if self
+            .checked
+            .is_some_and(|t| now.duration_since(t) < LOAD_CHECK)
+        {
+            return self.crowded;
+        }
+        self.checked = Some(now);
+        self.crowded = self.runnable().is_some_and(|n| n > self.cpus);
+        self.crowded
+    }
+
+    fn runnable(&self) -> Option<usize> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 128];
+        let n = self.file.as_ref()?.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        text.split_whitespace()
+            .nth(3)?
+            .split('/')
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Poller {
+    fn clean_poll(&mut self) {
+        self.clean += 1;
+        if self.clean >= CLEAN_POLLS {
+            self.clean = 0;
+            self.hold = (self.hold / 2).max(HOLD_MIN);
+        }
+    }
+}
+
+/// The producer's end of a ring; dropping it closes the ring (the consumer ends).
 pub(super) struct Producer(pub(super) Arc<Handoff>);
 
 impl Drop for Producer {
@@ -132,32 +327,74 @@ mod tests {
         }
     }
 
+    /// Both ways of waiting (polling, and sleeping at once) get every piece of work, in
+    /// order, across the ring's wrap-around, and end when the producer closes the ring.
     #[test]
     fn handoff_keeps_order_across_wraparound_and_threads() {
-        let q = Arc::new(Handoff::new(Instant::now()));
-        let n = HANDOFF_SLOTS as u64 * 3 + 7;
-        let rx = q.clone();
-        let consumer = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            loop {
-                match rx.pop() {
-                    Some(w) => got.push(w.page),
-                    None if rx.closed.load(Ordering::Acquire) => match rx.pop() {
-                        Some(w) => got.push(w.page),
-                        None => break,
-                    },
-                    None => std::thread::park_timeout(Duration::from_millis(1)),
+        for spin in [Duration::ZERO, Duration::from_micros(300)] {
+            let q = Arc::new(Handoff::new(Instant::now()));
+            let n = HANDOFF_SLOTS as u64 * 3 + 7;
+            let rx = q.clone();
+            let consumer = std::thread::spawn(move || {
+                let _ = rx.consumer.set(std::thread::current());
+                let mut poller = Poller::new(spin);
+                let mut got = Vec::new();
+                while let Some(w) = rx.wait(&mut poller, spin, || false) {
+                    got.push(w.page);
+                }
+                got
+            });
+            let producer = Producer(q);
+            for p in 0..n {
+                producer.0.push(work(p));
+                if p % 64 == 0 {
+                    std::thread::sleep(Duration::from_micros(200));
                 }
             }
-            got
-        });
-        let _ = q.consumer.set(consumer.thread().clone());
-        let producer = Producer(q);
-        for p in 0..n {
-            producer.0.push(work(p));
+            drop(producer); // closes the ring
+            let got = consumer.join().unwrap();
+            assert_eq!(got, (0..n).collect::<Vec<_>>(), "spin {spin:?}");
         }
-        drop(producer); // closes the ring
-        let got = consumer.join().unwrap();
-        assert_eq!(got, (0..n).collect::<Vec<_>>());
+    }
+
+    /// A poll that finds its thread preempted (here: a `ready` that sleeps, as a preempted
+    /// thread would) stops, and the next polls do not poll at all for a while. (Short polls:
+    /// longer ones are not made at all on a crowded host, such as a loaded CI machine.)
+    #[test]
+    fn a_preempted_poll_stops_polling() {
+        let mut p = Poller::new(SHORT_POLL);
+        let r: Option<()> = p.poll(SHORT_POLL, || {
+            std::thread::sleep(PREEMPT_GAP * 2);
+            None
+        });
+        assert!(r.is_none());
+        assert_eq!(p.preempted, 1);
+        let t = Instant::now();
+        let mut looks = 0;
+        let r: Option<()> = p.poll(SHORT_POLL, || {
+            looks += 1;
+            None
+        });
+        assert!(r.is_none() && looks == 0 && t.elapsed() < Duration::from_millis(1));
+        // No budget: no look at all (the caller's own pop comes first); else found at once.
+        assert_eq!(
+            Poller::new(Duration::ZERO).poll(Duration::ZERO, || Some(1)),
+            None
+        );
+        assert_eq!(
+            Poller::new(Duration::from_micros(50)).poll(Duration::from_micros(50), || Some(1)),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn the_runnable_count_is_read_from_proc_loadavg() {
+        let mut l = LoadProbe::open();
+        let n = l.runnable().expect("/proc/loadavg");
+        assert!(n >= 1, "this thread runs: {n}");
+        // Crowded or not, the answer is cached for LOAD_CHECK.
+        let now = Instant::now();
+        let c = l.crowded(now);
+        assert_eq!(l.crowded(now), c);
     }
 }

@@ -5,25 +5,37 @@
 //! The guest view is armed with userfaultfd (shmem: MISSING|MINOR, anon: MISSING), so a KVM
 //! stage-2 fault on a page the guest view does not map yet waits for us. Per fault:
 //!
-//! 1. *fault-in thread* (on `fault_cpu`): reads the event; faults the page into the mlocked
-//!    pin view (`--fault-in touch`) or leaves that to the pin (`--fault-in pin`); writes the
-//!    noise pages; runs the policy's after-fault-in drain (mlock-drain: a local drain here);
-//! 2. *pin thread* (on `pin_cpu`): runs the policy's before-pin drain (lru-add-drain), takes
-//!    the long-term pin, maps the page into the guest view (UFFDIO_CONTINUE, or the anon copy
-//!    made in step 1) and wakes the vCPU.
+//! 1. *fault-in* (on `fault_cpu`): fault the page into the mlocked pin view (`--fault-in
+//!    touch`) or leave that to the pin (`--fault-in pin`); write the noise pages; run the
+//!    policy's after-fault-in drain (mlock-drain: a local drain there);
+//! 2. *pin* (on `pin_cpu`): run the policy's before-pin drain (lru-add-drain), take the
+//!    long-term pin, map the page into the guest view (UFFDIO_CONTINUE, or the anon copy made
+//!    in step 1) and wake the vCPU.
 //!
-//! When both CPUs are the same, one thread does both steps; `--stage2 uffd` (the bare round
-//! trip, no pin) always runs on the fault-in thread alone. A failed pin is not resolved: the
-//! VM is terminated (reported to the main thread), as pKVM turns it into a failed KVM_RUN.
+//! Threads. The *pin thread* (on `pin_cpu`, where a single vCPU is placed too) reads the
+//! userfaultfd and does step 2; the *fault-in thread* (on `fault_cpu`) does step 1 when the
+//! pin thread hands it a fault, and hands it back. With `--fault-in pin` step 1 is empty for a
+//! page nobody faulted in before (a MISSING fault: the pin faults it in, on the pin CPU, as in
+//! pKVM), so the pin thread resolves it alone; only a page already in memory (a MINOR fault:
+//! the VMM wrote it), an anon page the loader staged, and `--noise` go to the fault CPU. When
+//! both CPUs are the same, one thread does both steps; `--stage2 uffd` (the bare round trip, no
+//! pin) runs on the fault-in CPU alone. A failed pin is not resolved: the VM is terminated
+//! (reported to the main thread), as pKVM turns it into a failed KVM_RUN.
 //!
-//! Speed (docs/PERFORMANCE.md): the guest waits for every hand-off, and on a virtual
-//! host waking a thread on an idle CPU costs tens of µs. So both threads keep polling for
-//! `spin` after their last piece of work before they sleep — the fault-in thread reads the
-//! userfaultfd non-blocking inside its event-manager callback, the pin thread polls a
-//! single-producer ring — and while the guest faults back to back no hand-off sleeps. The
-//! fault path does not allocate. With `fault_ahead` K > 0 (off by default: it changes what
-//! the experiment measures), one event faults in, drains, pins (one batched io_uring update)
-//! and maps the faulting page and up to K not-yet-seen pages after it.
+//! Speed (docs/PERFORMANCE.md): the guest waits for every hand-off. The vCPU's fault wakes the
+//! pin thread on its own CPU, and the pin thread's UFFDIO_CONTINUE wakes the vCPU there: two
+//! local wake-ups, as cheap as a hand-off gets, on a quiet or a busy CPU. A hand-off to the
+//! fault-in thread and back crosses CPUs: there the waiting side polls while its CPU would
+//! otherwise idle (waking an idle CPU costs tens of µs on a virtual host) and sleeps as soon
+//! as it finds other tasks wanting its CPU ([`Poller`]): a poller that is preempted waits for
+//! its next turn, up to a scheduler tick, while a sleeper's wake-up can preempt. Every
+//! resolver thread and a placed vCPU ask the scheduler for a short slice
+//! ([`crate::sched::request_short_slice`]), so that their wake-ups preempt a busy CPU's
+//! running task at once. The fault path does not allocate. With `fault_ahead` K > 0 (off by
+//! default: it changes what the experiment measures), one event faults in, drains, pins (one
+//! batched io_uring update) and maps the faulting page and up to K not-yet-seen pages after
+//! it, in chunks, so the pin thread pins and maps one chunk while the fault-in thread faults
+//! in the next.
 //!
 //! Every failed pin is explained ([`crate::stage2::explain`]): the pin thread reads the
 //! folio's state right after the failure (and, with `--trace`, just before each pin), and
@@ -37,7 +49,6 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -46,7 +57,7 @@ use serde::Serialize;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::handoff::{Handoff, Producer, Work};
+use super::handoff::{Handoff, Poller, Producer, Work};
 use super::{FaultIn, Stage2};
 use crate::control::{CallFailure, HostFailure, Termination, VmControl, VmEvent};
 use crate::host::folio::{FolioReader, FolioState};
@@ -54,6 +65,7 @@ use crate::host::trace::TraceSession;
 use crate::inject::{Injector, Site};
 use crate::memory::Backing;
 use crate::memory::GuestMemory;
+use crate::sched::{self, SchedProbe, ThreadSched};
 use crate::seccomp::{self, ThreadKind};
 use crate::stage2::drain::{DrainError, DrainPolicy, DrainStats, Drainer};
 use crate::stage2::explain::{FailedPin, explain};
@@ -64,13 +76,23 @@ use crate::stats::{Latencies, LatencySummary};
 use crate::sys::errno_name;
 use crate::sys::{self, Mapping, PAGE_SIZE};
 
-/// How long a resolver thread keeps polling for the next fault before it sleeps. A guest
-/// touching fresh memory faults every few tens of µs, so this covers the gaps between its
-/// faults; a guest that stops faulting costs at most this much CPU time per pause.
+/// How long a resolver thread may poll for its next hand-off from the other CPU before it
+/// sleeps, while its CPU has nothing else to run ([`Poller`]). A guest touching fresh memory
+/// faults every few tens of µs, so this covers the gaps between its faults; a guest that stops
+/// faulting costs at most this much CPU time per pause.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(300);
 
 /// The fault-in thread's name in reports.
 const FAULT_THREAD: &str = "fault-in";
+
+/// The pin thread's name in reports.
+const PIN_THREAD: &str = "pin";
+
+/// The longest the pin thread polls for a fault to come back from the fault-in thread, even on
+/// a crowded host (the vCPU waits for it anyway): a fault-in there takes a few µs, and waking
+/// that thread, on an idle CPU or past a busy one's running task, tens of µs. Longer, and the
+/// pin thread would keep another VM's vCPU off this CPU.
+const BACK_POLL: Duration = super::handoff::SHORT_POLL;
 
 /// Events read from the userfaultfd in one read(2) (several vCPUs may be waiting).
 const EVENTS_PER_READ: usize = 16;
@@ -115,8 +137,10 @@ pub struct ResolverConfig {
     pub noise_pages: u32,
     /// Pages after the faulting one resolved on the same event (0: one page per fault).
     pub fault_ahead: u32,
-    /// How long the resolver threads poll for more work before sleeping (0: never poll).
+    /// How long the resolver threads may poll for a hand-off before sleeping (0: never poll).
     pub spin: Duration,
+    /// Ask the scheduler for short slices for the resolver threads (and a placed vCPU).
+    pub short_slice: bool,
     /// vCPUs of the VM (a single vCPU is placed next to the thread that wakes it).
     pub vcpus: u8,
     /// Install the resolver threads' seccomp filters.
@@ -184,13 +208,29 @@ pub struct ResolverReport {
     pub fault_cpu_mismatches: u64,
     /// Pages resolved ahead of a fault (`fault_ahead` > 0), included in the pins.
     pub pages_ahead: u64,
-    /// Times the fault-in thread's event loop woke up from epoll (the rest of the events
-    /// were found while polling).
+    /// Times the event loop of the thread that reads the userfaultfd (the pin thread; the
+    /// fault-in thread when it works alone) woke up from epoll.
     pub event_loop_wakeups: u64,
-    /// Times the pin thread went to sleep for lack of work.
+    /// Times the pin thread slept waiting for the fault-in thread to hand a fault back.
     pub pin_thread_sleeps: u64,
-    /// The polling window, µs.
+    /// Times the fault-in thread slept waiting for the next fault to fault in.
+    pub fault_thread_sleeps: u64,
+    /// Faults (chunks, with fault-ahead) handed to the fault-in thread on the fault CPU; the
+    /// other faults were resolved by the pin thread alone.
+    pub fault_cpu_handoffs: u64,
+    /// Polls that stopped because their thread was preempted (other tasks wanted the CPU).
+    pub preempted_polls: u64,
+    /// Waits that slept at once, without polling, because more tasks were runnable than
+    /// there are CPUs.
+    pub crowded_waits: u64,
+    /// The polling limit, µs.
     pub spin_us: u64,
+    /// Whether the resolver threads asked for short scheduler slices.
+    pub short_slice: bool,
+    /// Pins taken on another CPU than `pin_cpu` (the thread was moved).
+    pub pin_cpu_mismatches: u64,
+    /// What the scheduler did to each resolver thread (run time, run-queue wait, switches).
+    pub threads: Vec<ThreadSched>,
     /// The CPU the vCPU thread was placed on (one vCPU), see [`ResolverConfig::vcpu_cpu`].
     pub vcpu_cpu: Option<usize>,
     /// Bytes faulted in, pinned and mapped per resolved page (4096, or 2 MiB for the huge page
@@ -226,11 +266,6 @@ fn is_eexist(e: &CallFailure) -> bool {
     e.errno == Some(libc::EEXIST)
 }
 
-/// One step of polling for work: lets a runnable thread on this CPU (the vCPU) go first.
-fn relax() {
-    std::thread::yield_now();
-}
-
 /// The pin half. Owns the pin table: pins live exactly as long as it does.
 struct PinSide {
     cfg: ResolverConfig,
@@ -247,6 +282,7 @@ struct PinSide {
     resolve_lat: Latencies,
     fault_to_pin: Latencies,
     retried: u64,
+    pin_cpu_mismatches: u64,
     dead: bool,
     explain: ExplainParts,
     failed: Vec<FailedPin>,
@@ -321,6 +357,9 @@ impl PinSide {
         if self.cfg.stage2 == Stage2::Pin {
             if let Err(e) = self.drainer.before_pin() {
                 return self.fail_host(e.host_failure(self.thread, self.gpa(w.page)));
+            }
+            if sys::current_cpu() != Some(self.cfg.pin_cpu) {
+                self.pin_cpu_mismatches += 1;
             }
             let g = self.mem.granule() as u64;
             let base = self.mem.pin_view().addr();
@@ -454,32 +493,37 @@ impl PinSide {
     }
 }
 
-/// Where the pin half runs.
-enum PinHalf {
-    Inline(Box<PinSide>),
-    Thread(Producer),
+/// Where the fault-in half runs.
+enum FaultHalf {
+    /// On the pin thread itself (fault CPU = pin CPU, or `--stage2 uffd`).
+    Inline(Box<FaultSide>),
+    /// On the fault-in thread: faults go there on `to_fault`, faulted in they come back on
+    /// `from_fault` (this thread is its consumer).
+    Thread {
+        to_fault: Producer,
+        from_fault: Arc<Handoff>,
+    },
 }
 
-/// The fault-in half, driven by an event-manager loop over the userfaultfd and a stop event.
+/// The fault-in half (step 1), on the fault CPU: its own thread, or inline.
 struct FaultSide {
     cfg: ResolverConfig,
     mem: Arc<GuestMemory>,
     uffd: Arc<Uffd>,
     ctl: Arc<VmControl>,
     faults: Arc<Injector>,
-    stop: EventFd,
-    pin: Option<PinHalf>,
     drainer: Drainer,
-    seen: Vec<bool>,
-    staged: Vec<bool>,
+    staged: Arc<[bool]>,
     zero_page: Mapping,
     noise: Option<Noise>,
-    /// Read buffer of the userfaultfd (taken while events are handled).
-    events: Option<EventBuffer>,
     /// MADV_POPULATE_READ works here (Linux 5.14+).
     populate: bool,
-    report: ResolverReport,
-    done: bool,
+    fault_cpu_mismatches: u64,
+    noise_pages_written: u64,
+    sleeps: u64,
+    preempted_polls: u64,
+    crowded_waits: u64,
+    sched: Option<ThreadSched>,
     /// The VM's path counters: fault-ins, noise, drains (stage2::path).
     counters: Arc<PathCounters>,
     /// The CPU of the last fault-in.
@@ -522,82 +566,22 @@ impl Noise {
 }
 
 impl FaultSide {
-    fn handle_fault(&mut self, guest_hva: u64, minor: bool) {
-        let t0 = Instant::now();
-        let Some(page) = self.mem.granule_of_guest_hva(guest_hva) else {
-            return self.fail(HostFailure::named(
-                "resolver",
-                Site::UffdRead.call(),
-                None,
-                FAULT_THREAD,
-                format!("userfaultfd reported a fault at {guest_hva:#x}, outside guest memory"),
-            ));
-        };
-        let g = self.mem.granule() as u64;
-        let guest_hva = guest_hva & !(g - 1);
-        self.report.faults += 1;
-        if minor {
-            self.report.minor_faults += 1;
-        } else {
-            self.report.missing_faults += 1;
-        }
-        if self.seen[page as usize] {
-            // Already resolved, or in flight: the pin side finds it pinned and only wakes.
-            self.report.repeat_faults += 1;
-            return self.dispatch(Work {
-                page,
-                count: 1,
-                guest_hva,
-                t0,
-                faulting: true,
-                stamp: None,
-            });
-        }
-        // The faulting page, then up to `fault_ahead` pages after it that no fault has reached
-        // yet (stopping at the first one already seen, or at the end of memory).
-        let limit = (self.seen.len() as u64 - page).min(u64::from(self.cfg.fault_ahead) + 1);
-        let count = (1..limit)
-            .find(|&i| self.seen[(page + i) as usize])
-            .unwrap_or(limit);
-        self.report.pages_ahead += count - 1;
-        // In chunks, so that the pin side pins and maps one chunk while this thread faults in
-        // the next, and the vCPU resumes once the chunk holding its page is mapped.
-        let mut done = 0;
-        while done < count {
-            let n = (count - done).min(FAULT_AHEAD_CHUNK);
-            for p in page + done..page + done + n {
-                self.seen[p as usize] = true;
-            }
-            let stamp = match self.fault_in_range(page + done, n, guest_hva + done * g) {
-                Ok(s) => s,
-                Err(f) => return self.fail(*f),
-            };
-            // One drain after a chunk's fault-ins covers every page faulted in on this CPU.
-            if let Err(e) = self.drainer.after_fault_in(self.cfg.fault_cpu) {
-                let gpa = self.mem.base() + (page + done) * g;
-                return self.fail(e.host_failure(FAULT_THREAD, gpa));
-            }
-            self.dispatch(Work {
-                page: page + done,
-                count: n as u32,
-                guest_hva: guest_hva + done * g,
-                t0,
-                faulting: done == 0,
-                stamp,
-            });
-            done += n;
-        }
+    /// Step 1 for the pages of `w`: fault them in (each followed by its noise pages), then the
+    /// policy's after-fault-in drain, once: it covers every page faulted in on this CPU.
+    /// Returns the stamp of the first page's fault-in (stage2::path).
+    fn prepare(&mut self, w: &Work) -> Result<Option<Stamp>, Box<HostFailure>> {
+        let stamp = self.fault_in_range(w.page, u64::from(w.count), w.guest_hva)?;
+        self.drainer
+            .after_fault_in(self.cfg.fault_cpu)
+            .map_err(|e| Box::new(e.host_failure(FAULT_THREAD, self.gpa(w.page))))?;
+        Ok(stamp)
     }
 
-    fn dispatch(&mut self, w: Work) {
-        match self.pin.as_mut() {
-            Some(PinHalf::Inline(p)) => p.resolve(w),
-            Some(PinHalf::Thread(q)) => q.0.push(w),
-            None => {}
-        }
+    fn gpa(&self, page: u64) -> u64 {
+        self.mem.base() + page * self.mem.granule() as u64
     }
 
-    /// Step 1 for `n` pages, each followed by its noise pages. A run of several shmem pages
+    /// Fault-in for `n` pages, each followed by its noise pages. A run of several shmem pages
     /// (fault-ahead), or a 2 MiB granule, is faulted in with one MADV_POPULATE_READ on the pin
     /// view: the same faults as touching each 4 KiB page (mlocked on fault, on this CPU), in
     /// one system call. Returns the stamp of the first page's fault-in, taken before its noise
@@ -633,7 +617,7 @@ impl FaultSide {
                         FAULT_THREAD,
                         format!("cannot fault in guest pages {page}+{n}: {e}"),
                     );
-                    f.gpa = Some(self.mem.base() + page * g as u64);
+                    f.gpa = Some(self.gpa(page));
                     return Err(Box::new(f));
                 }
             }
@@ -657,7 +641,7 @@ impl FaultSide {
         if let Some(noise) = self.noise.as_mut() {
             let n = u64::from(self.cfg.noise_pages) * faulted_pages;
             let written = noise.write_pages(n.min(u32::MAX.into()) as u32);
-            self.report.noise_pages_written += written;
+            self.noise_pages_written += written;
             self.counters.add(Count::NoisePage, written);
         }
     }
@@ -666,7 +650,7 @@ impl FaultSide {
     fn note_cpu(&mut self) {
         self.last_cpu = sys::current_cpu();
         if self.last_cpu != Some(self.cfg.fault_cpu) {
-            self.report.fault_cpu_mismatches += 1;
+            self.fault_cpu_mismatches += 1;
         }
     }
 
@@ -691,41 +675,221 @@ impl FaultSide {
                 // One mapping: the page is filled by the kernel (UFFDIO_COPY: contents the
                 // loader staged, or zeros), without waking the vCPU. With `--fault-in pin` and
                 // nothing staged, map the zero page and let the pin's write fault COW it.
-                let dst = guest_hva as *mut libc::c_void;
                 let staged = self.staged.get(page as usize).copied().unwrap_or(false);
-                let (f, uffd) = (&*self.faults, &self.uffd);
-                let r = if staged || self.cfg.fault_in == FaultIn::Touch {
-                    let src = if staged {
-                        self.mem.staged_page_addr(page).expect("page in range")
-                    } else {
-                        self.zero_page.as_ptr().cast_const()
-                    };
-                    // SAFETY: src is one readable page (staging or our zero page) and dst one
-                    // page of the registered guest view; the kernel copies between them.
-                    uffd_call(f, Site::UffdCopy, || unsafe {
-                        uffd.copy(src.cast(), dst, PAGE_SIZE, false)
-                    })
-                } else {
-                    // SAFETY: dst is one page of the registered guest view.
-                    uffd_call(f, Site::UffdZeropage, || unsafe {
-                        uffd.zeropage(dst, PAGE_SIZE, false)
-                    })
-                };
-                match r {
-                    // EEXIST: already mapped (the page raced with another fault).
-                    Ok(_) => Ok(()),
-                    Err(e) if is_eexist(&e) => Ok(()),
-                    Err(e) => {
-                        let gpa = self.mem.base() + page * PAGE_SIZE as u64;
-                        let what = format!("filling anon guest page {page} (GPA {gpa:#x})");
-                        Err(Box::new(e.into_host_failure(
-                            FAULT_THREAD,
-                            Some(gpa),
-                            &what,
-                        )))
-                    }
+                if !staged && self.cfg.fault_in == FaultIn::Pin {
+                    return map_zero_page(&self.uffd, &self.faults, &self.mem, page, guest_hva);
                 }
+                let dst = guest_hva as *mut libc::c_void;
+                let src = if staged {
+                    self.mem.staged_page_addr(page).expect("page in range")
+                } else {
+                    self.zero_page.as_ptr().cast_const()
+                };
+                let (f, uffd) = (&*self.faults, &self.uffd);
+                // SAFETY: src is one readable page (staging or our zero page) and dst one
+                // page of the registered guest view; the kernel copies between them.
+                let r = uffd_call(f, Site::UffdCopy, || unsafe {
+                    uffd.copy(src.cast(), dst, PAGE_SIZE, false)
+                });
+                anon_filled(r, &self.mem, page)
             }
+        }
+    }
+}
+
+/// Maps the zero page at an anon guest page (`--fault-in pin`, nothing staged: the pin's write
+/// fault then COWs it, on the pin's CPU), without waking the vCPU.
+fn map_zero_page(
+    uffd: &Uffd,
+    faults: &Injector,
+    mem: &GuestMemory,
+    page: u64,
+    guest_hva: u64,
+) -> Result<(), Box<HostFailure>> {
+    let dst = guest_hva as *mut libc::c_void;
+    // SAFETY: dst is one page of the registered guest view.
+    let r = uffd_call(faults, Site::UffdZeropage, || unsafe {
+        uffd.zeropage(dst, PAGE_SIZE, false)
+    });
+    anon_filled(r, mem, page)
+}
+
+fn anon_filled(
+    r: Result<usize, CallFailure>,
+    mem: &GuestMemory,
+    page: u64,
+) -> Result<(), Box<HostFailure>> {
+    match r {
+        // EEXIST: already mapped (the page raced with another fault).
+        Ok(_) => Ok(()),
+        Err(e) if is_eexist(&e) => Ok(()),
+        Err(e) => {
+            let gpa = mem.base() + page * PAGE_SIZE as u64;
+            let what = format!("filling anon guest page {page} (GPA {gpa:#x})");
+            Err(Box::new(e.into_host_failure(
+                FAULT_THREAD,
+                Some(gpa),
+                &what,
+            )))
+        }
+    }
+}
+
+/// The pin thread's half that reads the userfaultfd, driven by an event-manager loop over the
+/// userfaultfd and a stop event: step 2 itself, step 1 inline or on the fault-in thread.
+struct Reader {
+    cfg: ResolverConfig,
+    mem: Arc<GuestMemory>,
+    uffd: Arc<Uffd>,
+    ctl: Arc<VmControl>,
+    faults: Arc<Injector>,
+    stop: EventFd,
+    pin: PinSide,
+    fault: FaultHalf,
+    seen: Vec<bool>,
+    staged: Arc<[bool]>,
+    /// Read buffer of the userfaultfd (taken while events are handled).
+    events: Option<EventBuffer>,
+    /// How this thread waits for the fault-in thread.
+    poller: Poller,
+    report: ResolverReport,
+    done: bool,
+}
+
+impl Reader {
+    fn handle_fault(&mut self, guest_hva: u64, minor: bool) {
+        let t0 = Instant::now();
+        let Some(page) = self.mem.granule_of_guest_hva(guest_hva) else {
+            return self.fail(HostFailure::named(
+                "resolver",
+                Site::UffdRead.call(),
+                None,
+                self.pin.thread,
+                format!("userfaultfd reported a fault at {guest_hva:#x}, outside guest memory"),
+            ));
+        };
+        let g = self.mem.granule() as u64;
+        let guest_hva = guest_hva & !(g - 1);
+        self.report.faults += 1;
+        if minor {
+            self.report.minor_faults += 1;
+        } else {
+            self.report.missing_faults += 1;
+        }
+        if self.seen[page as usize] {
+            // Already resolved (every hand-off of a fault completes before the next event is
+            // read): the pin side finds it pinned and only wakes.
+            self.report.repeat_faults += 1;
+            return self.pin.resolve(Work {
+                page,
+                count: 1,
+                guest_hva,
+                t0,
+                faulting: true,
+                stamp: None,
+            });
+        }
+        // The faulting page, then up to `fault_ahead` pages after it that no fault has reached
+        // yet (stopping at the first one already seen, or at the end of memory).
+        let limit = (self.seen.len() as u64 - page).min(u64::from(self.cfg.fault_ahead) + 1);
+        let count = (1..limit)
+            .find(|&i| self.seen[(page + i) as usize])
+            .unwrap_or(limit);
+        self.report.pages_ahead += count - 1;
+        for p in page..page + count {
+            self.seen[p as usize] = true;
+        }
+        let w = Work {
+            page,
+            count: count as u32,
+            guest_hva,
+            t0,
+            faulting: true,
+            stamp: None,
+        };
+        if matches!(self.fault, FaultHalf::Thread { .. }) && self.needs_fault_cpu(&w, minor) {
+            self.resolve_across(w);
+        } else {
+            self.resolve_here(w);
+        }
+    }
+
+    /// Whether step 1 of these pages has work for the fault CPU. With `--fault-in pin` a page
+    /// nobody faulted in before (MISSING) is faulted in by the pin itself, on the pin CPU:
+    /// nothing ran on the fault CPU, so there is nothing for the policy to drain there.
+    fn needs_fault_cpu(&self, w: &Work, minor: bool) -> bool {
+        let c = &self.cfg;
+        if c.stage2 != Stage2::Pin || c.fault_in == FaultIn::Touch || c.noise_pages > 0 {
+            return true;
+        }
+        match c.backing {
+            // The loader staged its contents: the copy faults it in on the fault CPU.
+            Backing::Anon => (w.page..w.page + u64::from(w.count))
+                .any(|p| self.staged.get(p as usize).copied().unwrap_or(false)),
+            // Already in memory (the VMM wrote it): drain there as the policy says. With
+            // fault-ahead the other pages' state is unknown: drain whenever the policy does.
+            _ => c.policy.hooks().after_fault_in && (minor || c.fault_ahead > 0),
+        }
+    }
+
+    /// Steps 1 and 2 on this thread, chunk by chunk.
+    fn resolve_here(&mut self, w: Work) {
+        let g = self.mem.granule() as u64;
+        let mut done = 0;
+        while done < w.count && !self.done {
+            let n = (w.count - done).min(FAULT_AHEAD_CHUNK as u32);
+            let mut chunk = Work {
+                page: w.page + u64::from(done),
+                count: n,
+                guest_hva: w.guest_hva + u64::from(done) * g,
+                t0: w.t0,
+                faulting: done == 0,
+                stamp: None,
+            };
+            let r = match &mut self.fault {
+                FaultHalf::Inline(f) => f.prepare(&chunk).map(|s| chunk.stamp = s),
+                // Only anon zero pages are left to do here (see `needs_fault_cpu`).
+                FaultHalf::Thread { .. } if self.cfg.backing == Backing::Anon => {
+                    (chunk.page..chunk.page + u64::from(n)).try_for_each(|p| {
+                        let hva = w.guest_hva + (p - w.page) * g;
+                        map_zero_page(&self.uffd, &self.faults, &self.mem, p, hva)
+                    })
+                }
+                FaultHalf::Thread { .. } => Ok(()),
+            };
+            if let Err(f) = r {
+                return self.fail(*f);
+            }
+            self.pin.resolve(chunk);
+            done += n;
+        }
+    }
+
+    /// Step 1 on the fault-in thread, step 2 here as each chunk comes back. This thread polls
+    /// for the chunk that holds the faulting page while its CPU would idle (the vCPU waits for
+    /// it); once that chunk is mapped the vCPU runs here, so it sleeps for the rest.
+    fn resolve_across(&mut self, w: Work) {
+        let FaultHalf::Thread {
+            to_fault,
+            from_fault,
+        } = &self.fault
+        else {
+            return;
+        };
+        self.report.fault_cpu_handoffs += 1;
+        to_fault.0.push(w);
+        let mut left = w.count;
+        let mut budget = self.cfg.spin.min(BACK_POLL);
+        while left > 0 {
+            let ctl = &self.ctl;
+            let Some(back) = from_fault.wait(&mut self.poller, budget, || ctl.stopping()) else {
+                // The fault-in thread failed (it told the VM) or the VM is stopping.
+                self.done = true;
+                return;
+            };
+            self.pin.resolve(back);
+            left = left.saturating_sub(back.count);
+            budget = Duration::ZERO;
         }
     }
 
@@ -734,22 +898,11 @@ impl FaultSide {
         self.done = true;
     }
 
-    /// Reads and handles every pending event, then keeps polling for `spin` after the last
-    /// one before going back to the event loop.
+    /// Reads and handles every pending event, then goes back to the event loop: the next
+    /// fault's vCPU wakes this thread on its own CPU.
     fn drain_uffd(&mut self) {
         self.report.event_loop_wakeups += 1;
-        let mut last = Instant::now();
-        while !self.done {
-            match self.read_batch() {
-                0 => {
-                    if last.elapsed() >= self.cfg.spin || self.ctl.stopping() {
-                        return;
-                    }
-                    relax();
-                }
-                _ => last = Instant::now(),
-            }
-        }
+        while !self.done && self.read_batch() > 0 {}
     }
 
     /// One non-blocking read of up to [`EVENTS_PER_READ`] events, each handled; returns how
@@ -776,13 +929,13 @@ impl FaultSide {
         });
         self.events = Some(buf);
         if let Err(e) = r {
-            self.fail(e.into_host_failure(FAULT_THREAD, None, "reading guest faults"));
+            self.fail(e.into_host_failure(self.pin.thread, None, "reading guest faults"));
         } else if let Some(ev) = unexpected {
             self.fail(HostFailure::named(
                 "resolver",
                 Site::UffdRead.call(),
                 None,
-                FAULT_THREAD,
+                self.pin.thread,
                 format!("unexpected userfaultfd event {ev}"),
             ));
         }
@@ -796,7 +949,7 @@ impl FaultSide {
     }
 }
 
-impl MutEventSubscriber for FaultSide {
+impl MutEventSubscriber for Reader {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         if events.fd() == self.stop.as_raw_fd() {
             self.done = true;
@@ -816,7 +969,7 @@ impl MutEventSubscriber for FaultSide {
                     "event-loop",
                     "epoll_ctl",
                     None,
-                    FAULT_THREAD,
+                    self.pin.thread,
                     format!("cannot watch the resolver's descriptors: {e:?}"),
                 ));
             }
@@ -824,11 +977,14 @@ impl MutEventSubscriber for FaultSide {
     }
 }
 
+/// What the pin thread hands back when it ends.
+type PinThreadEnd = (ResolverReport, Option<PinSide>, Option<FaultSide>);
+
 /// A running resolver.
 pub struct Resolver {
     stop: EventFd,
-    fault_thread: Option<JoinHandle<(ResolverReport, Option<PinSide>)>>,
-    pin_thread: Option<JoinHandle<(PinSide, u64)>>,
+    pin_thread: Option<JoinHandle<PinThreadEnd>>,
+    fault_thread: Option<JoinHandle<FaultSide>>,
     uffd: Option<Arc<Uffd>>,
 }
 
@@ -862,6 +1018,32 @@ pub fn arm(mem: &GuestMemory) -> Result<Arc<Uffd>, ResolverError> {
     Ok(Arc::new(uffd))
 }
 
+/// What every resolver thread does first: its CPU, its trace filter, its slice, its probe, its
+/// seccomp filter.
+fn start_thread(
+    cfg: &ResolverConfig,
+    cpu: usize,
+    kind: ThreadKind,
+    name: &str,
+    ctl: &Arc<VmControl>,
+    trace: Option<&TraceSession>,
+) -> SchedProbe {
+    // A failed affinity shows up as the CPU mismatches of the report.
+    let _ = sys::pin_thread_to_cpu(cpu);
+    // A thread the trace filter misses only leaves the trace without its events; the report
+    // says how many it has.
+    if let Some(t) = trace {
+        let _ = t.add_current_thread();
+    }
+    if cfg.short_slice {
+        // Refused (an old kernel or a policy): the thread keeps the default slice.
+        let _ = sched::request_short_slice(sched::SHORT_SLICE_NS);
+    }
+    let probe = SchedProbe::open(name);
+    seccomp::install_or_fail_vm(kind, cfg.seccomp, ctl);
+    probe
+}
+
 impl Resolver {
     /// Starts the resolver threads for an armed guest memory; their host calls fail as
     /// `faults` says.
@@ -875,14 +1057,60 @@ impl Resolver {
     ) -> Result<Self, ResolverError> {
         let pages = mem.granules() as usize;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(ResolverError::Spawn)?;
+        // `uffd` is the bare round trip: no pin, so no second thread and no hand-off either.
         let inline = cfg.fault_cpu == cfg.pin_cpu || cfg.stage2 == Stage2::Uffd;
+        let pin_name = if inline { FAULT_THREAD } else { PIN_THREAD };
+        let staged: Arc<[bool]> = mem.staged_pages().map_err(ResolverError::Noise)?.into();
+        let fault_side = FaultSide {
+            cfg,
+            mem: mem.clone(),
+            uffd: uffd.clone(),
+            ctl: ctl.clone(),
+            faults: faults.clone(),
+            drainer: Drainer::new(cfg.policy)?
+                .with_injector(faults.clone())
+                .with_counters(explain.counters.clone()),
+            staged: staged.clone(),
+            zero_page: Mapping::anonymous(PAGE_SIZE).map_err(ResolverError::Noise)?,
+            noise: if cfg.noise_pages > 0 {
+                Some(Noise::new().map_err(ResolverError::Noise)?)
+            } else {
+                None
+            },
+            populate: true,
+            fault_cpu_mismatches: 0,
+            noise_pages_written: 0,
+            sleeps: 0,
+            preempted_polls: 0,
+            crowded_waits: 0,
+            sched: None,
+            counters: explain.counters.clone(),
+            last_cpu: None,
+            trace: explain.trace.clone(),
+        };
+        let (fault, fault_thread) = if inline {
+            (FaultHalf::Inline(Box::new(fault_side)), None)
+        } else {
+            let to_fault = Arc::new(Handoff::new(Instant::now()));
+            let from_fault = Arc::new(Handoff::new(Instant::now()));
+            let (rx, tx) = (to_fault.clone(), Producer(from_fault.clone()));
+            let h = std::thread::Builder::new()
+                .name("pinvmm-fault".into())
+                .spawn(move || fault_loop(fault_side, &rx, tx))
+                .map_err(ResolverError::Spawn)?;
+            let half = FaultHalf::Thread {
+                to_fault: Producer(to_fault),
+                from_fault,
+            };
+            (half, Some(h))
+        };
         let pin_side = PinSide {
             cfg,
             mem: mem.clone(),
             uffd: uffd.clone(),
             ctl: ctl.clone(),
             faults: faults.clone(),
-            thread: if inline { FAULT_THREAD } else { "pin" },
+            thread: pin_name,
             table: PinTable::new(mem.granules())
                 .with_injector(faults.clone())
                 .with_granule(mem.granule()),
@@ -894,70 +1122,50 @@ impl Resolver {
             resolve_lat: Latencies::with_capacity(pages),
             fault_to_pin: Latencies::with_capacity(pages),
             retried: 0,
+            pin_cpu_mismatches: 0,
             dead: false,
             explain: explain.clone(),
             failed: Vec::new(),
             failed_dropped: 0,
         };
-        // `uffd` is the bare round trip: no pin, so no pin thread and no hand-off either.
-        let (pin_half, pin_thread) = if inline {
-            (PinHalf::Inline(Box::new(pin_side)), None)
-        } else {
-            let q = Arc::new(Handoff::new(Instant::now()));
-            let (cpu, spin, rx) = (cfg.pin_cpu, cfg.spin, q.clone());
-            let h = std::thread::Builder::new()
-                .name("pinvmm-pin".into())
-                .spawn(move || pin_loop(pin_side, &rx, cpu, spin))
-                .map_err(ResolverError::Spawn)?;
-            let _ = q.consumer.set(h.thread().clone());
-            (PinHalf::Thread(Producer(q)), Some(h))
-        };
-        let staged = mem.staged_pages().map_err(ResolverError::Noise)?;
-        let fault_side = FaultSide {
+        let reader = Reader {
             cfg,
             mem: mem.clone(),
             uffd: uffd.clone(),
             ctl,
-            faults: faults.clone(),
+            faults,
             stop: stop.try_clone().map_err(ResolverError::Spawn)?,
-            pin: Some(pin_half),
-            drainer: Drainer::new(cfg.policy)?
-                .with_injector(faults)
-                .with_counters(explain.counters.clone()),
+            pin: pin_side,
+            fault,
             seen: vec![false; pages],
             staged,
-            zero_page: Mapping::anonymous(PAGE_SIZE).map_err(ResolverError::Noise)?,
-            noise: if cfg.noise_pages > 0 {
-                Some(Noise::new().map_err(ResolverError::Noise)?)
-            } else {
-                None
-            },
             events: Some(EventBuffer::new(EVENTS_PER_READ)),
-            populate: true,
+            poller: Poller::new(cfg.spin),
             report: ResolverReport {
                 fault_cpu: cfg.fault_cpu,
                 pin_cpu: cfg.pin_cpu,
                 spin_us: cfg.spin.as_micros() as u64,
+                short_slice: cfg.short_slice,
                 vcpu_cpu: cfg.vcpu_cpu(),
                 granule_bytes: mem.granule() as u64,
                 ..Default::default()
             },
             done: false,
-            trace: explain.trace.clone(),
-            counters: explain.counters,
-            last_cpu: None,
         };
-        let mut mgr = EventManager::<FaultSide>::new().map_err(ResolverError::EventLoop)?;
-        let id = mgr.add_subscriber(fault_side);
-        let fault_cpu = cfg.fault_cpu;
-        let fault_thread = std::thread::Builder::new()
-            .name("pinvmm-fault".into())
-            .spawn(move || fault_loop(mgr, id, fault_cpu))
+        let mut mgr = EventManager::<Reader>::new().map_err(ResolverError::EventLoop)?;
+        let id = mgr.add_subscriber(reader);
+        // The thread reading the userfaultfd runs where the vCPU waits: the pin CPU (the fault
+        // CPU when it works alone).
+        let cpu = if inline { cfg.fault_cpu } else { cfg.pin_cpu };
+        let name = if inline { "pinvmm-fault" } else { "pinvmm-pin" };
+        let pin_thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || pin_loop(mgr, id, cpu))
             .map_err(ResolverError::Spawn)?;
         Ok(Self {
             stop,
-            fault_thread: Some(fault_thread),
-            pin_thread,
+            pin_thread: Some(pin_thread),
+            fault_thread,
             uffd: Some(uffd),
         })
     }
@@ -966,18 +1174,25 @@ impl Resolver {
     /// is closed when the last reference (held by the caller, if any) goes.
     pub fn finish(mut self) -> ResolverReport {
         let _ = self.stop.write(1);
-        let (mut report, inline) = match self.fault_thread.take().map(|h| h.join()) {
+        let (mut report, pin_side, inline) = match self.pin_thread.take().map(|h| h.join()) {
             Some(Ok(r)) => r,
-            _ => (ResolverReport::default(), None),
+            _ => (ResolverReport::default(), None, None),
         };
-        let pin_side = inline.or_else(|| {
-            let (p, sleeps) = self.pin_thread.take()?.join().ok()?;
-            report.pin_thread_sleeps = sleeps;
-            Some(p)
-        });
+        // The pin thread has closed the fault-in thread's ring: it ends too.
+        let fault_side = inline.or_else(|| self.fault_thread.take()?.join().ok());
+        if let Some(f) = fault_side {
+            report.drain.merge(&f.drainer.stats);
+            report.fault_cpu_mismatches += f.fault_cpu_mismatches;
+            report.noise_pages_written += f.noise_pages_written;
+            report.fault_thread_sleeps += f.sleeps;
+            report.preempted_polls += f.preempted_polls;
+            report.crowded_waits += f.crowded_waits;
+            report.threads.extend(f.sched);
+        }
         if let Some(p) = pin_side {
             report.pins = p.table.stats;
             report.retried_pins = p.retried;
+            report.pin_cpu_mismatches = p.pin_cpu_mismatches;
             report.drain.merge(&p.drainer.stats);
             report.pin_latency = p.pin_lat.summary();
             report.fault_latency = p.fault_lat.summary();
@@ -992,20 +1207,24 @@ impl Resolver {
     }
 }
 
-fn fault_loop(
-    mut mgr: EventManager<FaultSide>,
+/// The pin thread (the fault-in thread when it works alone): the event loop over the
+/// userfaultfd. Returns the report, the pin side (its pins) and an inline fault side.
+fn pin_loop(
+    mut mgr: EventManager<Reader>,
     id: event_manager::SubscriberId,
     cpu: usize,
-) -> (ResolverReport, Option<PinSide>) {
-    // A failed affinity shows up as fault_cpu_mismatches in the report.
-    let _ = sys::pin_thread_to_cpu(cpu);
+) -> PinThreadEnd {
+    let mut probe = None;
     if let Ok(s) = mgr.subscriber_mut(id) {
-        // It pins too when both CPUs are the same. A thread the filter misses only leaves
-        // the trace without its events; the report says how many it has.
-        if let Some(t) = &s.trace {
-            let _ = t.add_current_thread();
+        let (kind, name) = match s.fault {
+            FaultHalf::Inline(_) => (ThreadKind::Fault, FAULT_THREAD),
+            FaultHalf::Thread { .. } => (ThreadKind::Pin, PIN_THREAD),
+        };
+        let trace = s.pin.explain.trace.as_deref();
+        probe = Some(start_thread(&s.cfg, cpu, kind, name, &s.ctl, trace));
+        if let FaultHalf::Thread { from_fault, .. } = &s.fault {
+            let _ = from_fault.consumer.set(std::thread::current());
         }
-        seccomp::install_or_fail_vm(ThreadKind::Fault, s.cfg.seccomp, &s.ctl);
     }
     loop {
         let done = mgr.subscriber_mut(id).map(|s| s.done).unwrap_or(true);
@@ -1014,59 +1233,85 @@ fn fault_loop(
         }
         if let Err(e) = mgr.run_with_timeout(200) {
             if let Ok(s) = mgr.subscriber_mut(id) {
+                let thread = s.pin.thread;
                 s.fail(HostFailure::named(
                     "event-loop",
                     "epoll_wait",
                     None,
-                    FAULT_THREAD,
+                    thread,
                     format!("resolver event loop failed: {e:?}"),
                 ));
             }
             break;
         }
     }
-    let Ok(mut side) = mgr.remove_subscriber(id) else {
-        return (ResolverReport::default(), None);
+    let Ok(mut r) = mgr.remove_subscriber(id) else {
+        return (ResolverReport::default(), None, None);
     };
-    let mut report = std::mem::take(&mut side.report);
-    report.drain.merge(&side.drainer.stats);
-    let inline = match side.pin.take() {
-        Some(PinHalf::Inline(p)) => Some(*p),
-        _ => None, // Dropping the sender ends the pin thread.
+    let mut report = std::mem::take(&mut r.report);
+    report.pin_thread_sleeps = r.poller.sleeps;
+    report.preempted_polls = r.poller.preempted;
+    report.crowded_waits = r.poller.crowded;
+    report.threads.extend(probe.and_then(SchedProbe::read));
+    // Dropping the fault-in thread's ring (with `r`) ends that thread.
+    let inline = match r.fault {
+        FaultHalf::Inline(f) => Some(*f),
+        FaultHalf::Thread { .. } => None,
     };
-    (report, inline)
+    (report, Some(r.pin), inline)
 }
 
-/// The pin thread: resolves hand-offs as they come, polls for `spin` after the last one, then
-/// sleeps until the next (or until the fault-in side is gone). Returns its side and how many
-/// times it slept.
-fn pin_loop(mut side: PinSide, q: &Handoff, cpu: usize, spin: Duration) -> (PinSide, u64) {
-    let _ = sys::pin_thread_to_cpu(cpu);
-    if let Some(t) = &side.explain.trace {
-        let _ = t.add_current_thread();
-    }
-    seccomp::install_or_fail_vm(ThreadKind::Pin, side.cfg.seccomp, &side.ctl);
-    let mut last = Instant::now();
-    loop {
-        if let Some(w) = q.pop() {
-            side.resolve(w);
-            last = Instant::now();
-        } else if q.closed.load(Ordering::Acquire) {
-            // Closed after its last push: one more look, then done.
-            match q.pop() {
-                Some(w) => side.resolve(w),
-                None => break,
+/// The fault-in thread: faults in what the pin thread hands it, chunk by chunk, and hands each
+/// chunk back; polls for the next fault while its CPU would idle, sleeps otherwise. Ends when
+/// the pin thread closes the ring, the VM stops, or a fault-in fails (told to the VM; dropping
+/// `back` then tells the pin thread).
+fn fault_loop(mut side: FaultSide, faults_in: &Handoff, back: Producer) -> FaultSide {
+    // Before the filter: it opens /proc/loadavg.
+    let mut poller = Poller::new(side.cfg.spin);
+    let probe = start_thread(
+        &side.cfg,
+        side.cfg.fault_cpu,
+        ThreadKind::Fault,
+        FAULT_THREAD,
+        &side.ctl,
+        side.trace.as_deref(),
+    );
+    let _ = faults_in.consumer.set(std::thread::current());
+    let g = side.mem.granule() as u64;
+    let spin = side.cfg.spin;
+    'faults: loop {
+        let ctl = side.ctl.clone();
+        let Some(w) = faults_in.wait(&mut poller, spin, || ctl.stopping()) else {
+            break;
+        };
+        let mut done = 0;
+        while done < w.count {
+            let n = (w.count - done).min(FAULT_AHEAD_CHUNK as u32);
+            let mut chunk = Work {
+                page: w.page + u64::from(done),
+                count: n,
+                guest_hva: w.guest_hva + u64::from(done) * g,
+                t0: w.t0,
+                faulting: done == 0,
+                stamp: None,
+            };
+            match side.prepare(&chunk) {
+                Ok(stamp) => chunk.stamp = stamp,
+                Err(f) => {
+                    side.ctl.send(VmEvent::HostFailed(*f));
+                    break 'faults;
+                }
             }
-        } else if last.elapsed() < spin {
-            relax();
-        } else {
-            q.sleeps.fetch_add(1, Ordering::Relaxed);
-            std::thread::park_timeout(Duration::from_millis(100));
-            last = Instant::now();
+            back.0.push(chunk);
+            done += n;
         }
     }
-    let sleeps = q.sleeps.load(Ordering::Relaxed) as u64;
-    (side, sleeps)
+    drop(back);
+    side.sleeps = poller.sleeps;
+    side.preempted_polls = poller.preempted;
+    side.crowded_waits = poller.crowded;
+    side.sched = probe.read();
+    side
 }
 
 #[cfg(test)]
@@ -1086,6 +1331,7 @@ mod tests {
             noise_pages: 0,
             fault_ahead: 0,
             spin: DEFAULT_SPIN,
+            short_slice: true,
             vcpus: 1,
             read_before_pin: false,
         };
