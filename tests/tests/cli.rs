@@ -592,6 +592,14 @@ fn bench() -> Trial {
             "2",
             "--fault-ahead",
             "7",
+            "--load",
+            "1",
+            "--jobs",
+            "2",
+            "--jobs-runs",
+            "1",
+            "--jobs-mem",
+            "4M",
             "--json",
             "-",
         ])?;
@@ -599,12 +607,12 @@ fn bench() -> Trial {
         let v: serde_json::Value =
             serde_json::from_str(&r.stdout).map_err(|e| format!("bench JSON: {e}"))?;
         let touch = v["touch"].as_array().ok_or("no touch rows")?;
-        // 10 rows at 4 KiB; 7 hugetlb and 4 shmem-thp rows at 2 MiB unless skipped (not root
-        // and the host not set up: then `skipped` says why).
+        // 11 rows at 4 KiB and 6 of them again under load; 7 hugetlb and 4 shmem-thp rows at
+        // 2 MiB unless skipped (not root and the host not set up: then `skipped` says why).
         let skipped = v["skipped"].as_array().map_or(0, Vec::len);
-        let want = 10 + if skipped == 0 { 11 } else { 0 };
+        let want = 11 + 6 + if skipped == 0 { 11 } else { 0 };
         ensure(
-            touch.len() >= 10 && (skipped > 0 || touch.len() == want),
+            touch.len() >= 17 && (skipped > 0 || touch.len() == want),
             || {
                 format!(
                     "{} touch rows, {skipped} skipped: {}",
@@ -632,6 +640,13 @@ fn bench() -> Trial {
         ensure(
             fa["pins_per_fault"].as_f64().is_some_and(|x| x > 1.5),
             || format!("fault-ahead pinned no pages ahead: {fa}"),
+        )?;
+        let loaded = touch.iter().filter(|t| t["load"] == 1).count();
+        ensure(loaded == 6, || format!("{loaded} loaded rows, want 6"))?;
+        let j = &v["jobs"];
+        ensure(
+            j["jobs"] == 2 && j["speedup"].as_f64().is_some_and(|x| x > 0.0),
+            || format!("jobs section: {j}"),
         )?;
         for k in ["drain_micro", "launch", "rss", "goals"] {
             ensure(v[k].as_array().is_some_and(|a| !a.is_empty()), || {

@@ -18,6 +18,25 @@ pub enum Section {
     Launch,
     Rss,
     Qemu,
+    /// `campaign --jobs N` against `--jobs 1`: VMs per minute.
+    Jobs,
+}
+
+/// The host's online CPUs (at least 1).
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl BenchArgs {
+    /// `--load`, or one busy thread per CPU.
+    pub fn load(&self) -> usize {
+        self.load.unwrap_or_else(online_cpus)
+    }
+
+    /// `--jobs`, or one VM per CPU.
+    pub fn jobs(&self) -> usize {
+        self.jobs.unwrap_or_else(online_cpus).max(1)
+    }
 }
 
 /// `pinvmm bench` options.
@@ -29,6 +48,22 @@ pub struct BenchArgs {
     /// Repetitions of every row, interleaved round by round.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub reps: u32,
+    /// Busy threads (CPU-bound, in the bench's process) run beside a second set of touch rows:
+    /// the baselines and both models' pinning path under load, each against its quiet row
+    /// (default: one per CPU, 2x oversubscription with the VM's own threads; 0 = no loaded
+    /// rows).
+    #[arg(long, value_name = "N")]
+    pub load: Option<usize>,
+    /// Concurrent VMs of the jobs section's `campaign --jobs N`, compared with `--jobs 1`
+    /// (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// VMs per policy (none, mlock-drain) of each campaign of the jobs section.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub jobs_runs: u32,
+    /// Guest memory of the jobs section's memtouch VMs.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pub jobs_mem: u64,
     /// Fault-ahead values (pages) for the extra pinning rows; 0 = no extra rows.
     #[arg(
         long,

@@ -68,6 +68,7 @@ pub(super) fn launch_section(
         .map(|l| {
             let spec = TouchSpec {
                 name: l.name.into(),
+                load: 0,
                 backing: Backing::Shmem,
                 stage2: l.stage2,
                 policy: DrainPolicy::None,

@@ -13,9 +13,11 @@
 //! - **rss**: the VMM's resident memory besides guest memory (a `pinvmm run` child);
 //! - **qemu**: `qemu-system-x86_64 -accel kvm` on the same bare work (a BIOS image that
 //!   touches every page once, guest/src/qemu_rom.rs), next to pinvmm processes: launch to the
-//!   first guest output and to exit, and first-touch throughput (`qemu.rs`).
+//!   first guest output and to exit, and first-touch throughput (`qemu.rs`);
+//! - **jobs**: VMs per minute of `pinvmm campaign --jobs N` against `--jobs 1` (`jobs.rs`).
 //!
-//! The touch rows come in 4 KiB (shmem) and 2 MiB granules (hugetlb, shmem-thp backings).
+//! The touch rows come in 4 KiB (shmem) and 2 MiB granules (hugetlb, shmem-thp backings), and
+//! (`--load N`) once more with N busy threads beside them: loaded over quiet per path.
 //!
 //! Repetitions are interleaved (round 1 runs every row, then round 2, ...) so that drift of a
 //! shared machine hits every row alike; tables give medians.
@@ -23,6 +25,7 @@
 pub mod args;
 mod common;
 pub mod drain;
+pub mod jobs;
 pub mod launch;
 pub mod qemu;
 pub mod render;
@@ -69,6 +72,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport, (ExitCode, String)> {
         loadavg_after: String::new(),
         mem_bytes: a.mem,
         reps: a.reps,
+        load: if want(Section::Touch) { a.load() } else { 0 },
         fault_cpu: place.fault_cpu,
         pin_cpu: place.pin_cpu,
         fault_ahead: a.fault_ahead.clone(),
@@ -78,6 +82,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport, (ExitCode, String)> {
         launch: Vec::new(),
         rss: Vec::new(),
         qemu: None,
+        jobs: None,
         goals: Vec::new(),
         host_changes: Vec::new(),
         skipped: Vec::new(),
@@ -153,6 +158,9 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport, (ExitCode, String)> {
             Some(why) => qemu::not_measured(&a.qemu, a.mem, why),
             None => qemu_section(a, hugetlb_ok, &log)?,
         });
+    }
+    if want(Section::Jobs) {
+        r.jobs = Some(jobs::jobs_section(a, &log).map_err(bad)?);
     }
     if let Some(p) = &a.baseline {
         r.baseline = load_baseline(p).map_err(|e| (ExitCode::BadInput, e))?;

@@ -58,7 +58,7 @@ impl BenchReport {
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{}",
                 if base { "---|---|" } else { "" }
             );
-            for r in &self.touch {
+            for r in self.touch.iter().filter(|r| r.load == 0) {
                 let b = self.baseline_of(&r.name);
                 let _ = writeln!(
                     w,
@@ -90,6 +90,7 @@ impl BenchReport {
                 let _ = writeln!(w, "\nBaseline: {f}.");
             }
             let _ = writeln!(w);
+            self.loaded_table(w);
             let facts: Vec<&TouchRow> = self
                 .touch
                 .iter()
@@ -215,6 +216,35 @@ impl BenchReport {
         if let Some(q) = &self.qemu {
             q.human(w);
         }
+        if let Some(j) = &self.jobs {
+            let _ = writeln!(
+                w,
+                "Campaign throughput: `pinvmm campaign --jobs N` against `--jobs 1`, {} memtouch VMs of {} MiB per campaign ({}), {} rounds, the order flipped each round\n",
+                j.vms_per_campaign,
+                j.mem_bytes >> 20,
+                j.policies.join(", "),
+                self.reps
+            );
+            let _ = writeln!(
+                w,
+                "| --jobs | VMs/min (median) | wall s per campaign (each round) |"
+            );
+            let _ = writeln!(w, "|---|---|---|");
+            for (n, v) in [(1, j.vms_per_min_jobs1), (j.jobs, j.vms_per_min_jobs_n)] {
+                let walls: Vec<String> = j
+                    .samples
+                    .iter()
+                    .filter(|x| x.jobs == n)
+                    .map(|x| format!("{:.2}", x.wall_s))
+                    .collect();
+                let _ = writeln!(w, "| {n} | {v:.1} | {} |", walls.join(", "));
+            }
+            let _ = writeln!(
+                w,
+                "\n--jobs {} over --jobs 1: {:.2}x (median of the per-round ratios)\n",
+                j.jobs, j.speedup
+            );
+        }
         if !self.goals.is_empty() {
             let _ = writeln!(w, "Goals\n");
             let _ = writeln!(w, "| goal | target | measured | met |");
@@ -257,6 +287,63 @@ impl BenchReport {
             self.wall_s
         );
         s
+    }
+}
+
+impl BenchReport {
+    /// The loaded rows next to their quiet rows.
+    fn loaded_table(&self, w: &mut String) {
+        let loaded: Vec<&TouchRow> = self.touch.iter().filter(|r| r.load > 0).collect();
+        if loaded.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            w,
+            "First touch under load: {} busy threads (CPU-bound, in the bench's process) beside each VM, on {} CPUs; the same guest, µs per 4 KiB page (median of {} interleaved runs; loaded/quiet: median of the per-round ratios)\n",
+            self.load, self.host.online_cpus, self.reps
+        );
+        let _ = writeln!(
+            w,
+            "| path | quiet µs/page | loaded µs/page | min–max | loaded/quiet | × loaded uffd | × loaded kernel | run-queue wait µs/fault | resolve p50 µs | waits that slept at once |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
+        for r in loaded {
+            let base = r.name.strip_prefix("loaded:").unwrap_or(&r.name);
+            let quiet = self
+                .touch
+                .iter()
+                .find(|q| q.load == 0 && q.name == base)
+                .map(|q| us(q.us_per_page));
+            let wait: Vec<f64> = r
+                .samples
+                .iter()
+                .filter_map(|x| x.runq_wait_us_per_fault)
+                .collect();
+            let crowded: u64 = r.samples.iter().map(|x| x.crowded_waits).sum();
+            let _ = writeln!(
+                w,
+                "| {base} | {} | {} | {}–{} | {} | {:.2}x | {:.2}x | {} | {} | {} |",
+                quiet.unwrap_or_else(|| "-".into()),
+                us(r.us_per_page),
+                us(r.us_per_page_min),
+                us(r.us_per_page_max),
+                r.ratio_to_quiet.map_or("-".into(), |x| format!("{x:.2}x")),
+                r.ratio_to_uffd,
+                r.ratio_to_kernel,
+                if wait.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{:.1}", vmm::stats::median(&wait))
+                },
+                f(r.resolve_p50_us),
+                if r.stage2 == Stage2::Kernel {
+                    "-".into()
+                } else {
+                    crowded.to_string()
+                },
+            );
+        }
+        let _ = writeln!(w);
     }
 }
 

@@ -6,9 +6,10 @@ use vmm::Backing;
 use vmm::host::HostFacts;
 
 use super::drain::{DrainInVm, DrainMicro};
+use super::jobs::JobsSection;
 use super::launch::{LaunchRow, RssRow};
 use super::qemu::QemuSection;
-use super::touch::{TouchRow, paired, row_name};
+use super::touch::{TouchRow, loaded_name, paired, row_name};
 
 /// A performance goal and where this run stands.
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +31,8 @@ pub struct BenchReport {
     pub loadavg_after: String,
     pub mem_bytes: u64,
     pub reps: u32,
+    /// Busy threads beside the loaded touch rows (0: none measured).
+    pub load: usize,
     pub fault_cpu: usize,
     pub pin_cpu: usize,
     pub fault_ahead: Vec<u32>,
@@ -39,6 +42,7 @@ pub struct BenchReport {
     pub launch: Vec<LaunchRow>,
     pub rss: Vec<RssRow>,
     pub qemu: Option<QemuSection>,
+    pub jobs: Option<JobsSection>,
     pub goals: Vec<Goal>,
     /// Host settings the bench changed for the run (and restored), and rows it had to skip.
     pub host_changes: Vec<String>,
@@ -52,18 +56,41 @@ pub struct BenchReport {
 pub(super) fn goals(r: &BenchReport) -> Vec<Goal> {
     let mut g = Vec::new();
     let row = |n: &str| r.touch.iter().find(|t| t.name == n);
-    if let (Some(none), Some(uffd)) = (row("pin:none"), row("uffd")) {
-        let x = paired(none, uffd, |a, b| a / b);
-        g.push(Goal {
-            goal: "pin:none first touch vs bare userfaultfd (uffd), paired by round".into(),
-            target: "≤ 1.2x".into(),
-            measured: format!(
-                "{x:.2}x ({:.1} vs {:.1} µs/page)",
-                none.us_per_page, uffd.us_per_page
-            ),
-            met: x <= 1.2,
-        });
-    }
+    let vs = |g: &mut Vec<Goal>, a: &str, b: &str, what: &str, max: f64| {
+        if let (Some(x), Some(y)) = (row(a), row(b)) {
+            let r = paired(x, y, |a, b| a / b);
+            g.push(Goal {
+                goal: format!("{what}: {a} first touch vs {b}, paired by round"),
+                target: format!("≤ {max}x"),
+                measured: format!(
+                    "{r:.2}x ({:.1} vs {:.1} µs/page)",
+                    x.us_per_page, y.us_per_page
+                ),
+                met: r <= max,
+            });
+        }
+    };
+    vs(&mut g, "pin:none", "uffd", "quiet", 1.05);
+    vs(
+        &mut g,
+        "pin:none,fault-in=pin",
+        "uffd",
+        "quiet, pKVM-exact",
+        1.05,
+    );
+    let load = format!("loaded ({} busy threads)", r.load);
+    let (none, uffd) = (loaded_name("pin:none"), loaded_name("uffd"));
+    vs(&mut g, &none, &uffd, &load, 1.5);
+    vs(&mut g, &loaded_name("pin:mlock-drain"), &none, &load, 1.05);
+    let exact = loaded_name("pin:none,fault-in=pin");
+    vs(&mut g, &exact, &uffd, &format!("{load}, pKVM-exact"), 1.5);
+    vs(
+        &mut g,
+        &loaded_name("pin:mlock-drain,fault-in=pin"),
+        &exact,
+        &format!("{load}, pKVM-exact"),
+        1.05,
+    );
     let best_fa = r
         .touch
         .iter()
@@ -138,6 +165,21 @@ pub(super) fn goals(r: &BenchReport) -> Vec<Goal> {
             target: "≥ 20".into(),
             measured: format!("{:.1}", l.vms_per_s),
             met: l.vms_per_s >= 20.0,
+        });
+    }
+    if let Some(j) = &r.jobs {
+        g.push(Goal {
+            goal: format!(
+                "campaign --jobs {} vs --jobs 1, VMs per minute ({} MiB memtouch, paired by round)",
+                j.jobs,
+                j.mem_bytes >> 20
+            ),
+            target: "≥ 1.6x".into(),
+            measured: format!(
+                "{:.2}x ({:.0} vs {:.0} VMs/min)",
+                j.speedup, j.vms_per_min_jobs_n, j.vms_per_min_jobs1
+            ),
+            met: j.speedup >= 1.6,
         });
     }
     if let Some(x) = r.rss.iter().map(|x| x.vmm_rss_kb).max() {

@@ -2,6 +2,8 @@
 //! The touch section: first-touch cost of guest memory per stage-2 path, drain policy,
 //! fault-ahead and backing (4 KiB and 2 MiB granules); the VMs every section runs.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use guest::Payload;
@@ -19,6 +21,8 @@ use super::args::BenchArgs;
 #[derive(Debug, Clone, Serialize)]
 pub struct TouchRow {
     pub name: String,
+    /// Busy threads running beside the VM (0: a quiet row; see `pinvmm bench --load`).
+    pub load: usize,
     pub backing: Backing,
     /// Bytes resolved per fault (4096 or 2 MiB).
     pub granule_bytes: u64,
@@ -37,7 +41,10 @@ pub struct TouchRow {
     pub ratio_to_kernel: f64,
     /// Over the `kernel` row of the same backing (KVM's own fault at the same granule).
     pub ratio_to_backing_kernel: Option<f64>,
+    /// Over the `uffd` row of the same load.
     pub ratio_to_uffd: f64,
+    /// A loaded row over its quiet row (median of the per-round ratios).
+    pub ratio_to_quiet: Option<f64>,
     pub fault_p50_us: Option<f64>,
     pub fault_p99_us: Option<f64>,
     pub resolve_p50_us: Option<f64>,
@@ -63,6 +70,10 @@ pub struct TouchSample {
     pub resolve_p50_us: f64,
     pub pin_p50_us: f64,
     pub drain_ns: u64,
+    /// Waits of the resolver threads that slept at once (more runnable tasks than CPUs).
+    pub crowded_waits: u64,
+    /// Run-queue wait of the vCPU and resolver threads, µs per fault.
+    pub runq_wait_us_per_fault: Option<f64>,
     /// What the host really used (report.granule).
     pub kvm_pages_4k: Option<u64>,
     pub kvm_pages_2m: Option<u64>,
@@ -72,6 +83,7 @@ pub struct TouchSample {
 
 pub(super) struct TouchSpec {
     pub(super) name: String,
+    pub(super) load: usize,
     pub(super) backing: Backing,
     pub(super) stage2: Stage2,
     pub(super) policy: DrainPolicy,
@@ -88,9 +100,20 @@ pub(super) fn row_name(backing: Backing, base: &str) -> String {
     }
 }
 
-pub(super) fn touch_specs(fault_ahead: &[u32], backings: &[Backing]) -> Vec<TouchSpec> {
+/// The name of a row measured with busy threads beside it.
+pub(super) fn loaded_name(base: &str) -> String {
+    format!("loaded:{base}")
+}
+
+/// Every row: the quiet ones, then (with `load` busy threads) the loaded ones.
+pub(super) fn touch_specs(
+    fault_ahead: &[u32],
+    backings: &[Backing],
+    load: usize,
+) -> Vec<TouchSpec> {
     let s = |backing, name: &str, stage2, policy, fault_in, fa| TouchSpec {
         name: row_name(backing, name),
+        load: 0,
         backing,
         stage2,
         policy,
@@ -120,14 +143,17 @@ pub(super) fn touch_specs(fault_ahead: &[u32], backings: &[Backing]) -> Vec<Touc
             0,
         ));
     }
-    v.push(s(
-        sh,
-        "pin:none,fault-in=pin",
-        Stage2::Pin,
-        none,
-        FaultIn::Pin,
-        0,
-    ));
+    // pKVM-exact: the pin faults the page in itself.
+    for p in [DrainPolicy::None, DrainPolicy::MlockDrain] {
+        v.push(s(
+            sh,
+            &format!("pin:{},fault-in=pin", p.name()),
+            Stage2::Pin,
+            p,
+            FaultIn::Pin,
+            0,
+        ));
+    }
     for &k in fault_ahead.iter().filter(|&&k| k > 0) {
         for p in [DrainPolicy::None, DrainPolicy::MlockDrain] {
             v.push(s(
@@ -157,8 +183,35 @@ pub(super) fn touch_specs(fault_ahead: &[u32], backings: &[Backing]) -> Vec<Touc
             v.push(s(b, &format!("pin:{}", p.name()), Stage2::Pin, p, touch, 0));
         }
     }
+    // Under load: the baselines and both models' pinning path with and without the drain.
+    if load > 0 {
+        let quiet: Vec<TouchSpec> = v
+            .iter()
+            .filter(|t| t.backing == sh && LOADED_ROWS.contains(&t.name.as_str()))
+            .map(|t| TouchSpec {
+                name: loaded_name(&t.name),
+                load,
+                backing: t.backing,
+                stage2: t.stage2,
+                policy: t.policy,
+                fault_in: t.fault_in,
+                fault_ahead: t.fault_ahead,
+            })
+            .collect();
+        v.extend(quiet);
+    }
     v
 }
+
+/// The rows measured again under load.
+const LOADED_ROWS: [&str; 6] = [
+    "kernel",
+    "uffd",
+    "pin:none",
+    "pin:mlock-drain",
+    "pin:none,fault-in=pin",
+    "pin:mlock-drain,fault-in=pin",
+];
 
 /// Makes a huge page backing usable for the run: nothing to do when the host already offers
 /// it; as root, a [`HostSetting`] that raises the hugetlb pool or allows shmem THP until it is
@@ -267,37 +320,29 @@ pub(super) fn touch_section(
         }
     }
     let host = &HostLimits::probe();
-    let specs = touch_specs(&a.fault_ahead, &usable);
+    let specs = touch_specs(&a.fault_ahead, &usable, a.load());
     let cfgs: Vec<VmConfig> = specs
         .iter()
         .map(|s| vm_config(Payload::Memtouch, a.mem, host, s))
         .collect::<Result<_, _>>()?;
     let mut samples: Vec<Vec<TouchSample>> = vec![Vec::new(); specs.len()];
-    for round in 0..a.reps {
-        // Rotate the starting row each round: position effects spread over the rows too.
-        for k in 0..specs.len() {
-            let i = (k + round as usize) % specs.len();
-            let r = run_vm(&cfgs[i], &specs[i].name)?;
-            let t = &r.timing;
-            let res = r.resolver.clone().unwrap_or_default();
-            samples[i].push(TouchSample {
-                us_per_page: t
-                    .first_touch_us_per_page
-                    .ok_or_else(|| format!("{}: no first-touch marks", specs[i].name))?,
-                guest_us_per_touched_page: t.guest_us_per_touched_page,
-                setup_ms: t.setup_ms,
-                faults: res.faults,
-                pins: res.pins.ok,
-                fault_p50_us: res.fault_latency.p50_us,
-                fault_p99_us: res.fault_latency.p99_us,
-                resolve_p50_us: res.resolve_latency.p50_us,
-                pin_p50_us: res.pin_latency.p50_us,
-                drain_ns: res.drain.total_ns,
-                kvm_pages_4k: r.granule.kvm_pages_4k,
-                kvm_pages_2m: r.granule.kvm_pages_2m,
-                resident_granules: r.granule.resident_granules,
-                huge_folio_granules: r.granule.huge_folio_granules,
-            });
+    let quiet: Vec<usize> = (0..specs.len()).filter(|&i| specs[i].load == 0).collect();
+    let loaded: Vec<usize> = (0..specs.len()).filter(|&i| specs[i].load > 0).collect();
+    for round in 0..a.reps as usize {
+        // Quiet rows, then the loaded ones with the busy threads running; the starting row
+        // of each group rotates each round, so position effects spread over the rows too.
+        for group in [&quiet, &loaded] {
+            let _busy = match group.first() {
+                Some(&i) if specs[i].load > 0 => Some(Busy::start(specs[i].load)),
+                _ => None,
+            };
+            for k in 0..group.len() {
+                let i = group[(k + round) % group.len()];
+                samples[i].push(touch_sample(
+                    &run_vm(&cfgs[i], &specs[i].name)?,
+                    &specs[i].name,
+                )?);
+            }
         }
         log(&format!("touch: round {}/{} done", round + 1, a.reps));
     }
@@ -305,10 +350,16 @@ pub(super) fn touch_section(
         .iter()
         .map(|s| med_of(s, |x| x.us_per_page))
         .collect();
-    let of = |name: &str| specs.iter().position(|s| s.name == name).map(|i| med_us[i]);
-    let kernel = of("kernel").unwrap_or(f64::NAN);
-    let uffd = of("uffd").unwrap_or(f64::NAN);
-    Ok(specs
+    let of = |name: &str| specs.iter().position(|s| s.name == name);
+    let med = |name: &str| of(name).map(|i| med_us[i]);
+    let at_load = |spec: &TouchSpec, base: &str| {
+        if spec.load > 0 {
+            loaded_name(base)
+        } else {
+            base.to_owned()
+        }
+    };
+    let rows: Vec<TouchRow> = specs
         .iter()
         .zip(samples)
         .zip(med_us.iter().copied())
@@ -319,8 +370,11 @@ pub(super) fn touch_section(
                 let v: Vec<f64> = s.iter().filter_map(part).collect();
                 (!v.is_empty()).then(|| median(&v))
             };
+            let kernel = med(&at_load(spec, "kernel")).unwrap_or(f64::NAN);
+            let uffd = med(&at_load(spec, "uffd")).unwrap_or(f64::NAN);
             TouchRow {
                 name: spec.name.clone(),
+                load: spec.load,
                 backing: spec.backing,
                 granule_bytes: spec.backing.granule(),
                 stage2: spec.stage2,
@@ -334,8 +388,11 @@ pub(super) fn touch_section(
                 us_per_page_max: s.iter().map(|x| x.us_per_page).fold(0.0, f64::max),
                 gib_per_s: PAGE_SIZE as f64 / us / 1e3 / 1.073_741_824,
                 ratio_to_kernel: us / kernel,
-                ratio_to_backing_kernel: of(&row_name(spec.backing, "kernel")).map(|k| us / k),
+                ratio_to_backing_kernel: (spec.load == 0)
+                    .then(|| med(&row_name(spec.backing, "kernel")).map(|k| us / k))
+                    .flatten(),
                 ratio_to_uffd: us / uffd,
+                ratio_to_quiet: None,
                 fault_p50_us: resolved.then(|| med_of(&s, |x| x.fault_p50_us)),
                 fault_p99_us: resolved.then(|| med_of(&s, |x| x.fault_p99_us)),
                 resolve_p50_us: resolved.then(|| med_of(&s, |x| x.resolve_p50_us)),
@@ -355,7 +412,97 @@ pub(super) fn touch_section(
                 samples: s,
             }
         })
+        .collect();
+    // Loaded over quiet, round by round.
+    let quiet_of = |r: &TouchRow| {
+        let base = r.name.strip_prefix("loaded:")?;
+        rows.iter().find(|q| q.load == 0 && q.name == base)
+    };
+    let ratios: Vec<Option<f64>> = rows
+        .iter()
+        .map(|r| quiet_of(r).map(|q| paired(r, q, |a, b| a / b)))
+        .collect();
+    Ok(rows
+        .into_iter()
+        .zip(ratios)
+        .map(|(r, q)| TouchRow {
+            ratio_to_quiet: q,
+            ..r
+        })
         .collect())
+}
+
+/// One VM's first-touch figures from its report.
+fn touch_sample(r: &Report, name: &str) -> Result<TouchSample, String> {
+    let t = &r.timing;
+    let res = r.resolver.clone().unwrap_or_default();
+    let faults = res.faults.max(1) as f64;
+    let waits: Vec<u64> = res
+        .threads
+        .iter()
+        .chain(r.vcpus.iter().filter_map(|v| v.sched.as_ref()))
+        .map(|s| s.runq_wait_ns)
+        .collect();
+    Ok(TouchSample {
+        us_per_page: t
+            .first_touch_us_per_page
+            .ok_or_else(|| format!("{name}: no first-touch marks"))?,
+        guest_us_per_touched_page: t.guest_us_per_touched_page,
+        setup_ms: t.setup_ms,
+        faults: res.faults,
+        pins: res.pins.ok,
+        fault_p50_us: res.fault_latency.p50_us,
+        fault_p99_us: res.fault_latency.p99_us,
+        resolve_p50_us: res.resolve_latency.p50_us,
+        pin_p50_us: res.pin_latency.p50_us,
+        drain_ns: res.drain.total_ns,
+        crowded_waits: res.crowded_waits,
+        runq_wait_us_per_fault: (res.faults > 0 && !waits.is_empty())
+            .then(|| waits.iter().sum::<u64>() as f64 / 1e3 / faults),
+        kvm_pages_4k: r.granule.kvm_pages_4k,
+        kvm_pages_2m: r.granule.kvm_pages_2m,
+        resident_granules: r.granule.resident_granules,
+        huge_folio_granules: r.granule.huge_folio_granules,
+    })
+}
+
+/// `n` threads that do nothing but spin (each a CPU-bound task, like `sh -c 'while :; do :;
+/// done'`), in this process, so in the VMs' scheduling group: the load of `--load`. They stop
+/// when this is dropped.
+pub(super) struct Busy {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Busy {
+    pub(super) fn start(n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .filter_map(|i| {
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name(format!("bench-busy{i}"))
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::hint::spin_loop();
+                        }
+                    })
+                    .ok()
+            })
+            .collect();
+        // Let the scheduler spread them before the first VM starts.
+        std::thread::sleep(Duration::from_millis(50));
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Median over rounds of `f(a, b)` on the two rows' first-touch µs/page of the same round:
@@ -377,7 +524,7 @@ mod tests {
     #[test]
     fn every_row_has_a_distinct_name_and_baselines_come_first() {
         let all = [Backing::Shmem, Backing::Hugetlb, Backing::ShmemThp];
-        let v = touch_specs(&[0, 8, 64], &all);
+        let v = touch_specs(&[0, 8, 64], &all, 0);
         assert_eq!(v[0].name, "kernel");
         assert_eq!(v[2].name, "uffd");
         let mut names: Vec<_> = v.iter().map(|s| s.name.clone()).collect();
@@ -387,9 +534,22 @@ mod tests {
         assert!(names.contains(&"pin:mlock-drain,fa=64".to_owned()));
         assert!(names.contains(&"hugetlb:pin:lru-add-drain".to_owned()));
         assert!(names.contains(&"shmem-thp:kernel".to_owned()));
-        assert_eq!(touch_specs(&[0], &[Backing::Shmem]).len(), 8);
-        // 8 + 4 fault-ahead rows at 4 KiB, 7 hugetlb rows, 4 shmem-thp rows.
-        assert_eq!(v.len(), 8 + 4 + 7 + 4);
+        assert_eq!(touch_specs(&[0], &[Backing::Shmem], 0).len(), 9);
+        // 9 + 4 fault-ahead rows at 4 KiB, 7 hugetlb rows, 4 shmem-thp rows.
+        assert_eq!(v.len(), 9 + 4 + 7 + 4);
+        // Under load: six more, each named after its quiet row, after every quiet row.
+        let l = touch_specs(&[0], &[Backing::Shmem], 2);
+        assert_eq!(l.len(), 9 + 6);
+        assert!(l[..9].iter().all(|s| s.load == 0));
+        assert!(
+            l[9..]
+                .iter()
+                .all(|s| s.load == 2 && s.name.starts_with("loaded:"))
+        );
+        for s in &l[9..] {
+            let q = s.name.strip_prefix("loaded:").unwrap();
+            assert!(l.iter().any(|x| x.load == 0 && x.name == q), "{q}");
+        }
         assert!(
             v.iter()
                 .all(|s| s.backing.granule() == 4096 || !s.name.contains("fa="))
