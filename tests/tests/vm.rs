@@ -155,6 +155,14 @@ fn matrix() -> Vec<Trial> {
                         DrainPolicy::None | DrainPolicy::Retry => {
                             d.local_drains == 0 && d.all_drains == 0
                         }
+                        // With `--fault-in pin` a fresh page is faulted in by the pin, on the
+                        // pin CPU: only the faults handed to the fault CPU (pages the loader
+                        // wrote or staged) have a fault-in there to drain after.
+                        DrainPolicy::MlockDrain if fault_in == FaultIn::Pin => {
+                            d.local_drains == res.fault_cpu_handoffs
+                                && res.fault_cpu_handoffs < res.faults
+                                && d.all_drains == 0
+                        }
                         DrainPolicy::MlockDrain => {
                             d.local_drains == res.faults - res.repeat_faults && d.all_drains == 0
                         }
