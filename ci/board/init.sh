@@ -1,5 +1,5 @@
 #!/bin/busybox sh
-# /init of the emulated arm64 board (ci/board/run copies this into the initramfs).
+# /init of the emulated arm64 and x86_64 boards (ci/board/run copies this into the initramfs).
 # Prints board facts, runs /pinvmm/cmd.sh in /results, then sends the exit code and a
 # base64 tar.gz of /results to the host between @@PINVMM markers, and powers off.
 /bin/busybox --install -s /bin
@@ -18,9 +18,25 @@ mount -t tmpfs tmpfs /results
 up() { cut -d' ' -f1 /proc/uptime; }
 fact() { echo "@@PINVMM fact $1=$2"; }
 fact init_uptime "$(up)"
+# Kernel modules the host put in /lib/modules/pinvmm (x86: kvm_amd and its dependencies), in
+# the order of /lib/modules/pinvmm/order (dependencies first).
+if [ -f /lib/modules/pinvmm/order ]; then
+  for m in $(cat /lib/modules/pinvmm/order); do
+    insmod "/lib/modules/pinvmm/$m.ko" || echo "@@PINVMM insmod $m failed"
+  done
+  fact modules "$(echo $(cat /lib/modules/pinvmm/order))"
+  fact modules_uptime "$(up)"
+fi
 fact kernel "$(uname -r)"
 fact cmdline "$(cat /proc/cmdline)"
-fact kvm_mode "$(dmesg | grep -E 'kvm \[[0-9]+\]: .*(mode initialized|error|disabled|not available)' | head -1 | sed 's/.*kvm \[[0-9]*\]: //')"
+if [ "$(uname -m)" = x86_64 ]; then
+  # x86: "svm" or "vmx" and what kvm_amd / kvm_intel said about nesting and nested paging.
+  k=$(dmesg | sed -En 's/.*(kvm_amd|kvm_intel): //p' | grep -iE 'nested|paging|ept|disabled|not supported|error' | tr '\n' ';' | sed 's/;$//')
+  grep -qw svm /proc/cpuinfo && v=svm || { grep -qw vmx /proc/cpuinfo && v=vmx || v=none; }
+  fact kvm_mode "$v: $k"
+else
+  fact kvm_mode "$(dmesg | grep -E 'kvm \[[0-9]+\]: .*(mode initialized|error|disabled|not available)' | head -1 | sed 's/.*kvm \[[0-9]*\]: //')"
+fi
 fact dev_kvm "$([ -c /dev/kvm ] && echo yes || echo no)"
 fact movable_mib "$(awk '/^Node/ {z = $4} z == "Movable" && $1 == "present" {print int($2 / 256); exit}' /proc/zoneinfo)"
 fact cma_total "$(awk '/^CmaTotal/ {print $2 " " $3}' /proc/meminfo)"

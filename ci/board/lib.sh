@@ -20,6 +20,30 @@ declare -A KPKG=(
 declare -A KSUITE=([6.1]=bookworm-security [6.12.43]=bookworm-backports
                    [6.12.118]=trixie-security [7.3]=trixie-backports)
 KERNEL_NAMES="6.1 6.12.43 6.12.118 7.3"
+# The x86_64 board (ci/board/run --arch amd64): the same kernel versions as Debian amd64 packages.
+# Their KVM (kvm_amd) is a module: the board loads it and its dependencies from the package.
+declare -A KPKG_AMD64=(
+  [6.1]=linux-image-6.1.0-57-amd64-unsigned          # bookworm-security, 6.1.192, has the upstream GUP fix
+  [6.12.43]=linux-image-6.12.43+deb12-amd64          # bookworm-backports, WITHOUT the GUP fix
+  [6.12.118]=linux-image-6.12.118+deb13-amd64-unsigned # trixie-security, fixed
+)
+# shellcheck disable=SC2034  # read by the scripts that source this file
+declare -A KSUITE_AMD64=([6.1]=bookworm-security [6.12.43]=bookworm-backports [6.12.118]=trixie-security)
+KERNEL_NAMES_AMD64="6.1 6.12.43 6.12.118"
+
+# board_arch ARCH — the board's architecture, normalized (arm64|amd64), or die.
+board_arch() {
+  case $1 in
+    arm64|aarch64) echo arm64 ;;
+    amd64|x86_64|x86) echo amd64 ;;
+    *) die "unknown architecture '$1' (arm64 or amd64)" ;;
+  esac
+}
+# kernel_names ARCH — the board kernel names of ARCH.
+kernel_names() { if [ "$(board_arch "$1")" = amd64 ]; then echo "$KERNEL_NAMES_AMD64"; else echo "$KERNEL_NAMES"; fi; }
+# kernel_pkg ARCH NAME / kernel_suite ARCH NAME — the Debian package of a board kernel (empty: unknown).
+kernel_pkg() { if [ "$(board_arch "$1")" = amd64 ]; then echo "${KPKG_AMD64[$2]:-}"; else echo "${KPKG[$2]:-}"; fi; }
+kernel_suite() { if [ "$(board_arch "$1")" = amd64 ]; then echo "${KSUITE_AMD64[$2]:-}"; else echo "${KSUITE[$2]:-}"; fi; }
 
 log() { printf '%s: %s\n' "${PROG:-board}" "$*" >&2; }
 die() { printf '%s: error: %s\n' "${PROG:-board}" "$*" >&2; exit "${DIE_RC:-1}"; }
@@ -101,7 +125,9 @@ ensure_commands() {
 }
 
 # apt sources for bookworm(-backports/-security) and trixie(-security/-backports), arm64 (plus
-# amd64 for the host's own backports, for QEMU), pinned low so the host is never upgraded from them.
+# amd64 for the host's own backports, for QEMU and the x86 board's 6.12.43, and for
+# trixie-security, for the x86 board's 6.12.118), pinned low so the host is never upgraded from
+# them (trixie* at 1: only a package no other suite has, named explicitly, comes from there).
 ensure_apt_sources() {
   local mirror host s entries="" changed=0
   mirror=$(host_mirror)
@@ -113,6 +139,7 @@ ensure_apt_sources() {
     local uri=$mirror archs=arm64
     case $s in *-security) uri=${mirror%/debian}/debian-security ;; esac
     [ "$s" = "$host-backports" ] && archs="amd64 arm64"
+    [ "$s" = trixie-security ] && archs="amd64 arm64"   # amd64 kernels for the x86 board
     entries+="Types: deb
 URIs: $uri
 Suites: $s
@@ -123,7 +150,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 "
   done
   local src="# Written by pinvmm ci/board (lib.sh): arm64 kernels + busybox for the emulated board,
-# QEMU from backports. Pinned low in $APT_PREFS.
+# amd64 kernels for the x86 board, QEMU from backports. Pinned low in $APT_PREFS.
 
 $entries"
   local prefs="# Written by pinvmm ci/board (lib.sh): never upgrade the host from these suites.
@@ -188,9 +215,10 @@ apt_fetch_locked() {
       local name=${pkg%%:*} series
       series=$(sed -E 's/^([a-z-]+-[0-9]+\.[0-9]+\.).*/\1/' <<<"$name")
       { echo "apt-cache policy $pkg:"; apt-cache policy "$pkg"
-        echo "apt-cache madison of the packages named like '$series*' for arm64 (newest last):"
-        apt-cache search --names-only "^${series//./\\.}" | cut -d' ' -f1 | grep -- '-arm64' | grep -vE 'dbg|cloud|rt-arm64|16k' |
-          sort -V | tail -n 6 | xargs -r apt-cache madison | grep arm64 || true
+        local ka=arm64; [ "$arch" = '*' ] || ka=$arch
+        echo "apt-cache madison of the packages named like '$series*' for $ka (newest last):"
+        apt-cache search --names-only "^${series//./\\.}" | cut -d' ' -f1 | grep -- "-$ka" | grep -vE "dbg|cloud|rt-$ka|16k" |
+          sort -V | tail -n 6 | xargs -r apt-cache madison | grep "$ka" || true
       } >&2 2>&1
       die "cannot download $pkg: it is not in the configured archives (moved or removed?).
   If the archive now has a newer ABI (see above), put its name into KPKG in ci/board/lib.sh."
@@ -204,27 +232,75 @@ apt_fetch_locked() {
   echo "$(basename "$deb")" > "$dir/.unpacked"
 }
 
-# kernel_image NAME|PATH — prints the path of the arm64 Image (fetching it if needed).
+# kernel_image NAME|PATH [ARCH] — prints the path of the board kernel (arm64: the Image, default;
+# amd64: the bzImage), fetching its package if needed.
 kernel_image() {
-  local name=$1
+  local name=$1 arch; arch=$(board_arch "${2:-arm64}")
   if [ -f "$name" ]; then
-    case "$(file -L "$name")" in
-      *"ARM64 boot executable Image"*|*"gzip compressed"*) echo "$name"; return ;;
-      *) die "$name is not an arm64 kernel Image: $(file -Lb "$name")" ;;
+    case "$arch:$(file -L "$name")" in
+      arm64:*"ARM64 boot executable Image"*|arm64:*"gzip compressed"*) echo "$name"; return ;;
+      amd64:*"Linux kernel x86 boot executable bzImage"*) echo "$name"; return ;;
+      arm64:*) die "$name is not an arm64 kernel Image: $(file -Lb "$name")" ;;
+      *) die "$name is not an x86 bzImage: $(file -Lb "$name")" ;;
     esac
   fi
-  [ -n "${KPKG[$name]:-}" ] || die "unknown kernel '$name' (known: $KERNEL_NAMES, or a path to an Image)"
+  local pkg; pkg=$(kernel_pkg "$arch" "$name")
+  [ -n "$pkg" ] || die "unknown $arch kernel '$name' (known: $(kernel_names "$arch"), or a path to an $([ "$arch" = amd64 ] && echo bzImage || echo Image))"
   local dir=$BOARD_CACHE/kernels/$name img
-  apt_fetch "${KPKG[$name]}:arm64" "$dir"
+  [ "$arch" = arm64 ] || dir=$BOARD_CACHE/kernels-$arch/$name
+  apt_fetch "$pkg:$arch" "$dir"
   img=$(ls "$dir"/boot/vmlinuz-* "$dir"/usr/lib/modules/*/vmlinuz 2>/dev/null | head -1 || true)
-  [ -n "$img" ] || die "no vmlinuz in $dir (package ${KPKG[$name]} changed its layout?)"
+  [ -n "$img" ] || die "no vmlinuz in $dir (package $pkg changed its layout?)"
   echo "$img"
 }
 
+# kernel_modules IMAGE MODULE... — the .ko files (decompressed, in load order: dependencies
+# first) of MODULE... and everything they depend on, from the kernel package IMAGE came from
+# (its usr/lib/modules/VERSION/). Prints one path per line; they are cached next to the package
+# (DIR/.ko/). Dependencies come from each module's own modinfo 'depends=' field (Debian's
+# packages ship no modules.dep). Dies if a module is not in the package.
+kernel_modules() {
+  local image=$1; shift
+  local pkgdir moddir out ver
+  pkgdir=$(cd "$(dirname "$image")/.." && pwd)          # DIR/boot/vmlinuz-VER -> DIR
+  ver=$(basename "$image"); ver=${ver#vmlinuz-}
+  moddir=$pkgdir/usr/lib/modules/$ver
+  [ -d "$moddir" ] || moddir=$pkgdir/lib/modules/$ver
+  [ -d "$moddir" ] || die "no modules directory for $ver in $pkgdir (a self-built kernel? build KVM in: CONFIG_KVM=y, CONFIG_KVM_AMD=y)"
+  out=$pkgdir/.ko; mkdir -p "$out"
+  local -A seen=()
+  local order=()
+  add_module() {   # depth-first: dependencies first
+    local m=${1//-/_} f dep deps
+    [ -z "${seen[$m]:-}" ] || return 0
+    seen[$m]=1
+    f=$(find "$moddir" \( -name "$m.ko*" -o -name "${m//_/-}.ko*" \) | head -1)
+    [ -n "$f" ] || die "module $m is not in $moddir"
+    if [ ! -f "$out/$m.ko" ]; then
+      case $f in
+        *.ko.xz) xz -dc "$f" > "$out/$m.ko.tmp" ;;
+        *.ko.zst) zstd -qdc "$f" > "$out/$m.ko.tmp" ;;
+        *.ko.gz) gzip -dc "$f" > "$out/$m.ko.tmp" ;;
+        *) cp "$f" "$out/$m.ko.tmp" ;;
+      esac
+      mv "$out/$m.ko.tmp" "$out/$m.ko"
+    fi
+    deps=$(tr '\0' '\n' < "$out/$m.ko" | sed -n 's/^depends=//p' | head -1)
+    for dep in ${deps//,/ }; do add_module "$dep"; done
+    order+=("$out/$m.ko")
+  }
+  local m
+  for m; do add_module "$m"; done
+  printf '%s\n' "${order[@]}"
+}
+
+# busybox_bin [ARCH] — a static busybox for the board (default arm64).
 busybox_bin() {
-  local dir=$BOARD_CACHE/busybox-static
-  apt_fetch busybox-static:arm64 "$dir"
-  [ -x "$dir/bin/busybox" ] || die "no bin/busybox in busybox-static:arm64"
+  local arch dir; arch=$(board_arch "${1:-arm64}")
+  dir=$BOARD_CACHE/busybox-static
+  [ "$arch" = arm64 ] || dir=$BOARD_CACHE/busybox-static-$arch
+  apt_fetch "busybox-static:$arch" "$dir"
+  [ -x "$dir/bin/busybox" ] || die "no bin/busybox in busybox-static:$arch"
   echo "$dir/bin/busybox"
 }
 
