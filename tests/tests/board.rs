@@ -21,6 +21,12 @@
 //! signature), and a small `campaign --trace` gives every terminated VM's failure its PFN,
 //! zone, flags, CPUs, verdict and the kernel's own migrate event. About a minute and a half.
 //!
+//! The x86_64 board (ci/board/run --arch amd64: QEMU TCG's AMD SVM with nested paging, Debian's
+//! amd64 6.12.118 with kvm_amd) gets the same smoke trial with a static x86_64 pinvmm
+//! (ci/toolchain/static-x86_64): memtouch under every policy, `probe` (backend svm) and
+//! `gup-check`; and an x86 Linux trial: Debian's amd64 bzImage under pinvmm in that board
+//! (`ci/board/linux-smoke --arch amd64`, the same small workload).
+//!
 //! Where the tools cannot be had, the test is skipped LOUDLY (counted as ignored); with
 //! PINVMM_REQUIRE_BOARD=1 (.ci/run) that is a failure. PINVMM_SKIP_BOARD=1 skips it on purpose.
 
@@ -361,6 +367,205 @@ fn board_trial(name: String, body: fn(&Path) -> Result<(), Failed>) -> Trial {
     .with_kind("board")
 }
 
+// ---- the x86_64 board: QEMU TCG's AMD SVM with nested paging, Debian amd64 kernels with kvm_amd
+// (ci/board/run --arch amd64). x86 has no pKVM: ordinary VMs whose faults the resolver pins.
+
+/// The x86 board's kernel: Debian's amd64 6.12.118 (fixed), so every policy must complete.
+const X86_KERNEL: &str = "6.12.118";
+
+/// What the x86 board needs; Err(reason) when it cannot be had here.
+fn prepare_x86() -> Result<PathBuf, String> {
+    let r = root();
+    sh(
+        Command::new(r.join("ci/toolchain/static-x86_64"))
+            .arg("--setup")
+            .current_dir(&r),
+        "static x86_64 toolchain check",
+    )?;
+    sh(
+        Command::new(r.join("ci/board/setup"))
+            .args(["--arch", "amd64", X86_KERNEL])
+            .current_dir(&r),
+        "x86 board setup",
+    )?;
+    let out = sh(
+        Command::new(r.join("ci/toolchain/static-x86_64"))
+            .args(["--release", "--", "-p", "pinvmm", "--bin", "pinvmm"])
+            .current_dir(&r),
+        "static x86_64 build",
+    )?;
+    let bin = PathBuf::from(out.lines().last().unwrap_or_default().trim());
+    if !bin.exists() {
+        return Err(format!("static x86_64 build printed no binary path: {out}"));
+    }
+    Ok(bin)
+}
+
+fn x86_smoke(bin: &Path) -> Result<(), Failed> {
+    let r = root();
+    let results = r.join("target/board-results/x86-smoke");
+    let script = format!(
+        "for p in {}; do pinvmm run --mem 4M --policy $p --timeout 240 --quiet --json $p.json; echo \"$p $?\" >> codes.txt; done; \
+         pinvmm probe --json probe.json > probe.txt; pinvmm gup-check --pages 512 --rounds 1 > gup.ktap; echo \"gup $?\" >> codes.txt",
+        POLICIES.join(" ")
+    );
+    let st = Command::new(r.join("ci/board/run"))
+        .args([
+            "--arch",
+            "amd64",
+            "--kernel",
+            X86_KERNEL,
+            "--memory",
+            "movable",
+            "--timeout",
+            "900",
+            "--bin",
+        ])
+        .arg(bin)
+        .arg("--results")
+        .arg(&results)
+        .args(["--", "sh", "-c", &script])
+        .current_dir(&r)
+        .status()
+        .map_err(|e| format!("ci/board/run: {e}"))?;
+    ensure(st.code() == Some(0), || {
+        format!(
+            "x86 board run exited with {st} (125 = the board itself failed; see {}/console.log)",
+            results.display()
+        )
+    })?;
+    let read = |f: &str| std::fs::read_to_string(results.join(f)).map_err(|e| format!("{f}: {e}"));
+    let codes = read("codes.txt")?;
+    println!("x86 board ({X86_KERNEL}, svm, movable) exit codes:\n{codes}");
+    for p in POLICIES {
+        let rep: serde_json::Value = serde_json::from_str(&read(&format!("{p}.json"))?)
+            .map_err(|e| format!("{p}.json: {e}"))?;
+        let pins = &rep["resolver"]["pins"];
+        println!(
+            "  {p}: {} — pins ok {} failed {}",
+            rep["summary"], pins["ok"], pins["failed"]
+        );
+        ensure(rep["outcome"] == "completed", || {
+            format!(
+                "{p}: outcome {} on the fixed kernel: {}",
+                rep["outcome"], rep["summary"]
+            )
+        })?;
+        ensure(pins["ok"].as_u64() > Some(0) && pins["failed"] == 0, || {
+            format!("{p}: pins {pins}")
+        })?;
+        ensure(rep["host"]["movable_bytes"].as_u64() > Some(0), || {
+            format!("{p}: no ZONE_MOVABLE on the x86 board")
+        })?;
+    }
+    let probe: serde_json::Value =
+        serde_json::from_str(&read("probe.json")?).map_err(|e| format!("probe.json: {e}"))?;
+    let backend = probe["host"]["kvm_backend"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    println!(
+        "  probe: KVM {backend}; fix by version {}; movable {} MiB",
+        probe["host"]["gup_fix"],
+        probe["host"]["movable_bytes"].as_u64().unwrap_or(0) >> 20
+    );
+    ensure(backend.contains("svm"), || {
+        format!("probe does not report an SVM backend: {backend}")
+    })?;
+    ensure(probe["host"]["gup_fix"] == "fixed", || {
+        format!(
+            "probe: fix status {} on {X86_KERNEL}",
+            probe["host"]["gup_fix"]
+        )
+    })?;
+    let ktap = read("gup.ktap")?;
+    ensure(
+        ktap.contains("\nok 1 ") && !ktap.contains("not ok") && !ktap.contains("SKIP"),
+        || format!("gup-check on the x86 board ({X86_KERNEL}):\n{ktap}"),
+    )?;
+    Ok(())
+}
+
+/// The x86 Linux trial: Debian's amd64 bzImage of the board kernel under pinvmm in the x86 board.
+const X86_LINUX_POLICY: &str = "mlock-drain";
+
+fn x86_linux_guest() -> Result<(), Failed> {
+    let r = root();
+    let results = r.join("target/board-results/x86-linux-smoke-test");
+    let st = Command::new(r.join("ci/board/linux-smoke"))
+        .args([
+            "--arch",
+            "amd64",
+            "--kernel",
+            X86_KERNEL,
+            "--policy",
+            X86_LINUX_POLICY,
+        ])
+        .args(LINUX_ARGS)
+        .arg("--results")
+        .arg(&results)
+        .current_dir(&r)
+        .status()
+        .map_err(|e| format!("ci/board/linux-smoke --arch amd64: {e}"))?;
+    let json = results.join(format!("{X86_LINUX_POLICY}.json"));
+    let rep: serde_json::Value = std::fs::read_to_string(&json)
+        .map_err(|e| format!("{}: {e} (linux-smoke exited {st})", json.display()))
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("{}: {e}", json.display())))?;
+    let l = &rep["linux"];
+    let pins = &rep["resolver"]["pins"];
+    let unmapped: u64 = rep["vcpus"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|c| c["exits"]["unmapped"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
+    println!(
+        "  x86 linux guest ({X86_KERNEL} in {X86_KERNEL}, {X86_LINUX_POLICY}): {} — first output {} ms, result line {} ms, pins ok {} failed {}, unmapped port/MMIO accesses {unmapped}",
+        rep["summary"], l["first_console_ms"], l["result_line_ms"], pins["ok"], pins["failed"]
+    );
+    ensure(st.code() == Some(0), || {
+        format!(
+            "linux-smoke --arch amd64 exited with {st}: {} (console: {}/console.log)",
+            rep["summary"],
+            results.display()
+        )
+    })?;
+    ensure(
+        rep["outcome"] == "completed" && l["checksum_verified"] == true,
+        || format!("not a verified guest: {}", rep["summary"]),
+    )?;
+    ensure(
+        pins["failed"] == 0 && pins["ok"].as_u64() > Some(10_000),
+        || format!("pins on the fixed kernel: {pins}"),
+    )?;
+    Ok(())
+}
+
+/// An x86 board trial: skipped loudly (or failed, with PINVMM_REQUIRE_BOARD=1) where the x86
+/// board's tools cannot be had.
+fn x86_board_trial(name: String, body: fn(&Path) -> Result<(), Failed>) -> Trial {
+    Trial::ignorable_test(name.clone(), move || {
+        if std::env::var("PINVMM_SKIP_BOARD").is_ok_and(|v| v == "1") {
+            eprintln!("!!! SKIPPED {name}: PINVMM_SKIP_BOARD=1");
+            return Ok(Completion::ignored_with("PINVMM_SKIP_BOARD=1"));
+        }
+        match prepare_x86() {
+            Ok(bin) => body(&bin).map(|()| Completion::Completed),
+            Err(why) if std::env::var("PINVMM_REQUIRE_BOARD").is_ok_and(|v| v == "1") => Err(
+                format!("the x86 board is required here (PINVMM_REQUIRE_BOARD=1) but: {why}")
+                    .into(),
+            ),
+            Err(why) => {
+                eprintln!("!!! SKIPPED {name}: the x86_64 board cannot run here: {why}");
+                Ok(Completion::ignored_with(format!("no x86 board: {why}")))
+            }
+        }
+    })
+    .with_kind("board")
+}
+
 fn main() {
     let mut args = Arguments::from_args();
     // One board at a time: each takes both CPUs of the host.
@@ -392,6 +597,20 @@ fn main() {
         format!("board::explain_{UNFIXED}_protected_movable_failed_pins"),
         explain,
     );
-    let trials = vec![unit, smoke, explain, linux];
+    let x86_smoke = x86_board_trial(
+        format!("board::x86_smoke_{X86_KERNEL}_svm_movable_all_policies"),
+        x86_smoke,
+    );
+    let x86_linux = format!("board::x86_linux_guest_{X86_KERNEL}_svm_movable_{X86_LINUX_POLICY}");
+    let x86_linux = if std::env::var("PINVMM_SKIP_BOARD_LINUX").is_ok_and(|v| v == "1") {
+        Trial::ignorable_test(x86_linux.clone(), move || {
+            eprintln!("!!! SKIPPED {x86_linux}: PINVMM_SKIP_BOARD_LINUX=1");
+            Ok(Completion::ignored_with("PINVMM_SKIP_BOARD_LINUX=1"))
+        })
+        .with_kind("board")
+    } else {
+        x86_board_trial(x86_linux, |_| x86_linux_guest())
+    };
+    let trials = vec![unit, smoke, explain, linux, x86_smoke, x86_linux];
     libtest_mimic::run(&args, trials).exit();
 }
