@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use devices::{ConsoleSink, I8042Device, SerialDevice, TestDevice};
+use devices::{CmosDevice, ConsoleSink, I8042Device, SerialDevice, TestDevice};
 use guest::PayloadArgs;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -403,6 +403,10 @@ fn shared_devices(cfg: &VmConfig, boot: &Boot) -> Result<SharedDevices, BuildErr
     if let (true, Some(addr)) = (linux, arch::RESET_DEVICE) {
         let reset = Arc::new(Mutex::new(I8042Device::new()));
         place(&mut buses, addr, devices::i8042::LEN, reset)?;
+    }
+    if let (true, Some(addr)) = (linux, arch::RTC_DEVICE) {
+        let rtc = Arc::new(Mutex::new(CmosDevice::new()));
+        place(&mut buses, addr, devices::cmos::LEN, rtc)?;
     }
     Ok(SharedDevices {
         buses,

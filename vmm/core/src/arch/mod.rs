@@ -183,18 +183,18 @@ impl LinuxLoadError {
 pub mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::{
-    DATA_START, LINUX_CMDLINE_BASE, MAX_MEM, MIN_MEM, RAM_START, RESET_DEVICE, SERIAL, SERIAL_IRQ,
-    TESTDEV, configure_vcpu, configure_vcpu_linux, far_unmapped_gpa, finish_vcpus, load_boot_image,
-    load_linux, setup_linux_vm, setup_vm,
+    DATA_START, LINUX_CMDLINE_BASE, MAX_MEM, MIN_MEM, RAM_START, RESET_DEVICE, RTC_DEVICE, SERIAL,
+    SERIAL_IRQ, TESTDEV, configure_vcpu, configure_vcpu_linux, far_unmapped_gpa, finish_vcpus,
+    load_boot_image, load_linux, setup_linux_vm, setup_vm,
 };
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 #[cfg(target_arch = "aarch64")]
 pub use aarch64::{
-    DATA_START, LINUX_CMDLINE_BASE, MAX_MEM, MIN_MEM, RAM_START, RESET_DEVICE, SERIAL, SERIAL_IRQ,
-    TESTDEV, configure_vcpu, configure_vcpu_linux, far_unmapped_gpa, finish_vcpus, load_boot_image,
-    load_linux, setup_linux_vm, setup_vm,
+    DATA_START, LINUX_CMDLINE_BASE, MAX_MEM, MIN_MEM, RAM_START, RESET_DEVICE, RTC_DEVICE, SERIAL,
+    SERIAL_IRQ, TESTDEV, configure_vcpu, configure_vcpu_linux, far_unmapped_gpa, finish_vcpus,
+    load_boot_image, load_linux, setup_linux_vm, setup_vm,
 };
 
 /// Guest pages memtouch may use: from DATA_START to the end of RAM.

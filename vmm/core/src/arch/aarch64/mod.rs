@@ -33,6 +33,8 @@ pub const TESTDEV: DeviceAddr = DeviceAddr::Mmio(layout::TESTDEV_BASE);
 pub const SERIAL: DeviceAddr = DeviceAddr::Mmio(layout::SERIAL_BASE);
 /// Linux guests end through PSCI (SYSTEM_OFF / SYSTEM_RESET in KVM): no reset device.
 pub const RESET_DEVICE: Option<DeviceAddr> = None;
+/// No CMOS RTC on arm64.
+pub const RTC_DEVICE: Option<DeviceAddr> = None;
 
 /// Checks what the VM needs from KVM before anything is built: PSCI 0.2 for the vCPUs and a
 /// GICv3 the kernel can emulate (tested with `KVM_CREATE_DEVICE_TEST`, created later in

@@ -44,6 +44,9 @@ pub const TESTDEV: DeviceAddr = DeviceAddr::Pio(0xf0);
 pub const SERIAL: DeviceAddr = DeviceAddr::Pio(0x3f8);
 /// Linux guests: the reset-only keyboard controller (devices::i8042), how `reboot=k` ends the VM.
 pub const RESET_DEVICE: Option<DeviceAddr> = Some(DeviceAddr::Pio(devices::i8042::DATA_PORT));
+/// Linux guests: the CMOS real-time clock (devices::cmos). Without it Linux polls the missing
+/// RTC 80 000 times during boot (devices/src/cmos.rs says why).
+pub const RTC_DEVICE: Option<DeviceAddr> = Some(DeviceAddr::Pio(devices::cmos::INDEX_PORT));
 
 const PTE_P: u64 = 1;
 const PTE_RW: u64 = 1 << 1;
