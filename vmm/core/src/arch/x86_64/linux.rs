@@ -25,6 +25,12 @@
 //! The VM ends through a reset: `reboot=k` on the command line sends 0xfe to the keyboard
 //! controller (devices::i8042), or a triple fault (KVM_EXIT_SHUTDOWN).
 //!
+//! Time: the CPUID says "hypervisor" (linux_cpuid), so the guest finds KVM's leaves and uses
+//! kvmclock (clocksource, TSC frequency, wall clock) and the TSC-deadline LAPIC timer; the CMOS
+//! RTC at port 0x70 (devices::cmos) answers its rtc_cmos driver. Without the two, a Debian
+//! 6.12 guest polled the missing RTC 80 000 times (80 000 VM exits, two seconds of delays) and
+//! ran on jiffies with an "unstable" TSC (docs/LINUX.md has the measurements).
+//!
 //! Secondary vCPUs are found through an MP table (mptable.rs) in the last KiB of base memory
 //! and started by the guest with INIT/SIPI through the in-kernel LAPIC; there is no ACPI.
 //! Guest RAM is one block from 0, so at most 3 GiB (below the 32-bit MMIO hole: IOAPIC, LAPIC).
@@ -37,10 +43,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
 use kvm_bindings::{
-    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, Msrs, kvm_fpu, kvm_msr_entry, kvm_pit_config,
-    kvm_regs, kvm_segment,
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, Msrs, kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry,
+    kvm_pit_config, kvm_regs, kvm_segment,
 };
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
@@ -562,8 +568,38 @@ fn set_lvt_mode(regs: &mut [std::os::raw::c_char], offset: usize, mode: u32) {
     }
 }
 
+/// CPUID.1:ECX bit 31: "running on a hypervisor". KVM's supported CPUID leaves it clear (the
+/// VMM decides); Linux looks for KVM's leaves (0x4000_0000, "KVMKVMKVM") only when it is set.
+/// Without it a Linux guest finds no kvmclock: it calibrates the TSC against the PIT (and fails
+/// under nested TCG: "Marking TSC unstable"), disables the LAPIC timer ("verification
+/// failure"), keeps time with jiffies and reads the wall clock from the CMOS RTC.
+const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:ECX bit 24: TSC-deadline mode of the LAPIC timer, which KVM emulates whenever it has
+/// KVM_CAP_TSC_DEADLINE_TIMER, but which its supported CPUID does not list (as QEMU and
+/// Firecracker do, the VMM sets it).
+const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
+/// A Linux guest's CPUID from KVM's supported one, for vCPU `id`: the initial APIC ID (leaf 1,
+/// leaves 0xb and 0x1f), the hypervisor bit, and TSC-deadline when KVM emulates it.
+pub fn linux_cpuid(entries: &mut [kvm_cpuid_entry2], id: u8, tsc_deadline: bool) {
+    for e in entries {
+        match e.function {
+            1 => {
+                // Initial APIC ID.
+                e.ebx = (e.ebx & 0x00ff_ffff) | (u32::from(id) << 24);
+                e.ecx |= CPUID_1_ECX_HYPERVISOR;
+                if tsc_deadline {
+                    e.ecx |= CPUID_1_ECX_TSC_DEADLINE;
+                }
+            }
+            0xb | 0x1f => e.edx = u32::from(id),
+            _ => {}
+        }
+    }
+}
+
 /// vCPU 0: long mode at CPL0 at the 64-bit entry, RSI = boot_params, interrupts off. Every
-/// vCPU: CPUID, LAPIC LINT0 = ExtINT (the PIC) and LINT1 = NMI.
+/// vCPU: CPUID (linux_cpuid), LAPIC LINT0 = ExtINT (the PIC) and LINT1 = NMI.
 pub fn configure_vcpu_linux(
     kvm: &Kvm,
     _vm: &VmFd,
@@ -576,14 +612,11 @@ pub fn configure_vcpu_linux(
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(get("supported CPUID"))?;
-    for e in cpuid.as_mut_slice() {
-        match e.function {
-            // Initial APIC ID.
-            1 => e.ebx = (e.ebx & 0x00ff_ffff) | (u32::from(id) << 24),
-            0xb | 0x1f => e.edx = u32::from(id),
-            _ => {}
-        }
-    }
+    linux_cpuid(
+        cpuid.as_mut_slice(),
+        id,
+        kvm.check_extension(Cap::TscDeadlineTimer),
+    );
     vcpu.set_cpuid2(&cpuid).map_err(set("CPUID"))?;
 
     let mut lapic = vcpu.get_lapic().map_err(get("local APIC"))?;
@@ -1044,6 +1077,29 @@ mod tests {
         );
         assert!(mptable::mptable(MAX_LINUX_VCPUS).len() as u64 <= mptable::MPTABLE_ROOM);
         assert!(mptable::mptable(MAX_LINUX_VCPUS + 1).len() as u64 > mptable::MPTABLE_ROOM);
+    }
+
+    #[test]
+    fn linux_cpuid_says_hypervisor_and_sets_apic_ids() {
+        let entry = |function, index| kvm_cpuid_entry2 {
+            function,
+            index,
+            ebx: 0x00ab_cdef,
+            ecx: 0x0000_0201,
+            edx: 0x55,
+            ..Default::default()
+        };
+        let mut e = [entry(0, 0), entry(1, 0), entry(0xb, 1), entry(0x1f, 0)];
+        linux_cpuid(&mut e, 3, false);
+        assert_eq!(e[1].ebx, 0x03ab_cdef, "initial APIC ID in EBX[31:24]");
+        assert_eq!(
+            e[1].ecx, 0x8000_0201,
+            "hypervisor bit, nothing else changed"
+        );
+        assert_eq!((e[2].edx, e[3].edx), (3, 3), "x2APIC IDs");
+        assert_eq!((e[0].ebx, e[0].ecx, e[0].edx), (0x00ab_cdef, 0x201, 0x55));
+        linux_cpuid(&mut e, 3, true);
+        assert_eq!(e[1].ecx, 0x8100_0201, "TSC-deadline when KVM emulates it");
     }
 
     #[test]
