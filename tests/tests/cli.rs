@@ -681,7 +681,7 @@ fn bench_without_qemu() -> Trial {
         ensure(r.code == 3 && text.contains("QEMU NOT MEASURED"), || {
             format!("exit {}: {text}", r.code)
         })?;
-        let arch_ok = text.contains("apt-get install qemu-system-x86") || text.contains("x86_64");
+        let arch_ok = text.contains("qemu-check --arch amd64 --setup") || text.contains("x86_64");
         ensure(arch_ok, || text)
     })
 }

@@ -94,8 +94,9 @@ pub struct BenchArgs {
         value_name = "BACKING,..."
     )]
     pub backings: Vec<Backing>,
-    /// The QEMU binary of the `qemu` section (Debian: apt-get install qemu-system-x86). When it
-    /// is missing the section says so and measures nothing (exit 3 with --only qemu).
+    /// The QEMU binary of the `qemu` section (QEMU 10 from bookworm-backports, as the boards
+    /// take it: `guest/linux/qemu-check --arch amd64 --setup` as root). When it is missing the
+    /// section says so and measures nothing (exit 3 with --only qemu).
     #[arg(long, default_value = "qemu-system-x86_64", value_name = "PATH")]
     pub qemu: PathBuf,
     /// Run only these sections (default: all).

@@ -228,7 +228,7 @@ pub fn qemu_version(qemu: &Path) -> Result<String, String> {
             String::from_utf8_lossy(&o.stderr).trim()
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
-            "{} not found: install it (Debian: apt-get install qemu-system-x86) or pass --qemu PATH",
+            "{} not found: install QEMU 10 the way the boards do (as root, in pinvmm's tree: guest/linux/qemu-check --arch amd64 --setup, which takes all of QEMU from bookworm-backports; a plain apt-get install qemu-system-x86 would take bookworm's 7.2, which apt refuses next to the board's 10.0) or pass --qemu PATH",
             qemu.display()
         )),
         Err(e) => Err(format!("cannot run {}: {e}", qemu.display())),
@@ -621,9 +621,12 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_qemu_is_named_with_the_package() {
+    fn a_missing_qemu_is_named_with_the_setup_command() {
         let e = qemu_version(Path::new("/nonexistent/qemu-system-x86_64")).unwrap_err();
-        assert!(e.contains("apt-get install qemu-system-x86"), "{e}");
+        assert!(
+            e.contains("guest/linux/qemu-check --arch amd64 --setup"),
+            "{e}"
+        );
     }
 
     #[test]
