@@ -25,7 +25,9 @@
 //! amd64 6.12.118 with kvm_amd) gets the same smoke trial with a static x86_64 pinvmm
 //! (ci/toolchain/static-x86_64): memtouch under every policy, `probe` (backend svm) and
 //! `gup-check`; and an x86 Linux trial: Debian's amd64 bzImage under pinvmm in that board
-//! (`ci/board/linux-smoke --arch amd64`, the same small workload).
+//! (`ci/board/linux-smoke --arch amd64`, the same small workload), which is NOT in the default
+//! run (5-13 min of board time here, past ci/test's budget): `cargo test -p pinvmm-tests --test
+//! board -- --ignored x86_linux` runs it.
 //!
 //! Where the tools cannot be had, the test is skipped LOUDLY (counted as ignored); with
 //! PINVMM_REQUIRE_BOARD=1 (.ci/run) that is a failure. PINVMM_SKIP_BOARD=1 skips it on purpose.
@@ -601,16 +603,11 @@ fn main() {
         format!("board::x86_smoke_{X86_KERNEL}_svm_movable_all_policies"),
         x86_smoke,
     );
+    // Not in the default suite: under pins it takes 5-13 min of board time on this host (the
+    // guest's boot is ~30 000 pins under TCG), past ci/test's 20-minute budget. `-- --ignored
+    // x86_linux` (or `--include-ignored`) runs it; ci/board/linux-smoke --arch amd64 is the command.
     let x86_linux = format!("board::x86_linux_guest_{X86_KERNEL}_svm_movable_{X86_LINUX_POLICY}");
-    let x86_linux = if std::env::var("PINVMM_SKIP_BOARD_LINUX").is_ok_and(|v| v == "1") {
-        Trial::ignorable_test(x86_linux.clone(), move || {
-            eprintln!("!!! SKIPPED {x86_linux}: PINVMM_SKIP_BOARD_LINUX=1");
-            Ok(Completion::ignored_with("PINVMM_SKIP_BOARD_LINUX=1"))
-        })
-        .with_kind("board")
-    } else {
-        x86_board_trial(x86_linux, |_| x86_linux_guest())
-    };
+    let x86_linux = x86_board_trial(x86_linux, |_| x86_linux_guest()).with_ignored_flag(true);
     let trials = vec![unit, smoke, explain, linux, x86_smoke, x86_linux];
     libtest_mimic::run(&args, trials).exit();
 }
