@@ -23,6 +23,7 @@ pub mod seccomp;
 pub mod stage2;
 pub mod stats;
 pub mod sys;
+pub mod testing;
 pub mod vcpu;
 pub mod vm;
 

@@ -107,12 +107,16 @@ impl PageSizeStats {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
+    use crate::testing::Need;
 
     #[test]
     fn a_fresh_vm_maps_nothing() {
-        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
-            eprintln!("a_fresh_vm_maps_nothing: no /dev/kvm, skipped");
-            return;
+        let kvm = match kvm_ioctls::Kvm::new() {
+            Ok(k) => k,
+            Err(e) => {
+                let why = format!("cannot open /dev/kvm: {e}");
+                return crate::testing::skip("a_fresh_vm_maps_nothing", Need::Kvm, why);
+            }
         };
         let vm = kvm.create_vm().unwrap();
         let s = VmStats::open(&vm, &["pages_4k", "no_such_stat"]).unwrap();

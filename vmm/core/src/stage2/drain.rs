@@ -317,6 +317,8 @@ mod tests {
     /// it checks nothing and says so.
     #[test]
     fn local_drain_processes_the_mlock_batch() {
+        use crate::testing::{Need, skip};
+        const NAME: &str = "local_drain_processes_the_mlock_batch";
         std::thread::spawn(|| {
             use std::os::unix::fs::FileExt;
             let cpu = sys::current_cpu().unwrap();
@@ -325,8 +327,7 @@ mod tests {
                 std::fs::File::open("/proc/self/pagemap"),
                 std::fs::File::open("/proc/kpageflags"),
             ) else {
-                eprintln!("local_drain_processes_the_mlock_batch: no /proc/kpageflags, skipped");
-                return;
+                return skip(NAME, Need::Root, "cannot open /proc/kpageflags");
             };
             let read = |f: &std::fs::File, idx: u64| {
                 let mut b = [0u8; 8];
@@ -345,8 +346,7 @@ mod tests {
                 let pfn = read(&pagemap, (view.addr() + off as u64) / PAGE_SIZE as u64).unwrap()
                     & ((1 << 55) - 1);
                 if pfn == 0 {
-                    eprintln!("local_drain_processes_the_mlock_batch: PFNs hidden, skipped");
-                    return;
+                    return skip(NAME, Need::Root, "PFNs are hidden in /proc/self/pagemap");
                 }
                 before += read(&kpf, pfn).unwrap() >> KPF_UNEVICTABLE & 1;
                 d.drain_local(cpu).unwrap();

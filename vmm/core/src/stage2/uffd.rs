@@ -375,11 +375,8 @@ mod tests {
         match Uffd::new(features, true) {
             Ok(u) => Some(u),
             Err(e) => {
-                eprintln!("SKIPPED: cannot create a userfaultfd here: {e}");
-                assert!(
-                    !std::env::var("PINVMM_REQUIRE_KVM").is_ok_and(|v| v == "1"),
-                    "userfaultfd is required here (PINVMM_REQUIRE_KVM=1): {e}"
-                );
+                let why = format!("cannot create a userfaultfd here: {e}");
+                crate::testing::skip("uffd test", crate::testing::Need::Kvm, why);
                 None
             }
         }
