@@ -17,6 +17,7 @@ pub mod inject;
 pub mod linux;
 pub mod memory;
 pub mod names;
+pub mod provenance;
 pub mod report;
 pub mod sched;
 pub mod seccomp;

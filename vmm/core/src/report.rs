@@ -16,6 +16,7 @@ use crate::host::HostFacts;
 use crate::host::trace::KernelTrace;
 use crate::inject::InjectionReport;
 use crate::linux::LinuxReport;
+use crate::provenance::{BUILD, Build};
 use crate::stage2::ResolverReport;
 use crate::stage2::explain::FailedPin;
 use crate::stage2::protected::{ProtectedReport, VmType};
@@ -86,6 +87,8 @@ fn payload_failed(r: &RunResult) -> bool {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub pinvmm_version: &'static str,
+    /// The binary's git commit and whether its tree was dirty.
+    pub build: Build,
     pub outcome: Outcome,
     pub exit_code: u8,
     pub summary: String,
@@ -143,6 +146,7 @@ impl From<RunResult> for Report {
             + &hostile_notes(&r.vcpus, r.console_bytes, console_truncated, r.console_keep);
         Report {
             pinvmm_version: env!("CARGO_PKG_VERSION"),
+            build: BUILD,
             outcome,
             exit_code: outcome.exit_code() as u8,
             summary,
@@ -427,6 +431,7 @@ impl Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct SetupFailureReport {
     pub pinvmm_version: &'static str,
+    pub build: Build,
     /// `vmm-error` (exit 1), `bad-input` (exit 2: a bad kernel or initrd) or
     /// `host-unsupported` (exit 3).
     pub outcome: &'static str,
@@ -449,6 +454,7 @@ impl SetupFailureReport {
         };
         Self {
             pinvmm_version: env!("CARGO_PKG_VERSION"),
+            build: BUILD,
             outcome,
             exit_code: code as u8,
             summary: format!("the VM could not be built: {err}"),

@@ -26,6 +26,8 @@ pub struct Check {
 /// The probe's findings.
 #[derive(Debug, Clone, Serialize)]
 pub struct Probe {
+    /// The binary's git commit and whether its tree was dirty.
+    pub build: vmm::provenance::Build,
     pub host: HostFacts,
     pub checks: Vec<Check>,
     pub memlock_limit: Option<u64>,
@@ -150,6 +152,7 @@ pub fn probe() -> Probe {
         notes.push("KVM is the PVM backend: x86 payloads run in long mode at CPL3; stock Linux kernels cannot boot here in useful time".into());
     }
     Probe {
+        build: vmm::provenance::BUILD,
         host,
         checks,
         memlock_limit: sys::memlock_limit(),

@@ -128,6 +128,8 @@ pub struct OursAfter {
 #[derive(Debug, Clone, Serialize)]
 pub struct StressSummary {
     pub pinvmm_version: &'static str,
+    /// The binary's git commit and whether its tree was dirty.
+    pub build: vmm::provenance::Build,
     pub date_utc: String,
     pub kernel_release: String,
     pub cpu: String,
@@ -348,6 +350,7 @@ pub fn main(a: &StressArgs) -> ExitCode {
     };
     let mut s = StressSummary {
         pinvmm_version: env!("CARGO_PKG_VERSION"),
+        build: vmm::provenance::BUILD,
         date_utc: crate::stamp::utc_now(),
         kernel_release: host::kernel_release(),
         cpu: host::cpu_model(),

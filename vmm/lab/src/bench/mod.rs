@@ -65,6 +65,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport, (ExitCode, String)> {
     let loadavg_before = loadavg();
     let mut r = BenchReport {
         pinvmm_version: env!("CARGO_PKG_VERSION"),
+        build: vmm::provenance::BUILD,
         date_utc: utc_now(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         host: HostFacts::probe(),

@@ -24,6 +24,8 @@ pub struct Goal {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub pinvmm_version: &'static str,
+    /// The binary's git commit and whether its tree was dirty.
+    pub build: vmm::provenance::Build,
     pub date_utc: String,
     pub command: String,
     pub host: HostFacts,
