@@ -7,9 +7,9 @@ use vmm::{ExitCode, HostLimits, Report};
 
 use crate::args::{Command, RunArgs, build_config, with_config_file};
 
-/// Runs a parsed command line.
-pub fn dispatch(cmd: Command) -> ExitCode {
-    match cmd {
+/// Runs a parsed command line and gives the process exit code.
+pub fn dispatch(cmd: Command) -> std::process::ExitCode {
+    let code = match cmd {
         Command::Run(a) => run(a),
         Command::Campaign(a) => match lab::campaign::run(&a) {
             Ok(code) => code,
@@ -19,11 +19,13 @@ pub fn dispatch(cmd: Command) -> ExitCode {
             }
         },
         Command::Report(a) => lab::campaign::plot::report_main(&a),
-        Command::GupCheck(a) => lab::gupcheck::main(&a),
+        // kselftest's exit codes (0 pass, 1 fail, 4 all skipped), not pinvmm's table.
+        Command::GupCheck(a) => return lab::gupcheck::main(&a).into(),
         Command::Bench(a) => lab::bench::main(&a),
         Command::Stress(a) => lab::stress::main(&a),
         Command::Probe { json } => probe(json),
-    }
+    };
+    code.into()
 }
 
 /// `pinvmm probe`.

@@ -23,5 +23,5 @@ fn main() -> ProcessExitCode {
             return code.into();
         }
     };
-    commands::dispatch(cli.cmd).into()
+    commands::dispatch(cli.cmd)
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -193,9 +194,121 @@ fn parse_movable(text: &str) -> u64 {
     total
 }
 
-/// CMA size in bytes (CmaTotal), if the kernel has CMA.
+/// CMA size in bytes (CmaTotal), if the kernel has CMA. Not the whole story: see
+/// [`cma_bytes`].
 pub fn cma_total_bytes() -> Option<u64> {
     meminfo_kb("CmaTotal").map(|k| k * 1024)
+}
+
+/// CMA memory in bytes as the page allocator sees it: the largest of CmaTotal, the zones'
+/// `cma` page counts (/proc/zoneinfo) and the CMA pageblocks (/proc/pagetypeinfo, root). On
+/// 7.0 kernels with kexec handover, the scratch areas are CMA pageblocks that CmaTotal (the
+/// sum of the `cma=` areas) does not count, while zoneinfo and pagetypeinfo do.
+pub fn cma_bytes() -> u64 {
+    let page = crate::sys::PAGE_SIZE as u64;
+    let zone = parse_zone_cma(&fs::read_to_string("/proc/zoneinfo").unwrap_or_default()) * page;
+    let blocks =
+        parse_cma_pageblocks(&fs::read_to_string("/proc/pagetypeinfo").unwrap_or_default()) * page;
+    cma_total_bytes().unwrap_or(0).max(zone).max(blocks)
+}
+
+/// Sum of the zones' `cma` lines (pages; present since 5.x with CONFIG_CMA).
+fn parse_zone_cma(zoneinfo: &str) -> u64 {
+    zoneinfo
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("cma "))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// Pages in CMA pageblocks: the "Number of blocks type" table's CMA column times the
+/// pageblock size ("Pages per block").
+fn parse_cma_pageblocks(pagetypeinfo: &str) -> u64 {
+    let per_block = pagetypeinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Pages per block:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut col = None;
+    let mut blocks = 0;
+    for l in pagetypeinfo.lines() {
+        if let Some(h) = l.strip_prefix("Number of blocks type") {
+            col = h.split_whitespace().position(|w| w == "CMA");
+        } else if let (Some(c), Some((_, counts))) = (col, l.split_once("zone")) {
+            // "Node 0, zone   Normal            3     20      5      0      4      0"
+            let v: Vec<&str> = counts.split_whitespace().collect();
+            blocks += v
+                .get(1 + c)
+                .and_then(|x| x.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    blocks * per_block
+}
+
+/// Where a PFN lies, as far as a long-term pin cares: ZONE_MOVABLE and CMA pages must be
+/// migrated before they can be pinned long-term.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PfnZones {
+    /// [start, end) PFN spans of ZONE_MOVABLE (/proc/zoneinfo).
+    pub movable: Vec<(u64, u64)>,
+    /// [start, end) PFN ranges of the CMA areas (debugfs `cma/*/base_pfn` and `count`),
+    /// when they can be read.
+    pub cma: Vec<(u64, u64)>,
+}
+
+impl PfnZones {
+    pub fn probe() -> Self {
+        Self {
+            movable: parse_movable_spans(&fs::read_to_string("/proc/zoneinfo").unwrap_or_default()),
+            cma: cma_areas(Path::new("/sys/kernel/debug/cma")),
+        }
+    }
+
+    /// Whether `pfn` is in ZONE_MOVABLE or a known CMA area.
+    pub fn unpinnable(&self, pfn: u64) -> bool {
+        self.movable
+            .iter()
+            .chain(&self.cma)
+            .any(|&(s, e)| (s..e).contains(&pfn))
+    }
+}
+
+/// ZONE_MOVABLE [start_pfn, start_pfn + spanned) of every node.
+fn parse_movable_spans(zoneinfo: &str) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let (mut movable, mut spanned) = (false, 0u64);
+    for l in zoneinfo.lines() {
+        if l.starts_with("Node ") {
+            movable = l.split_whitespace().last() == Some("Movable");
+            spanned = 0;
+        } else if let Some(v) = l.trim().strip_prefix("spanned") {
+            spanned = v.trim().parse().unwrap_or(0);
+        } else if let Some(v) = l.trim().strip_prefix("start_pfn:") {
+            let start: u64 = v.trim().parse().unwrap_or(0);
+            if movable && spanned > 0 {
+                out.push((start, start + spanned));
+            }
+        }
+    }
+    out
+}
+
+/// CMA areas from debugfs (`<dir>/<area>/base_pfn` and `count`, in pages).
+fn cma_areas(dir: &Path) -> Vec<(u64, u64)> {
+    let num = |p: PathBuf| -> Option<u64> { fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let mut out: Vec<(u64, u64)> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let base = num(e.path().join("base_pfn"))?;
+            let count = num(e.path().join("count"))?;
+            Some((base, base + count))
+        })
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// `uname -r`.
@@ -327,7 +440,7 @@ impl HostFacts {
             online_cpus: crate::sys::allowed_cpus().len(),
             kvm_backend: kvm_backend(),
             movable_bytes: movable_pages() * crate::sys::PAGE_SIZE as u64,
-            cma_bytes: cma_total_bytes().unwrap_or(0),
+            cma_bytes: cma_bytes(),
         }
     }
 
@@ -340,6 +453,29 @@ impl HostFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// CMA that CmaTotal does not count (kexec handover scratch on 7.0) still shows in the
+    /// zones' `cma` lines and in the CMA pageblocks.
+    #[test]
+    fn cma_comes_from_zoneinfo_and_pagetypeinfo() {
+        let zoneinfo = "Node 0, zone      DMA\n  pages free     1000\n        cma      16384\n  start_pfn:           262144\nNode 0, zone   Movable\n  pages free     10\n        spanned  131072\n        present  131072\n        cma      0\n  start_pfn:           393216\n";
+        assert_eq!(parse_zone_cma(zoneinfo), 16384);
+        assert_eq!(parse_movable_spans(zoneinfo), vec![(393216, 524288)]);
+        let pti = "Page block order: 9\nPages per block:  512\n\nNumber of blocks type     Unmovable      Movable  Reclaimable   HighAtomic          CMA      Isolate \nNode 0, zone      DMA            3           20            5            0           32            0 \nNode 0, zone   Normal            1            7            0            0            2            0 \n";
+        assert_eq!(parse_cma_pageblocks(pti), 34 * 512);
+        assert_eq!(parse_cma_pageblocks("Pages per block:  512\n"), 0);
+        let z = PfnZones {
+            movable: vec![(100, 200)],
+            cma: vec![(10, 20)],
+        };
+        assert!(z.unpinnable(150) && z.unpinnable(10) && !z.unpinnable(20) && !z.unpinnable(5));
+        let dir = std::env::temp_dir().join(format!("pinvmm-cma-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("reserved")).unwrap();
+        std::fs::write(dir.join("reserved/base_pfn"), "262144\n").unwrap();
+        std::fs::write(dir.join("reserved/count"), "16384\n").unwrap();
+        assert_eq!(cma_areas(&dir), vec![(262144, 278528)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn process_counters_flag_exact_and_slack_leaks() {
