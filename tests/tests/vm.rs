@@ -277,6 +277,7 @@ fn others() -> Vec<Trial> {
             c.cpus = CpuPlacement {
                 fault_cpu: c.cpus.fault_cpu,
                 pin_cpu: c.cpus.fault_cpu,
+                free: false,
             };
             (c.prefill_pct, c.noise_pages, c.policy) = (50, 16, DrainPolicy::MlockDrain);
             let r = run(&c)?;

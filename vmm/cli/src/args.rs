@@ -85,7 +85,9 @@ pub struct RunArgs {
     /// Boot this Linux kernel instead of a payload (arm64: a raw Image; x86_64: a bzImage).
     ///
     /// pinvmm writes a device tree (arm64) or boot_params (x86_64), loads the kernel and
-    /// initrd through the not-mlocked loader view (as crosvm does) and boots with the command
+    /// initrd (arm64: with crosvm's system calls, pread straight into guest memory) through
+    /// the mlocked view on its loader thread (pKVM-exact; the not-mlocked loader view for the
+    /// stress models) and boots with the command
     /// line "<console arguments> <--cmdline>". Every stage-2 fault of the guest is resolved
     /// by a long-term pin under --policy, as for payloads. The workload of guest/linux/build
     /// reads pinvmm.fill=SIZE|N% pinvmm.seed=N pinvmm.forks=N pinvmm.tmpfs=SIZE from the
@@ -116,22 +118,36 @@ pub struct RunArgs {
     /// Drain policy run between fault-in and the long-term pin.
     #[arg(long, value_parser = named::<DrainPolicy>(), default_value = "none")]
     pub policy: DrainPolicy,
-    /// Who faults the page into the mlocked pin view: an ordinary touch, or the pin itself.
-    #[arg(long, value_parser = named::<FaultIn>(), default_value = "touch")]
+    /// Who faults a guest page into the mlocked pin view before its long-term pin. `pin`
+    /// (default, pKVM-exact): the pin itself, on the CPU the vCPU runs on; the pages the VMM
+    /// wrote (kernel, initrd, device tree, payload, --prefill) were written through the
+    /// mlocked view by the loader thread on --fault-cpu, as crosvm's loader does. `touch` is
+    /// a stress model: every guest page is first faulted into the mlocked view on
+    /// --fault-cpu (a read, with fault-around) and pinned on --pin-cpu, and images and
+    /// --prefill go through the page cache first; it opens the kernel's window far more
+    /// often than a real pKVM VMM (docs/DESIGN.md, vocabulary).
+    #[arg(long, value_parser = named::<FaultIn>(), default_value = "pin")]
     pub fault_in: FaultIn,
     /// Stage-2 path: pin (userfaultfd + pins), uffd (no pins), kernel (KVM's own), eager (pin all first).
     #[arg(long, value_parser = named::<Stage2>(), default_value = "pin")]
     stage2: Stage2,
     /// VM type. `protected` (arm64, kvm-arm.mode=protected, Linux 7.x): a real pKVM protected VM
     /// whose stage-2 faults KVM resolves by long-term pins itself. No userfaultfd (it cannot be
-    /// combined with protected VMs), so --stage2, --backing anon, --fault-in pin, --noise,
-    /// --fault-ahead and --inject-pin-failure are refused; a loader thread on --fault-cpu writes
-    /// the payload and --prefill pages through the mlocked mapping KVM pins, runs the policy's
-    /// drain (mlock-drain: that CPU, lru-add-drain: all CPUs), then the vCPU runs on --pin-cpu;
+    /// combined with protected VMs), so --stage2, --backing anon, --fault-in touch,
+    /// --noise, --fault-ahead and --inject are refused; a loader thread on --fault-cpu writes
+    /// the payload, or the --kernel/--initrd/device tree with crosvm's system calls, and the
+    /// --prefill pages through the mlocked mapping KVM pins, runs the policy's drain
+    /// (mlock-drain: that CPU, lru-add-drain: all CPUs), then the vCPU runs on --pin-cpu;
     /// KVM_RUN = EFAULT terminates the VM (exit 5) unless --policy retry runs it again.
     #[arg(long, value_parser = named::<VmType>(), default_value = "normal")]
     pub vm_type: VmType,
-    /// CPU of the fault-in thread (default: the first usable CPU).
+    /// Thread placement: `pinned` (default: the loader and fault-in thread on --fault-cpu, the
+    /// pin thread and the vCPU on --pin-cpu) or `free` (no thread is placed: the scheduler
+    /// decides where the loader, the vCPU and the resolver run, as crosvm runs without
+    /// --cpu-affinity).
+    #[arg(long, default_value = "pinned", value_parser = ["pinned", "free"], conflicts_with_all = ["fault_cpu", "pin_cpu"])]
+    pub cpus: String,
+    /// CPU of the loader and fault-in thread (default: the first usable CPU).
     #[arg(long, value_name = "N")]
     pub fault_cpu: Option<usize>,
     /// CPU of the pin thread, or `same` (default: the second usable CPU, so fault-in and pin run on different CPUs).
@@ -143,7 +159,8 @@ pub struct RunArgs {
     /// Also fault in, pin and map up to K not-yet-touched pages after each faulting page, on the same event (0 = one pin per faulting page, as pKVM; K > 0 changes what the pin experiment measures).
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub fault_ahead: u32,
-    /// Percent of guest memory written through the not-mlocked loader view before boot (0-100).
+    /// Percent of guest memory the loader writes before boot (0-100): through the mlocked
+    /// view on the loader thread (pKVM-exact), or the not-mlocked loader view (stress models).
     #[arg(long, default_value_t = 0, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
     pub prefill: u8,
     /// memtouch: touch every N-th page.
@@ -235,7 +252,12 @@ pub fn build_config(a: &RunArgs, host: &HostLimits) -> Result<VmConfig, String> 
             "--timeout {timeout} is out of range: use more than 0 and at most 86400 seconds"
         ));
     }
-    let mut c = VmConfig::new(a.guest, a.mem, CpuPlacement { fault_cpu, pin_cpu });
+    let placement = CpuPlacement {
+        fault_cpu,
+        pin_cpu,
+        free: a.cpus == "free",
+    };
+    let mut c = VmConfig::new(a.guest, a.mem, placement);
     c.vcpus = a.vcpus;
     c.backing = a.backing;
     c.policy = a.policy;

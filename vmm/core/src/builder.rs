@@ -13,17 +13,18 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::arch::{self, DeviceAddr, LinuxBoot};
+use crate::arch::{self, DeviceAddr};
 use crate::config::VmConfig;
 use crate::control::{HostFailure, VmControl};
 use crate::host::kvmstats::PageSizeStats;
 use crate::inject::{Injector, Site};
 use crate::linux;
+use crate::loader::{self, LoadError};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::sched::{self, SchedProbe};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::stage2::efault::ProtectedExplain;
-use crate::stage2::protected::{self, LoadError, LoadPlan, ProtectedReport, RunCounters, VmType};
+use crate::stage2::protected::{self, ProtectedReport, RunCounters, VmType};
 use crate::stage2::uffd::Uffd;
 use crate::stage2::{self, EagerError, Resolver, ResolverConfig, ResolverError, Stage2};
 use crate::sys::{self, PAGE_SIZE};
@@ -66,10 +67,8 @@ pub enum BuildError {
     CopyStaged(MemoryError),
     #[error("eager pinning before boot failed: {0}")]
     EagerPin(#[from] EagerError),
-    #[error("loading the protected VM failed: {0}")]
-    Protected(#[from] LoadError),
-    #[error(transparent)]
-    Linux(#[from] crate::linux::LinuxError),
+    #[error("loading the guest failed: {0}")]
+    Load(#[from] LoadError),
     #[error("cannot wire the UART's interrupt to GSI {gsi} (KVM_IRQFD): {err}")]
     Irqfd { gsi: u32, err: kvm_ioctls::Error },
 }
@@ -105,7 +104,7 @@ impl BuildError {
 
     /// Whether the user's input is at fault (a bad kernel or initrd): exit 2.
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, BuildError::Linux(e) if e.is_bad_input())
+        matches!(self, BuildError::Load(LoadError::Linux(e)) if e.is_bad_input())
     }
 }
 
@@ -131,21 +130,24 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, BuildError> {
     let mut explain = Explainer::new(cfg.trace, t_start);
     vcpu::install_kick_handler().map_err(BuildError::Signal)?;
     let faults = Injector::new(&cfg.inject);
-    // Memory and the boot image, written through the loader view (page cache / staging).
-    let mem = GuestMemory::new_injected(cfg.backing, arch::RAM_START, cfg.mem_size, &faults)?;
-    let (boot, prefilled) = load_guest(cfg, &mem)?;
+    // Memory, then the boot image and --prefill: through the mlocked pin view on a loader
+    // thread (pKVM-exact), or through the not-mlocked loader view (stress models, baselines;
+    // see crate::loader).
+    let mut mem = GuestMemory::new_injected(cfg.backing, arch::RAM_START, cfg.mem_size, &faults)?;
+    mem.set_load_via(cfg.load_via())?;
+    let mem = Arc::new(mem);
+    let protected_vm = cfg.vm_type == VmType::Protected;
+    // A protected VM's failed pins are explained from what its loader wrote (stage2::efault).
+    let pkvm_explain = protected_vm.then(|| explain.protected(&mem, cfg.trace));
+    explain.pkvm = pkvm_explain.clone();
+    let (boot, loaded) = loader::load(cfg, &mem, pkvm_explain.as_ref())?;
     // KVM is opened after the images are loaded, so a bad kernel or initrd is reported as
     // such (exit 2) even on a host without KVM.
     let kvm = Kvm::new().map_err(BuildError::KvmOpen)?;
     let (vm_fd, kvm_page_sizes) = create_vm(&kvm, cfg.vm_type, &boot)?;
-    let armed = arm_stage2(cfg, &boot, &mem, &faults)?;
-    register_memory(&vm_fd, &mem, boot.is_protected())?;
-    let mem = Arc::new(mem);
-    let pkvm_explain = boot
-        .is_protected()
-        .then(|| explain.protected(&mem, cfg.trace));
-    explain.pkvm = pkvm_explain.clone();
-    let protected = load_protected(cfg, &boot, &mem, pkvm_explain.clone())?;
+    let armed = arm_stage2(cfg, protected_vm, &mem, &faults)?;
+    register_memory(&vm_fd, &mem, protected_vm)?;
+    let protected = protected_vm.then(|| protected_report(&loaded));
     let counters = Arc::new(RunCounters::default());
     let (ctl, events) = VmControl::new();
     let resolver = match &armed.uffd {
@@ -170,13 +172,14 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, BuildError> {
                 err,
             })?;
     }
-    let vcpu_cpu = match (&boot, &armed.uffd) {
-        (Boot::Protected { .. }, _) => Some(cfg.cpus.pin_cpu),
-        (_, Some(_)) => resolver_config(cfg).vcpu_cpu(),
-        (_, None) => None,
+    let vcpu_cpu = match (protected_vm, &armed.uffd) {
+        _ if cfg.cpus.free => None,
+        (true, _) => Some(cfg.cpus.pin_cpu),
+        (false, Some(_)) => resolver_config(cfg).vcpu_cpu(),
+        (false, None) => None,
     };
     let start = VcpuStart {
-        boot: &boot,
+        protected: protected_vm,
         vcpu_cpu,
         ctl: &ctl,
         faults: &faults,
@@ -196,7 +199,8 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, BuildError> {
         baseline,
         faults,
         mem,
-        prefilled,
+        prefilled: loaded.prefilled_pages,
+        loader: loaded,
         kvm,
         vm_fd,
         kvm_page_sizes,
@@ -216,51 +220,6 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, BuildError> {
         setup_ms,
         explain,
     })
-}
-
-/// Loads the guest through the loader view: the payload or the Linux kernel (and initrd),
-/// then the `--prefill` pages. A protected VM's payload is left to its loader thread, which
-/// writes through the mlocked view instead ([`load_protected`]). Returns the boot and the
-/// number of prefilled pages.
-fn load_guest(cfg: &VmConfig, mem: &GuestMemory) -> Result<(Boot, u64), BuildError> {
-    let boot_pages = (arch::DATA_START - arch::RAM_START) / PAGE_SIZE as u64;
-    if cfg.vm_type == VmType::Protected {
-        return Ok((
-            Boot::Protected {
-                entry: arch::RAM_START,
-            },
-            0,
-        ));
-    }
-    if let Some(l) = &cfg.linux {
-        let boot = linux::load(mem, cfg.vcpus, l)?;
-        // Prefill only free RAM: a marker inside the kernel, initrd or boot structures
-        // would corrupt them.
-        let busy = linux_busy_pages(&boot);
-        let prefilled = mem.prefill(cfg.prefill_pct, |page| {
-            page < boot_pages || busy.iter().any(|r| r.contains(&page))
-        })?;
-        return Ok((Boot::Linux(boot), prefilled));
-    }
-    let entry = arch::load_boot_image(mem, cfg.payload.code())?;
-    let prefilled = mem.prefill(cfg.prefill_pct, |page| page < boot_pages)?;
-    Ok((Boot::Payload { entry }, prefilled))
-}
-
-/// Guest page ranges a Linux boot occupies before the first instruction (kernel with its BSS,
-/// initrd, and the boot structure at `boot_info` with the 2 MiB a device tree may take).
-fn linux_busy_pages(boot: &LinuxBoot) -> Vec<std::ops::Range<u64>> {
-    let page = PAGE_SIZE as u64;
-    let pages = |start: u64, len: u64| {
-        let first = start.saturating_sub(arch::RAM_START) / page;
-        first..(start + len).saturating_sub(arch::RAM_START).div_ceil(page)
-    };
-    let mut busy = vec![
-        pages(boot.kernel.start, boot.kernel.len),
-        pages(boot.boot_info, 2 << 20),
-    ];
-    busy.extend(boot.initrd.map(|r| pages(r.start, r.len)));
-    busy
 }
 
 /// Creates the VM (of `vm_type`) and its arch setup; opens KVM's page-size statistics now,
@@ -286,7 +245,7 @@ fn create_vm(
 /// faults to KVM (kernel); nothing for a protected VM, whose pins KVM takes.
 fn arm_stage2(
     cfg: &VmConfig,
-    boot: &Boot,
+    protected_vm: bool,
     mem: &GuestMemory,
     faults: &Arc<Injector>,
 ) -> Result<Armed, BuildError> {
@@ -294,7 +253,7 @@ fn arm_stage2(
         uffd: None,
         eager: None,
     };
-    if boot.is_protected() {
+    if protected_vm {
         return Ok(armed);
     }
     match cfg.stage2 {
@@ -339,27 +298,16 @@ fn register_memory(vm: &VmFd, mem: &GuestMemory, pin_view: bool) -> Result<(), B
     })
 }
 
-/// A protected VM's loader thread: payload and prefill through the mlocked view, then the
-/// policy's drain (`stage2::protected::load`).
-fn load_protected(
-    cfg: &VmConfig,
-    boot: &Boot,
-    mem: &Arc<GuestMemory>,
-    explain: Option<ProtectedExplain>,
-) -> Result<Option<ProtectedReport>, BuildError> {
-    let Boot::Protected { entry } = *boot else {
-        return Ok(None);
-    };
-    let plan = LoadPlan {
-        code: cfg.payload.code().to_vec(),
-        entry,
-        first_data_page: (arch::DATA_START - arch::RAM_START) / PAGE_SIZE as u64,
-        prefill_pct: cfg.prefill_pct,
-        policy: cfg.policy,
-        cpu: cfg.cpus.fault_cpu,
-        explain,
-    };
-    Ok(Some(protected::load(mem, plan)?))
+/// A protected VM's report, the loader's part from what `crate::loader` did.
+fn protected_report(l: &loader::LoaderReport) -> ProtectedReport {
+    ProtectedReport {
+        loader_cpu: l.cpu_end,
+        loader_pages: l.pages,
+        prefilled_pages: l.prefilled_pages,
+        loader_ms: l.ms,
+        drain: l.drain,
+        ..Default::default()
+    }
 }
 
 fn resolver_config(cfg: &VmConfig) -> ResolverConfig {
@@ -370,6 +318,7 @@ fn resolver_config(cfg: &VmConfig) -> ResolverConfig {
         policy: cfg.policy,
         fault_cpu: cfg.cpus.fault_cpu,
         pin_cpu: cfg.cpus.pin_cpu,
+        placed: !cfg.cpus.free,
         noise_pages: cfg.noise_pages,
         fault_ahead: cfg.fault_ahead,
         spin: cfg.sched.spin(),
@@ -455,9 +404,7 @@ fn create_vcpus(
             .map_err(|err| BuildError::CreateVcpu { id, err })?;
         match boot {
             Boot::Linux(b) => arch::configure_vcpu_linux(kvm, vm, &fd, id, b)?,
-            Boot::Payload { entry } | Boot::Protected { entry } => {
-                arch::configure_vcpu(kvm, vm, &fd, *entry, args)?
-            }
+            Boot::Payload { entry } => arch::configure_vcpu(kvm, vm, &fd, *entry, args)?,
         }
         fds.push(fd);
     }
@@ -467,7 +414,8 @@ fn create_vcpus(
 
 /// What every vCPU thread is started with.
 struct VcpuStart<'a> {
-    boot: &'a Boot,
+    /// A pKVM protected VM: its own run loop (EFAULT from KVM_RUN is a failed pin).
+    protected: bool,
     /// The CPU to place a vCPU thread on, if any.
     vcpu_cpu: Option<usize>,
     ctl: &'a Arc<VmControl>,
@@ -488,7 +436,7 @@ fn start_vcpus(
     args: Vec<PayloadArgs>,
     shared: &Buses,
 ) -> Result<Vec<VcpuThread>, BuildError> {
-    let pkvm = s.boot.is_protected();
+    let pkvm = s.protected;
     let mut threads = Vec::with_capacity(fds.len());
     for (id, (fd, args)) in fds.into_iter().zip(args).enumerate() {
         let id = id as u8;

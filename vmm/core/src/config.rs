@@ -11,7 +11,7 @@ use crate::host::hugepages::{self, HUGE_PAGE_SIZE};
 use crate::host::{CpuPlacement, HostLimits};
 use crate::inject::InjectSpec;
 use crate::linux::LinuxConfig;
-use crate::memory::Backing;
+use crate::memory::{Backing, LoadVia};
 use crate::seccomp::SeccompMode;
 use crate::stage2::drain::DrainPolicy;
 use crate::stage2::protected::VmType;
@@ -205,10 +205,6 @@ pub enum ConfigError {
         "{0} cannot be combined with --vm-type protected: userfaultfd cannot be combined with protected VMs (KVM_RUN fails with EFAULT), and KVM takes the long-term pins itself"
     )]
     ProtectedConflict(&'static str),
-    #[error(
-        "--kernel cannot be combined with --vm-type protected: pinvmm boots Linux guests in ordinary VMs only (its protected-VM loader writes bare payloads)"
-    )]
-    ProtectedLinux,
 }
 
 /// Largest vCPU count accepted.
@@ -223,7 +219,7 @@ impl VmConfig {
             vcpus: 1,
             backing: Backing::Shmem,
             policy: DrainPolicy::None,
-            fault_in: FaultIn::Touch,
+            fault_in: FaultIn::Pin,
             stage2: Stage2::Pin,
             cpus,
             noise_pages: 0,
@@ -340,9 +336,6 @@ impl VmConfig {
         if !cfg!(target_arch = "aarch64") {
             return Err(ConfigError::ProtectedArch(std::env::consts::ARCH));
         }
-        if self.linux.is_some() {
-            return Err(ConfigError::ProtectedLinux);
-        }
         let conflict = [
             (
                 self.stage2 != Stage2::Pin,
@@ -352,7 +345,10 @@ impl VmConfig {
                 self.backing != Backing::Shmem,
                 "--backing (other than shmem)",
             ),
-            (self.fault_in != FaultIn::Touch, "--fault-in pin"),
+            (
+                self.fault_in != FaultIn::Pin,
+                "--fault-in touch (KVM's pin faults the page in itself)",
+            ),
             (self.noise_pages > 0, "--noise"),
             (self.fault_ahead > 0, "--fault-ahead"),
             (!self.inject.is_empty(), "--inject"),
@@ -361,6 +357,43 @@ impl VmConfig {
             Some((_, what)) => Err(ConfigError::ProtectedConflict(what)),
             None => Ok(()),
         }
+    }
+
+    /// Through which mapping the VMM loads the guest: the mlocked pin view on a loader
+    /// thread when the run is pKVM-exact (a protected VM; a normal VM whose pins fault pages
+    /// in themselves, on a memfd backing), else the page cache (`crate::loader`).
+    pub fn load_via(&self) -> LoadVia {
+        let exact = self.vm_type == VmType::Protected
+            || (self.stage2 == Stage2::Pin
+                && self.fault_in == FaultIn::Pin
+                && self.backing.is_memfd());
+        if exact {
+            LoadVia::Mlocked
+        } else {
+            LoadVia::PageCache
+        }
+    }
+
+    /// The model this run's numbers come from (docs/DESIGN.md, vocabulary): `pkvm-exact`, a
+    /// `stress:` model, or a `baseline:` without long-term pins per fault.
+    pub fn model(&self) -> String {
+        let mut m = match (self.vm_type, self.stage2, self.fault_in) {
+            (VmType::Protected, _, _) => "pkvm-exact".to_owned(),
+            (_, Stage2::Pin, FaultIn::Pin) => "pkvm-exact".to_owned(),
+            (_, Stage2::Pin, f) => format!("stress:{f}"),
+            (_, s, _) => format!("baseline:stage2-{s}"),
+        };
+        if self.noise_pages > 0 {
+            m = format!(
+                "stress:{}+noise{}",
+                m.trim_start_matches("stress:"),
+                self.noise_pages
+            );
+        }
+        if self.fault_ahead > 0 {
+            m += &format!("+fault-ahead{}", self.fault_ahead);
+        }
+        m
     }
 
     /// Number of guest pages.
@@ -395,6 +428,7 @@ mod tests {
             CpuPlacement {
                 fault_cpu: 0,
                 pin_cpu: 1,
+                free: false,
             },
         )
     }
@@ -496,5 +530,40 @@ mod tests {
         c.stage2 = Stage2::Uffd;
         let e = c.validate(&h).unwrap_err().to_string();
         assert!(e.contains("--stage2") && e.contains("userfaultfd"), "{e}");
+        c.stage2 = Stage2::Pin;
+        c.fault_in = FaultIn::Touch;
+        assert!(
+            c.validate(&h)
+                .unwrap_err()
+                .to_string()
+                .contains("--fault-in")
+        );
+    }
+
+    #[test]
+    fn the_default_run_is_pkvm_exact_and_stress_models_say_so() {
+        let mut c = cfg(64 << 20);
+        assert_eq!(
+            (c.model().as_str(), c.load_via()),
+            ("pkvm-exact", LoadVia::Mlocked)
+        );
+        c.fault_in = FaultIn::Touch;
+        assert_eq!(
+            (c.model().as_str(), c.load_via()),
+            ("stress:touch", LoadVia::PageCache)
+        );
+        c.fault_in = FaultIn::Touch;
+        c.noise_pages = 31;
+        assert_eq!(c.model(), "stress:touch+noise31");
+        c.fault_in = FaultIn::Pin;
+        c.noise_pages = 0;
+        c.stage2 = Stage2::Kernel;
+        assert_eq!(
+            (c.model().as_str(), c.load_via()),
+            ("baseline:stage2-kernel", LoadVia::PageCache)
+        );
+        c.stage2 = Stage2::Pin;
+        c.backing = Backing::Anon;
+        assert_eq!(c.load_via(), LoadVia::PageCache, "anon stages its pages");
     }
 }

@@ -263,13 +263,36 @@ pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
         .next_back()
 }
 
-/// Opens and checks everything, then has the arch loader place kernel, initrd and boot
-/// structures in `mem`.
-pub fn load(mem: &GuestMemory, vcpus: u8, cfg: &LinuxConfig) -> Result<LinuxBoot, LinuxError> {
+/// The checked boot files, open, ready for the arch loader.
+#[derive(Debug)]
+pub struct LinuxFiles {
+    kernel: File,
+    initrd: Option<File>,
+    /// The complete command line.
+    cmdline: String,
+}
+
+impl LinuxFiles {
+    /// Bytes of the kernel file (what the loader writes; its BSS is not written).
+    pub fn kernel_len(&self) -> u64 {
+        self.kernel.metadata().map_or(0, |m| m.len())
+    }
+
+    pub fn initrd_len(&self) -> Option<u64> {
+        self.initrd
+            .as_ref()
+            .map(|f| f.metadata().map_or(0, |m| m.len()))
+    }
+}
+
+/// Opens and checks everything the arch loader will read: the command line (and its workload
+/// parameters), the kernel, the initrd (read through, decompressed, its `/init` found). Runs
+/// before the loader thread, so the loader's own system calls are only the loading ones.
+pub fn open_files(cfg: &LinuxConfig, mem_size: u64) -> Result<LinuxFiles, LinuxError> {
     let cmdline = full_cmdline(&cfg.cmdline)?;
     Params::from_cmdline(&cmdline).map_err(LinuxError::Workload)?;
-    let mut kernel = open(BootFile::Kernel, &cfg.kernel)?;
-    let mut initrd = match &cfg.initrd {
+    let kernel = open(BootFile::Kernel, &cfg.kernel)?;
+    let initrd = match &cfg.initrd {
         Some(p) => {
             let mut f = open(BootFile::Initrd, p)?;
             let mut data = Vec::new();
@@ -278,7 +301,7 @@ pub fn load(mem: &GuestMemory, vcpus: u8, cfg: &LinuxConfig) -> Result<LinuxBoot
                 path: p.clone(),
                 err,
             })?;
-            check_initrd(&data, cmdline_value(&cmdline, "rdinit"), mem.size()).map_err(|err| {
+            check_initrd(&data, cmdline_value(&cmdline, "rdinit"), mem_size).map_err(|err| {
                 LinuxError::Load {
                     file: BootFile::Initrd,
                     path: p.clone(),
@@ -289,23 +312,41 @@ pub fn load(mem: &GuestMemory, vcpus: u8, cfg: &LinuxConfig) -> Result<LinuxBoot
         }
         None => None,
     };
-    arch::load_linux(mem, vcpus, &mut kernel, initrd.as_mut(), &cmdline).map_err(|err| {
-        match err.file() {
-            Some(BootFile::Kernel) => LinuxError::Load {
-                file: BootFile::Kernel,
-                path: cfg.kernel.clone(),
-                err,
-            },
-            Some(BootFile::Initrd) => LinuxError::Load {
-                file: BootFile::Initrd,
-                path: cfg.initrd.clone().unwrap_or_default(),
-                err,
-            },
-            None if matches!(err, LinuxLoadError::Cmdline(_)) => {
-                LinuxError::Cmdline(err.to_string())
-            }
-            None => LinuxError::Setup(err),
-        }
+    Ok(LinuxFiles {
+        kernel,
+        initrd,
+        cmdline,
+    })
+}
+
+/// Has the arch loader place kernel, initrd and boot structures in `mem` (through
+/// `mem.loader()`, on the calling thread), from files [`open_files`] checked.
+pub fn load(
+    mem: &GuestMemory,
+    vcpus: u8,
+    cfg: &LinuxConfig,
+    mut files: LinuxFiles,
+) -> Result<LinuxBoot, LinuxError> {
+    arch::load_linux(
+        mem,
+        vcpus,
+        &mut files.kernel,
+        files.initrd.as_mut(),
+        &files.cmdline,
+    )
+    .map_err(|err| match err.file() {
+        Some(BootFile::Kernel) => LinuxError::Load {
+            file: BootFile::Kernel,
+            path: cfg.kernel.clone(),
+            err,
+        },
+        Some(BootFile::Initrd) => LinuxError::Load {
+            file: BootFile::Initrd,
+            path: cfg.initrd.clone().unwrap_or_default(),
+            err,
+        },
+        None if matches!(err, LinuxLoadError::Cmdline(_)) => LinuxError::Cmdline(err.to_string()),
+        None => LinuxError::Setup(err),
     })
 }
 

@@ -27,6 +27,21 @@ use crate::names::named_enum;
 use crate::sys::{self, Mapping, PAGE_SIZE};
 
 named_enum! {
+    /// Through which mapping the VMM writes images (payload, kernel, initrd, device tree,
+    /// boot structures) and `--prefill` pages before boot.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum LoadVia {
+        /// The not-mlocked loader view: the pages sit in the page cache and on the LRU when
+        /// the guest first touches them (the stress models' loading).
+        PageCache = "page-cache",
+        /// The mlocked pin view, the mapping the pins take: crosvm's guest memory is one
+        /// mapping, mlock2(MLOCK_ONFAULT)ed, into which its loader reads the kernel (the
+        /// pKVM-exact loading, done on a loader thread; see `crate::loader`).
+        Mlocked = "mlocked",
+    }
+}
+
+named_enum! {
     /// How guest memory is backed.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Backing {
@@ -94,6 +109,10 @@ pub enum MemoryError {
     },
     #[error("cannot set up the loader view: {0}")]
     Loader(vm_memory::mmap::FromRangesError),
+    #[error(
+        "the {0} backing has no mlocked view to load through (its loader stages pages for UFFDIO_COPY): use --backing shmem"
+    )]
+    NoMlockedLoader(Backing),
     #[error("cannot write {len} bytes at guest address {gpa:#x}: {err}")]
     Write {
         gpa: u64,
@@ -118,6 +137,30 @@ pub enum MemoryError {
     },
 }
 
+/// vm-memory's view of an existing mapping (not owned: it is never unmapped through this).
+fn raw_guest_memory(
+    view: &Mapping,
+    base: u64,
+) -> Result<GuestMemoryMmap, vm_memory::mmap::FromRangesError> {
+    use vm_memory::{GuestRegionMmap, MmapRegion};
+    // SAFETY: `view` is a live MAP_SHARED read/write mapping of exactly `len` bytes; the
+    // GuestMemory that holds both keeps the mapping alive as long as this region, which does
+    // not own (or unmap) it. Its memory is only ever accessed through raw pointers.
+    let region = unsafe {
+        MmapRegion::build_raw(
+            view.as_ptr(),
+            view.len(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+        )
+    }
+    .map_err(vm_memory::mmap::FromRangesError::MmapRegion)?;
+    let region = GuestRegionMmap::new(region, GuestAddress(base))
+        .ok_or(vm_memory::mmap::FromRangesError::InvalidGuestRegion)?;
+    GuestMemoryMmap::from_regions(vec![region])
+        .map_err(vm_memory::mmap::FromRangesError::Collection)
+}
+
 /// Guest RAM: one contiguous range at `base`.
 #[derive(Debug)]
 pub struct GuestMemory {
@@ -128,6 +171,12 @@ pub struct GuestMemory {
     /// shmem only: the mlocked second mapping. anon: the guest view is also the pin view.
     pin_view: Option<Mapping>,
     loader: GuestMemoryMmap,
+    /// The pin view as vm-memory sees it (memfd backings): how the loaders write through the
+    /// mlocked mapping. Borrows `pin_view`'s mapping, which outlives it (declared later,
+    /// dropped later).
+    pin_writer: Option<GuestMemoryMmap>,
+    /// Where [`Self::load`] and [`Self::loader`] write.
+    via: LoadVia,
     /// Keeps the memfd alive for the loader view's FileOffset (shmem).
     _memfd: Option<File>,
 }
@@ -230,6 +279,12 @@ impl GuestMemory {
             }
             Backing::Hugetlb => {}
         }
+        let pin_writer = match (&pin_view, backing) {
+            (Some(v), Backing::Shmem | Backing::Hugetlb | Backing::ShmemThp) => {
+                Some(raw_guest_memory(v, base).map_err(MemoryError::Loader)?)
+            }
+            _ => None,
+        };
         Ok(Self {
             backing,
             base,
@@ -237,8 +292,26 @@ impl GuestMemory {
             guest_view,
             pin_view,
             loader,
+            pin_writer,
+            via: LoadVia::PageCache,
             _memfd: memfd,
         })
+    }
+
+    /// Makes [`Self::load`] and [`Self::loader`] write through `via`. The anon backing has no
+    /// second mapping to write through (its loader stages pages for UFFDIO_COPY): only
+    /// `PageCache` there.
+    pub fn set_load_via(&mut self, via: LoadVia) -> Result<(), MemoryError> {
+        if via == LoadVia::Mlocked && self.pin_writer.is_none() {
+            return Err(MemoryError::NoMlockedLoader(self.backing));
+        }
+        self.via = via;
+        Ok(())
+    }
+
+    /// Where the loaders write now.
+    pub fn load_via(&self) -> LoadVia {
+        self.via
     }
 
     pub fn backing(&self) -> Backing {
@@ -341,14 +414,18 @@ impl GuestMemory {
         self.pin_view.as_ref().unwrap_or(&self.guest_view)
     }
 
-    /// Where the VMM writes images before boot (vm-memory, for linux-loader and friends).
+    /// Where the VMM writes images before boot (vm-memory, for linux-loader and friends):
+    /// the loader view, or the mlocked pin view ([`Self::set_load_via`]).
     pub fn loader(&self) -> &GuestMemoryMmap {
-        &self.loader
+        match (self.via, &self.pin_writer) {
+            (LoadVia::Mlocked, Some(w)) => w,
+            _ => &self.loader,
+        }
     }
 
-    /// Writes `data` at guest-physical `gpa` through the loader view.
+    /// Writes `data` at guest-physical `gpa` through [`Self::loader`].
     pub fn load(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        self.loader
+        self.loader()
             .write_slice(data, GuestAddress(gpa))
             .map_err(|err| MemoryError::Write {
                 gpa,
@@ -380,10 +457,11 @@ impl GuestMemory {
         (off < self.size).then_some(off / PAGE_SIZE as u64)
     }
 
-    /// Writes a marker into `pct` percent of guest pages through the loader view, spread
-    /// evenly, so they sit in the page cache (shmem) or staging (anon) before boot, as a
-    /// crosvm kernel/initramfs load leaves them. Returns the number of pages written.
-    pub fn prefill(&self, pct: u8, skip: impl Fn(u64) -> bool) -> Result<u64, MemoryError> {
+    /// Writes a marker into `pct` percent of guest pages through [`Self::loader`], spread
+    /// evenly: the page cache (or staging, anon) by default, the mlocked pin view when loading
+    /// is pKVM-exact, as a crosvm device or loader write leaves them. Returns the number of
+    /// pages written.
+    pub fn prefill(&self, pct: u8, mut skip: impl FnMut(u64) -> bool) -> Result<u64, MemoryError> {
         let mut n = 0;
         for page in 0..self.pages() {
             if (page * u64::from(pct)) % 100 < u64::from(pct) && !skip(page) {
@@ -394,6 +472,16 @@ impl GuestMemory {
             }
         }
         Ok(n)
+    }
+
+    /// Whether each page of the not-mlocked loader view is resident.
+    pub fn loader_view_resident(&self) -> io::Result<Vec<bool>> {
+        let region = self
+            .loader
+            .iter()
+            .next()
+            .ok_or_else(|| io::Error::other("no loader region"))?;
+        sys::resident_pages(region.as_ptr(), self.size as usize)
     }
 
     /// Pages of the staging area the loader wrote (anon backing); empty for shmem.

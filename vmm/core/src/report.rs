@@ -16,6 +16,7 @@ use crate::host::HostFacts;
 use crate::host::trace::KernelTrace;
 use crate::inject::InjectionReport;
 use crate::linux::LinuxReport;
+use crate::loader::LoaderReport;
 use crate::provenance::{BUILD, Build};
 use crate::stage2::ResolverReport;
 use crate::stage2::explain::FailedPin;
@@ -110,6 +111,12 @@ pub struct Report {
     /// `--vm-type protected`: the loader thread, its drain, EFAULTs and retries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protected: Option<ProtectedReport>,
+    /// What the loader wrote before boot: through which mapping (mlocked = pKVM-exact), on
+    /// which CPU, and the state of the last pages it wrote.
+    pub loader: LoaderReport,
+    /// The model the run's numbers come from: `pKVM-exact` or a named stress model
+    /// (docs/DESIGN.md, vocabulary).
+    pub model: String,
     /// Pins taken before boot (`--stage2 eager`).
     pub eager_pins: u64,
     pub prefilled_pages: u64,
@@ -140,6 +147,7 @@ impl From<RunResult> for Report {
     /// Judges the run ([`Outcome::judge`]) and says so in one line.
     fn from(r: RunResult) -> Self {
         let outcome = Outcome::judge(&r);
+        let model = r.config.model();
         let touched: u64 = r.vcpus.iter().map(|v| v.touched_pages).sum();
         let console_truncated = r.console_bytes > r.console_keep as u64;
         let summary = summarize(outcome, &r, touched)
@@ -162,6 +170,8 @@ impl From<RunResult> for Report {
             resolver: r.resolver,
             linux: r.linux,
             protected: r.protected,
+            model,
+            loader: r.loader,
             eager_pins: r.eager_pins,
             prefilled_pages: r.prefilled_pages,
             vmstat_delta: r.vmstat_delta,
@@ -276,20 +286,52 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  guest {} | {} MiB {} | stage2 {:?} | policy {} | fault-in {:?} | fault CPU {} / pin CPU {} | vCPUs {}",
+            "  model {} | guest {} | {} {} MiB {} | stage2 {} | policy {} | fault-in {} | {} | vCPUs {}",
+            self.model,
             if c.linux.is_some() {
                 "linux"
             } else {
                 c.payload.name()
             },
+            c.vm_type,
             c.mem_size >> 20,
             c.backing,
             c.stage2,
             c.policy.name(),
             c.fault_in,
-            c.cpus.fault_cpu,
-            c.cpus.pin_cpu,
+            if c.cpus.free {
+                "CPUs free".to_owned()
+            } else {
+                format!(
+                    "fault CPU {} / pin CPU {}",
+                    c.cpus.fault_cpu, c.cpus.pin_cpu
+                )
+            },
             c.vcpus
+        );
+        let l = &self.loader;
+        let opt = |v: Option<usize>| v.map_or_else(|| "?".to_owned(), |c| c.to_string());
+        let _ = writeln!(
+            s,
+            "  loader: {} pages through the {} view{} on CPU {} -> {} in {:.1} ms ({} prefilled){}",
+            l.pages,
+            l.via.map_or("?", |v| v.name()),
+            if l.placed_cpu.is_some() {
+                " (placed)"
+            } else {
+                ""
+            },
+            opt(l.cpu_start),
+            opt(l.cpu_end),
+            l.ms,
+            l.prefilled_pages,
+            l.tail.as_ref().map_or_else(String::new, |t| format!(
+                " | last {} pages: {} pending in an mlock batch on the LRU, {} off the LRU, {} processed",
+                t.pages.len(),
+                t.pending_on_lru,
+                t.off_lru,
+                t.processed
+            ))
         );
         if let Some(l) = &self.linux {
             human_linux(&mut s, l);
@@ -319,7 +361,8 @@ impl Report {
                 p.loader_ms,
                 p.drain.local_drains,
                 p.drain.all_drains,
-                p.vcpu_cpu,
+                p.vcpu_cpu
+                    .map_or_else(|| "any (free)".to_owned(), |c| c.to_string()),
                 p.efaults,
                 p.retries
             );

@@ -271,6 +271,20 @@ impl Mapping {
         unsafe { std::ptr::read_volatile(p) }
     }
 
+    /// Faults the page at `offset` in for writing, without writing anything:
+    /// `madvise(MADV_POPULATE_WRITE)` (Linux 5.14+) takes the same write fault a loader's
+    /// store or a `read(2)` into the mapping takes (`do_shared_fault()`: one page mapped, one
+    /// `mlock_folio()` in an mlocked mapping) — unlike a read, which maps up to
+    /// `fault_around_bytes` of cached neighbours (docs/DESIGN.md, read fault-around).
+    pub fn touch_write(&self, offset: usize) -> io::Result<()> {
+        let page = offset / PAGE_SIZE * PAGE_SIZE;
+        self.madvise(
+            page,
+            PAGE_SIZE.min(self.len - page),
+            libc::MADV_POPULATE_WRITE,
+        )
+    }
+
     /// Whether each page of the mapping is resident.
     pub fn resident_pages(&self) -> io::Result<Vec<bool>> {
         resident_pages(self.as_ptr(), self.len)
@@ -282,6 +296,67 @@ impl Drop for Mapping {
         // SAFETY: unmaps exactly the range this struct mapped; nobody uses it after drop.
         unsafe { libc::munmap(self.as_ptr().cast(), self.len) };
     }
+}
+
+/// `pread(2)` of `len` bytes at file offset `offset` straight into guest memory at `gpa`,
+/// looping on short reads (and EINTR) as crosvm's `read_exact_at_volatile` does: the kernel
+/// copies the file's page-cache pages into the mapping, taking a write fault per fresh page of
+/// it. Errors: the range is not inside `mem` (EFAULT), the file ended early (UnexpectedEof), or
+/// the read failed.
+pub fn pread_into_guest(
+    mem: &vm_memory::GuestMemoryMmap,
+    gpa: u64,
+    file: &std::fs::File,
+    offset: u64,
+    len: usize,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use vm_memory::{GuestAddress, GuestMemoryBackend as _};
+    let slice = mem
+        .get_slice(GuestAddress(gpa), len)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let guard = slice.ptr_guard_mut();
+    let base = guard.as_ptr();
+    let mut done = 0usize;
+    while done < len {
+        // SAFETY: [base, base + len) is one live guest-memory mapping (get_slice checked the
+        // range); the kernel writes at most len - done bytes at base + done, memory that is
+        // only ever accessed through raw pointers.
+        let n = unsafe {
+            libc::pread64(
+                file.as_raw_fd(),
+                base.add(done).cast(),
+                len - done,
+                (offset + done as u64) as libc::off64_t,
+            )
+        };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pread(2)` into a buffer, looping on short reads; Ok(bytes read), fewer only at the end.
+pub fn pread_buf(file: &std::fs::File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Whether each page of `[addr, addr + len)` is resident (mincore). Any range is sound: the

@@ -17,7 +17,7 @@ use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
-use crate::arch::{self, LinuxBoot};
+use crate::arch;
 use crate::config::VmConfig;
 use crate::control::{HostFailure, Termination, VcpuOutcome, VmControl, VmEvent};
 use crate::host::folio::FolioReader;
@@ -26,13 +26,15 @@ use crate::host::trace::{KernelTrace, TraceSession};
 use crate::host::{self, HostFacts};
 use crate::inject::{InjectionReport, Injector};
 use crate::linux::{self, LinuxReport};
+pub use crate::loader::Boot;
+use crate::loader::LoaderReport;
 use crate::memory::GuestMemory;
 use crate::sched::ThreadSched;
 use crate::stage2::drain::Drainer;
 use crate::stage2::explain::FailedPin;
 use crate::stage2::path::PathCounters;
 use crate::stage2::pin::PinTable;
-use crate::stage2::protected::{ProtectedReport, RunCounters};
+use crate::stage2::protected::{ProtectedReport, RunCounters, VmType};
 use crate::stage2::uffd::Uffd;
 use crate::stage2::{Resolver, ResolverReport};
 use crate::sys::{self, PAGE_SIZE};
@@ -43,32 +45,6 @@ use crate::vcpu::{self, Buses, ExitCounts};
 pub const CONSOLE_KEEP_BYTES: usize = 64 << 10;
 /// The same for a Linux guest, whose boot log alone is tens of KiB.
 pub const LINUX_CONSOLE_KEEP_BYTES: usize = 256 << 10;
-
-/// What the vCPUs boot, and so which way the VM is built, run and judged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Boot {
-    /// A bare payload, written through the loader view; its first instruction at `entry`.
-    Payload { entry: u64 },
-    /// A Linux kernel (`--kernel`): it ends as a whole, with its console's result line.
-    Linux(LinuxBoot),
-    /// A bare payload in a pKVM protected VM: the loader thread writes it through the mlocked
-    /// view, and KVM takes the pins (no userfaultfd, no resolver).
-    Protected { entry: u64 },
-}
-
-impl Boot {
-    /// The Linux boot, for a Linux guest.
-    pub fn linux(&self) -> Option<&LinuxBoot> {
-        match self {
-            Boot::Linux(b) => Some(b),
-            Boot::Payload { .. } | Boot::Protected { .. } => None,
-        }
-    }
-
-    pub fn is_protected(&self) -> bool {
-        matches!(self, Boot::Protected { .. })
-    }
-}
 
 /// The process's counters before the VM, to report the run's differences.
 #[derive(Debug, Clone)]
@@ -242,6 +218,8 @@ pub struct Vm {
     pub(crate) faults: Arc<Injector>,
     pub(crate) mem: Arc<GuestMemory>,
     pub(crate) prefilled: u64,
+    /// What the loader wrote, through which mapping, where.
+    pub(crate) loader: LoaderReport,
     pub(crate) kvm: Kvm,
     pub(crate) vm_fd: VmFd,
     pub(crate) kvm_page_sizes: Option<PageSizeStats>,
@@ -380,6 +358,8 @@ pub struct RunResult {
     pub resolver: Option<ResolverReport>,
     pub linux: Option<LinuxReport>,
     pub protected: Option<ProtectedReport>,
+    /// What the loader wrote before boot, through which mapping, on which CPU.
+    pub loader: LoaderReport,
     pub eager_pins: u64,
     pub prefilled_pages: u64,
     pub vmstat_delta: BTreeMap<String, i64>,
@@ -440,7 +420,7 @@ impl Vm {
             .iter()
             .all(|v| v.outcome == VcpuOutcome::Exited { status: 0 });
         let (host_check_pages, host_check_bad_pages) =
-            if is_memtouch(&cfg) && all_ok && !self.boot.is_protected() {
+            if is_memtouch(&cfg) && all_ok && cfg.vm_type != VmType::Protected {
                 host_check(&self.mem, &vcpus, &cfg)
             } else {
                 (0, 0)
@@ -463,7 +443,7 @@ impl Vm {
         };
         let protected = self.protected.map(|mut r| {
             self.counters.fill(&mut r);
-            r.vcpu_cpu = cfg.cpus.pin_cpu;
+            r.vcpu_cpu = (!cfg.cpus.free).then_some(cfg.cpus.pin_cpu);
             r
         });
         let timing = timing(&vcpus, &running, self.setup_ms, teardown_ms);
@@ -490,6 +470,7 @@ impl Vm {
             resolver,
             linux,
             protected,
+            loader: self.loader,
             eager_pins,
             prefilled_pages: self.prefilled,
             vmstat_delta,

@@ -14,6 +14,10 @@ pub struct CpuPlacement {
     pub fault_cpu: usize,
     /// CPU of the pin thread.
     pub pin_cpu: usize,
+    /// `--cpus free`: no thread is placed on a CPU (the loader, the resolver's threads, the
+    /// vCPUs): the scheduler decides, as for crosvm without `--cpu-affinity`. `fault_cpu` and
+    /// `pin_cpu` then only say which resolver thread is which.
+    pub free: bool,
 }
 
 /// Host facts validation needs (kept separate so tests can pass their own).
@@ -50,6 +54,7 @@ impl HostLimits {
         CpuPlacement {
             fault_cpu: f,
             pin_cpu: p,
+            free: false,
         }
     }
 }

@@ -232,7 +232,7 @@ impl ProtectedExplain {
 
     /// What the loader's record says about write `i`: was it among the last writes since the
     /// last drain on the loader's CPU that no full batch flushed?
-    fn batch_evidence(&self, r: &LoaderRecord, i: usize) -> String {
+    pub(crate) fn batch_evidence(&self, r: &LoaderRecord, i: usize) -> String {
         let (_, s) = r.writes[i];
         let epoch = |t: &Stamp| (t.local_drains(), t.all_drains());
         let same: Vec<usize> = (0..r.writes.len())
@@ -263,13 +263,11 @@ impl ProtectedExplain {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::memory::Backing;
-    use crate::stage2::drain::DrainPolicy;
-    use crate::stage2::protected::{LoadPlan, load};
 
-    fn explainer(mem: &Arc<GuestMemory>) -> ProtectedExplain {
+    pub(crate) fn explainer(mem: &Arc<GuestMemory>) -> ProtectedExplain {
         ProtectedExplain {
             mem: mem.clone(),
             counters: Arc::new(PathCounters::new(Instant::now())),
@@ -278,40 +276,6 @@ mod tests {
             out: Arc::default(),
             read_before: true,
         }
-    }
-
-    /// The loader records its writes in order, on its CPU, in drain epochs: the payload before
-    /// the settling drain, the prefilled pages after it.
-    #[test]
-    fn the_loader_records_what_it_wrote() {
-        let mem = Arc::new(GuestMemory::new(Backing::Shmem, 0x4000_0000, 64 * 4096).unwrap());
-        let cpu = sys::allowed_cpus()[0];
-        let x = explainer(&mem);
-        let plan = LoadPlan {
-            code: vec![1; 4097],
-            entry: 0x4000_0000,
-            first_data_page: 16,
-            prefill_pct: 50,
-            policy: DrainPolicy::None,
-            cpu,
-            explain: Some(x.clone()),
-        };
-        load(&mem, plan).unwrap();
-        let r = x.record.lock().unwrap();
-        assert_eq!(r.writes.len(), 2 + 24);
-        assert_eq!((r.writes[0].0, r.writes[1].0, r.writes[2].0), (0, 1, 16));
-        assert!(r.writes.iter().all(|(_, s)| s.cpu == Some(cpu as u32)));
-        assert_eq!(r.writes[1].1.local_drains(), 0);
-        assert_eq!(r.writes[2].1.local_drains(), 1, "after the settling drain");
-        assert_eq!(r.before.len(), r.writes.len());
-        // Write 3 of 24 since the drain: 24 < 31, so all 24 are still batched (policy none).
-        let e = x.batch_evidence(&r, 4);
-        assert!(
-            e.contains("write 3 of 24") && e.contains("was one of them"),
-            "{e}"
-        );
-        // The payload's writes were followed by a drain.
-        assert!(x.batch_evidence(&r, 0).contains("a drain ran after them"));
     }
 
     #[test]

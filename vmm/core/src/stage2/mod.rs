@@ -32,10 +32,23 @@ named_enum! {
     /// Who faults a page into the mlocked pin view before the long-term pin.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum FaultIn {
-        /// An ordinary fault through the pin view first, then the drain policy, then the pin.
-        Touch = "touch",
-        /// The long-term pin faults the page in itself (pKVM-exact).
+        /// The long-term pin faults the page in itself, on the CPU the vCPU runs on; the pages
+        /// the VMM wrote were written through the mlocked view by its loader thread (pKVM-exact,
+        /// the default).
         Pin = "pin",
+        /// Stress model: the fault-in thread first faults every guest page into the mlocked
+        /// view on the fault CPU by reading it (read fault-around maps and mlocks up to 16
+        /// cached neighbours at once: docs/DESIGN.md), then the drain policy, then the pin on
+        /// the pin CPU. Images and `--prefill` go through the page cache (the not-mlocked
+        /// loader view) first.
+        Touch = "touch",
+    }
+}
+
+impl FaultIn {
+    /// Whether the fault-in thread touches the page before the pin (a stress model).
+    pub fn is_touch(self) -> bool {
+        self != FaultIn::Pin
     }
 }
 

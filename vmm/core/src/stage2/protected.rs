@@ -8,14 +8,15 @@
 //! - the VM is created with `KVM_VM_TYPE_ARM_PROTECTED`;
 //! - the memory slot's `userspace_addr` is the mlocked **pin view** (the mapping crosvm gives
 //!   KVM, so the mapping KVM pins); there is no userfaultfd and no resolver;
-//! - a **loader thread** on `--fault-cpu` writes the payload and `--prefill` pages through that
-//!   mlocked mapping, then runs the policy's drain ([`load`]); the vCPU then runs on
-//!   `--pin-cpu`, where KVM takes the pins. Pages the VMM touched on one CPU, pinned on another,
-//!   are what fails on a kernel without the upstream GUP fix;
+//! - `crate::loader`'s **loader thread** on `--fault-cpu` writes the payload or the Linux boot
+//!   files (crosvm's system calls) and the `--prefill` pages through that mlocked mapping,
+//!   then runs the policy's drain; the vCPU then runs on `--pin-cpu` (or wherever the
+//!   scheduler puts it, `--cpus free`), where KVM takes the pins. Pages the VMM wrote on one
+//!   CPU, pinned on another, are what fails on a kernel without the upstream GUP fix;
 //! - `KVM_RUN` failing with `EFAULT` is pKVM's failed pin: the VM is terminated, or, under
 //!   `--policy retry`, `KVM_RUN` is simply called again ([`run_loop`]);
-//! - the host reads zeros from donated pages, so results come only through the test device
-//!   (no host-side page check).
+//! - the host reads zeros from donated pages, so a payload's results come only through the
+//!   test device and a Linux guest's through its console (no host-side page check).
 //!
 //! GIC and PSCI: the same in-kernel GICv3 and `KVM_ARM_VCPU_INIT` with PSCI 0.2 as ordinary
 //! VMs (`arch::aarch64`). The reference C reproduction (shared/reference/kernels/pkvmpin.c) used
@@ -30,14 +31,10 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::Serialize;
 
 use crate::control::{Termination, VcpuOutcome, VmControl, VmEvent};
-use crate::memory::GuestMemory;
-use crate::memory::MemoryError;
 use crate::names::named_enum;
-use crate::stage2::drain::{DrainError, DrainPolicy, DrainStats, Drainer};
+use crate::stage2::drain::{DrainPolicy, DrainStats};
 use crate::stage2::efault::ProtectedExplain;
-use crate::stage2::path::Count;
 use crate::sys::errno_name;
-use crate::sys::{self, PAGE_SIZE};
 use crate::vcpu::{self, Action, Buses, ExitCounts};
 
 /// `KVM_VM_TYPE_ARM_PROTECTED` (arch/arm64/include/uapi/asm/kvm.h, Linux 7.x).
@@ -63,13 +60,15 @@ named_enum! {
 /// What the loader thread and the vCPUs of a protected VM did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ProtectedReport {
-    /// CPU the loader thread ran on (it is pinned to `--fault-cpu`).
+    /// CPU the loader thread ran on when it finished writing (placed on `--fault-cpu`, or
+    /// anywhere with `--cpus free`; the report's `loader` section has the rest).
     pub loader_cpu: Option<usize>,
-    /// CPU the vCPU threads were placed on (`--pin-cpu`), where KVM takes the pins.
-    pub vcpu_cpu: usize,
-    /// Pages the loader wrote through the mlocked mapping KVM pins (payload + prefill).
+    /// CPU the vCPU threads were placed on (`--pin-cpu`), where KVM takes the pins; None with
+    /// `--cpus free`.
+    pub vcpu_cpu: Option<usize>,
+    /// Pages the loader wrote through the mlocked mapping KVM pins (boot image + prefill).
     pub loader_pages: u64,
-    /// Pages of those written through the loader view (page cache) first (`--prefill`).
+    /// Of those, `--prefill` pages.
     pub prefilled_pages: u64,
     pub loader_ms: f64,
     /// The policy's drain after loading (none, local on the loader CPU, or all CPUs).
@@ -109,135 +108,6 @@ pub fn create_vm(kvm: &Kvm, vm_type: VmType) -> Result<VmFd, kvm_ioctls::Error> 
         VmType::Normal => kvm.create_vm(),
         VmType::Protected => kvm.create_vm_with_type(KVM_VM_TYPE_ARM_PROTECTED),
     }
-}
-
-/// Whether guest page `page` is one `--prefill pct` writes (pages spread evenly).
-pub fn is_prefilled(page: u64, pct: u8) -> bool {
-    (page * u64::from(pct)) % 100 < u64::from(pct)
-}
-
-/// The loader thread's job, on `cpu`: write the payload at `entry` through the mlocked pin
-/// view; for `--prefill`, write the chosen data pages through the loader view first (the page
-/// cache, as an image read into the memfd), let them settle on the LRU (a local drain, standing
-/// for the time between reading an image and using it), then write each through the mlocked
-/// view as the VMM's loader/device code does; finally run the policy's drain. Returns when
-/// done: the vCPUs start only afterwards, so the drain precedes every guest fault.
-pub fn load(mem: &Arc<GuestMemory>, plan: LoadPlan) -> Result<ProtectedReport, LoadError> {
-    let mem = mem.clone();
-    std::thread::Builder::new()
-        .name("pinvmm-loader".into())
-        .spawn(move || loader(&mem, plan))
-        .map_err(LoadError::Thread)?
-        .join()
-        .map_err(|_| LoadError::Panicked)?
-}
-
-/// Why the loader thread could not load a protected VM.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("cannot start the loader thread: {0}")]
-    Thread(std::io::Error),
-    #[error("the loader thread panicked")]
-    Panicked,
-    #[error("cannot pin the loader to CPU {cpu}: {err}")]
-    Cpu { cpu: usize, err: std::io::Error },
-    /// The drainer's scratch page, the settling drain or the policy's drain.
-    #[error(transparent)]
-    Drain(#[from] DrainError),
-    #[error("payload at {entry:#x} is outside guest RAM")]
-    OutsideRam { entry: u64 },
-    /// A prefill page, through the loader view.
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    /// A prefill page, through the mlocked view.
-    #[error("cannot write the mlocked view: {0}")]
-    Access(#[from] crate::sys::AccessError),
-}
-
-/// What the loader thread writes, where, and how it drains afterwards.
-#[derive(Debug, Clone)]
-pub struct LoadPlan {
-    /// The payload, written at guest-physical `entry`.
-    pub code: Vec<u8>,
-    pub entry: u64,
-    /// First page `--prefill` may write (below it: the boot image).
-    pub first_data_page: u64,
-    pub prefill_pct: u8,
-    pub policy: DrainPolicy,
-    /// CPU the loader runs on.
-    pub cpu: usize,
-    /// Records what the loader writes, to explain a failed pin later (stage2::efault).
-    pub explain: Option<ProtectedExplain>,
-}
-
-fn loader(mem: &GuestMemory, plan: LoadPlan) -> Result<ProtectedReport, LoadError> {
-    let LoadPlan {
-        code,
-        entry,
-        first_data_page,
-        prefill_pct,
-        policy,
-        cpu,
-        explain,
-    } = plan;
-    let t = Instant::now();
-    sys::pin_thread_to_cpu(cpu).map_err(|err| LoadError::Cpu { cpu, err })?;
-    let mut settle = Drainer::new(DrainPolicy::None)?;
-    let mut drainer = Drainer::new(policy)?;
-    if let Some(x) = &explain {
-        settle = settle.with_counters(x.counters.clone());
-        drainer = drainer.with_counters(x.counters.clone());
-    }
-    let wrote = |page: u64| {
-        if let Some(x) = &explain {
-            x.wrote(page, Some(cpu));
-        }
-    };
-    let view = mem.pin_view();
-    let off = entry
-        .checked_sub(mem.base())
-        .filter(|o| o + code.len() as u64 <= mem.size())
-        .ok_or(LoadError::OutsideRam { entry })? as usize;
-    // No vCPU runs yet: nothing else accesses the view.
-    view.copy_in(off, &code)
-        .map_err(|_| LoadError::OutsideRam { entry })?;
-    let first = off as u64 / PAGE_SIZE as u64;
-    (first..(off + code.len()).div_ceil(PAGE_SIZE) as u64).for_each(&wrote);
-    let mut report = ProtectedReport {
-        loader_pages: (code.len() as u64).div_ceil(PAGE_SIZE as u64),
-        ..Default::default()
-    };
-    let pages: Vec<u64> = (first_data_page..mem.pages())
-        .filter(|&p| prefill_pct > 0 && is_prefilled(p, prefill_pct))
-        .collect();
-    const MARK: u64 = 0x0b0b_0b0b_0b0b_0b0b;
-    for &p in &pages {
-        // Offset 8: memtouch writes offset 0, so this never changes its result.
-        mem.load(mem.base() + p * PAGE_SIZE as u64 + 8, &MARK.to_le_bytes())?;
-        if let Some(x) = &explain {
-            x.counters.add(Count::LoaderWrite, 1);
-        }
-    }
-    if !pages.is_empty() {
-        settle.drain_local(cpu)?;
-    }
-    for &p in &pages {
-        view.write_u64(p as usize * PAGE_SIZE + 8, MARK)?;
-        wrote(p);
-    }
-    report.prefilled_pages = pages.len() as u64;
-    report.loader_pages += pages.len() as u64;
-    // The loader faulted the pages in on `cpu`; the pins come later, in KVM: the policy's
-    // drains run now, in the order the resolver runs them.
-    drainer.after_fault_in(cpu)?;
-    drainer.before_pin()?;
-    report.drain = drainer.stats;
-    if let Some(x) = &explain {
-        x.loaded();
-    }
-    report.loader_cpu = sys::current_cpu();
-    report.loader_ms = t.elapsed().as_secs_f64() * 1e3;
-    Ok(report)
 }
 
 /// What the run loop does with a `KVM_RUN` that failed with EFAULT.
@@ -376,65 +246,6 @@ mod tests {
             on_efault(DrainPolicy::Retry, MAX_CONSECUTIVE_RETRIES + 1),
             OnEfault::Terminate
         );
-    }
-
-    #[test]
-    fn prefill_selects_the_percentage() {
-        assert_eq!((0..100).filter(|&p| is_prefilled(p, 0)).count(), 0);
-        assert_eq!((0..100).filter(|&p| is_prefilled(p, 25)).count(), 25);
-        assert_eq!((0..100).filter(|&p| is_prefilled(p, 100)).count(), 100);
-    }
-
-    #[test]
-    fn loader_writes_through_the_mlocked_view_on_its_cpu() {
-        use crate::memory::Backing;
-        let mem = Arc::new(GuestMemory::new(Backing::Shmem, 0x4000_0000, 64 * 4096).unwrap());
-        let cpu = sys::allowed_cpus()[0];
-        let plan = LoadPlan {
-            code: vec![1, 2, 3, 4],
-            entry: 0x4000_0000,
-            first_data_page: 16,
-            prefill_pct: 50,
-            policy: DrainPolicy::MlockDrain,
-            cpu,
-            explain: None,
-        };
-        let r = load(&mem, plan).unwrap();
-        assert_eq!(r.loader_cpu, Some(cpu));
-        assert_eq!(r.prefilled_pages, 24);
-        assert_eq!(r.loader_pages, 25);
-        assert_eq!(r.drain.local_drains, 1);
-        assert_eq!(
-            mem.read_u64(0x4000_0000).unwrap() & 0xffff_ffff,
-            0x0403_0201
-        );
-        assert_eq!(mem.pin_view().touch_read(16 * 4096 + 8), 0x0b);
-    }
-
-    /// The loader drains as the resolver does for the same policy: its Drainer's hooks.
-    #[test]
-    fn loader_drains_as_the_policy_says() {
-        use crate::memory::Backing;
-        let cpu = sys::allowed_cpus()[0];
-        for policy in DrainPolicy::ALL {
-            let mem = Arc::new(GuestMemory::new(Backing::Shmem, 0, 32 * 4096).unwrap());
-            let plan = LoadPlan {
-                code: vec![0x90],
-                entry: 0,
-                first_data_page: 8,
-                prefill_pct: 0,
-                policy,
-                cpu,
-                explain: None,
-            };
-            let d = load(&mem, plan).unwrap().drain;
-            let h = policy.hooks();
-            assert_eq!(
-                (d.local_drains, d.all_drains),
-                (u64::from(h.after_fault_in), u64::from(h.before_pin)),
-                "{policy}"
-            );
-        }
     }
 
     #[test]

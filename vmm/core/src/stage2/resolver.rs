@@ -134,6 +134,8 @@ pub struct ResolverConfig {
     pub policy: DrainPolicy,
     pub fault_cpu: usize,
     pub pin_cpu: usize,
+    /// Whether the threads are placed on `fault_cpu` / `pin_cpu` (false: `--cpus free`).
+    pub placed: bool,
     pub noise_pages: u32,
     /// Pages after the faulting one resolved on the same event (0: one page per fault).
     pub fault_ahead: u32,
@@ -170,7 +172,7 @@ impl ResolverConfig {
     /// pKVM, where the vCPU thread takes the pin itself. Several vCPUs are left to the
     /// scheduler.
     pub fn vcpu_cpu(&self) -> Option<usize> {
-        if self.vcpus != 1 {
+        if self.vcpus != 1 || !self.placed {
             return None;
         }
         match self.stage2 {
@@ -1028,8 +1030,11 @@ fn start_thread(
     ctl: &Arc<VmControl>,
     trace: Option<&TraceSession>,
 ) -> SchedProbe {
-    // A failed affinity shows up as the CPU mismatches of the report.
-    let _ = sys::pin_thread_to_cpu(cpu);
+    // A failed affinity shows up as the CPU mismatches of the report. `--cpus free`: not
+    // placed.
+    if cfg.placed {
+        let _ = sys::pin_thread_to_cpu(cpu);
+    }
     // A thread the trace filter misses only leaves the trace without its events; the report
     // says how many it has.
     if let Some(t) = trace {
@@ -1328,6 +1333,7 @@ mod tests {
             policy: DrainPolicy::None,
             fault_cpu: 0,
             pin_cpu: 1,
+            placed: true,
             noise_pages: 0,
             fault_ahead: 0,
             spin: DEFAULT_SPIN,

@@ -120,6 +120,8 @@ pub(super) fn touch_specs(
         fault_in,
         fault_ahead: fa,
     };
+    // The rows keep the touch they were measured with (a stress model; the
+    // pin:*,fault-in=pin row is the pKVM-exact one).
     let (none, touch) = (DrainPolicy::None, FaultIn::Touch);
     // The 4 KiB baselines first: every ratio refers to them.
     let sh = Backing::Shmem;

@@ -79,6 +79,34 @@ pub struct RunRecord {
     pub kernel_pin_failed: Option<u64>,
     #[serde(default)]
     pub kernel_pin_migrations: Option<u64>,
+    /// The git commit of the pinvmm that ran this VM, from its report (older journals: None).
+    #[serde(default)]
+    pub git_commit: Option<String>,
+    #[serde(default)]
+    pub git_dirty: Option<bool>,
+    /// normal | protected (older journals: normal). Decides which errno counts as the seed's
+    /// failure ([`super::summary::counted_termination`]).
+    #[serde(default = "normal_vm")]
+    pub vm_type: String,
+    /// The run's model (`pkvm-exact`, `stress:...`), from its report.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The loader's last pages right after loading: how many were pending in an mlock batch
+    /// on the LRU, and how many were off the LRU (root only; see vmm::loader::TailState).
+    #[serde(default)]
+    pub loader_tail_pending_on_lru: Option<u64>,
+    #[serde(default)]
+    pub loader_tail_off_lru: Option<u64>,
+    /// Protected VMs: KVM_RUN calls that failed with EFAULT.
+    #[serde(default)]
+    pub protected_efaults: Option<u64>,
+    /// Linux guests: launch to verified result line.
+    #[serde(default)]
+    pub result_line_ms: Option<f64>,
+}
+
+fn normal_vm() -> String {
+    "normal".into()
 }
 
 /// One failed pin of a VM, as the campaign keeps it: the verdict and the facts it rests on.
@@ -216,7 +244,7 @@ pub(crate) mod tests {
             drains_all: 0,
             drain_ms: 0.0,
             vmstat_delta: BTreeMap::new(),
-            termination_errno: None,
+            termination_errno: (outcome == "terminated").then(|| "ENOMEM".into()),
             termination_gpa: None,
             wall_ms: 100.0,
             kernel: "test".into(),
@@ -227,6 +255,14 @@ pub(crate) mod tests {
             fault_to_pin_max_us: 0.0,
             kernel_pin_failed: None,
             kernel_pin_migrations: None,
+            git_commit: None,
+            git_dirty: None,
+            vm_type: "normal".into(),
+            model: None,
+            loader_tail_pending_on_lru: None,
+            loader_tail_off_lru: None,
+            protected_efaults: None,
+            result_line_ms: None,
         }
     }
 

@@ -46,15 +46,30 @@ pub struct CampaignArgs {
     /// Memory backings (comma-separated).
     #[arg(long, value_parser = named::<Backing>(), value_delimiter = ',', default_value = "shmem")]
     pub backing: Vec<Backing>,
-    /// Fault-in orders (comma-separated).
-    #[arg(long, value_parser = named::<FaultIn>(), value_delimiter = ',', default_value = "touch")]
+    /// Fault-in orders (comma-separated): pin (pKVM-exact, the default), touch (a stress
+    /// model). See `pinvmm run --help`.
+    #[arg(long, value_parser = named::<FaultIn>(), value_delimiter = ',', default_value = "pin")]
     pub fault_in: Vec<FaultIn>,
     /// VMs per cell.
     #[arg(long, default_value_t = 100)]
     pub runs: u64,
     /// Guest payload of every VM.
-    #[arg(long, default_value = "memtouch")]
+    #[arg(long, default_value = "memtouch", conflicts_with = "kernel")]
     pub guest: String,
+    /// Boot this Linux kernel in every VM instead of a payload (as `pinvmm run --kernel`;
+    /// the verdict is the guest workload's result line).
+    #[arg(long, value_name = "IMAGE")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs for --kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel, after pinvmm's console arguments.
+    #[arg(long, value_name = "ARGS", requires = "kernel", default_value = "")]
+    pub cmdline: String,
+    /// Thread placement of every VM: pinned (loader/fault-in on --fault-cpu, pins and vCPU
+    /// on --pin-cpu) or free (nothing placed: the scheduler decides, as crosvm runs).
+    #[arg(long, default_value = "pinned", value_parser = ["pinned", "free"])]
+    pub cpus: String,
     /// Guest memory per VM.
     #[arg(long, default_value = "64M")]
     pub mem: String,
@@ -74,6 +89,11 @@ pub struct CampaignArgs {
     /// CPU of the pin thread, or `same` (passed to every VM).
     #[arg(long)]
     pub pin_cpu: Option<String>,
+    /// A shell command run (sh -c) before every VM, e.g. to drop a disk's page cache:
+    /// "umount /mnt && mount /dev/vda /mnt" (the cold-cache cells of docs/PKVM.md). A run
+    /// whose command fails is recorded as crashed, with its output.
+    #[arg(long, value_name = "CMD")]
+    pub before_run: Option<String>,
     /// VMs run at once. Keep 1 when matching failures against /proc/vmstat (it is system-wide).
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
@@ -128,6 +148,22 @@ pub struct CampaignSpec {
     /// Every VM ran with --trace (older campaigns: no).
     #[serde(default)]
     pub trace: bool,
+    /// `--kernel`, `--initrd`, `--cmdline` (absent in older campaigns: payloads).
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default)]
+    pub cmdline: String,
+    /// pinned | free (older campaigns: pinned).
+    #[serde(default = "pinned")]
+    pub cpus: String,
+    #[serde(default)]
+    pub before_run: Option<String>,
+}
+
+fn pinned() -> String {
+    "pinned".into()
 }
 
 fn normal_vm() -> String {
@@ -222,12 +258,29 @@ pub fn spec_of(a: &CampaignArgs, host: &HostLimits) -> Result<CampaignSpec, Stri
             a.timeout
         ));
     }
+    if a.cpus == "free" && (a.fault_cpu.is_some() || a.pin_cpu.is_some()) {
+        return Err("--cpus free places no thread: drop --fault-cpu/--pin-cpu".into());
+    }
     // Every cell's VM configuration must be valid before anything runs.
     for &b in &a.backing {
-        let mut c = VmConfig::new(payload, mem, CpuPlacement { fault_cpu, pin_cpu });
-        (c.backing, c.noise_pages, c.prefill_pct) = (b, noise, a.prefill);
-        c.vm_type = a.vm_type;
-        c.validate(host).map_err(|e| e.to_string())?;
+        for &f in &a.fault_in {
+            let placement = CpuPlacement {
+                fault_cpu,
+                pin_cpu,
+                free: a.cpus == "free",
+            };
+            let mut c = VmConfig::new(payload, mem, placement);
+            (c.backing, c.noise_pages, c.prefill_pct) = (b, noise, a.prefill);
+            (c.vm_type, c.fault_in) = (a.vm_type, f);
+            c.validate(host).map_err(|e| e.to_string())?;
+        }
+    }
+    for (what, p) in [("--kernel", &a.kernel), ("--initrd", &a.initrd)] {
+        if let Some(p) = p
+            && !p.is_file()
+        {
+            return Err(format!("{what} {}: not a readable file", p.display()));
+        }
     }
     if let Some(e) = &a.expect {
         let exps = Expectation::parse_list(e)?;
@@ -244,11 +297,7 @@ pub fn spec_of(a: &CampaignArgs, host: &HostLimits) -> Result<CampaignSpec, Stri
     Ok(CampaignSpec {
         policies: a.policies.iter().map(|p| p.name().to_owned()).collect(),
         backings: a.backing.iter().map(|b| b.to_string()).collect(),
-        fault_ins: a
-            .fault_in
-            .iter()
-            .map(|f| format!("{f:?}").to_lowercase())
-            .collect(),
+        fault_ins: a.fault_in.iter().map(|f| f.to_string()).collect(),
         guest: a.guest.clone(),
         mem,
         noise,
@@ -260,6 +309,11 @@ pub fn spec_of(a: &CampaignArgs, host: &HostLimits) -> Result<CampaignSpec, Stri
         seed: a.seed,
         vm_type: format!("{:?}", a.vm_type).to_lowercase(),
         trace: a.trace,
+        kernel: a.kernel.clone(),
+        initrd: a.initrd.clone(),
+        cmdline: a.cmdline.clone(),
+        cpus: a.cpus.clone(),
+        before_run: a.before_run.clone(),
     })
 }
 
@@ -271,7 +325,7 @@ pub fn cells(a: &CampaignArgs) -> Vec<Cell> {
             for &policy in &a.policies {
                 let mut name = format!("{backing}/{}", policy.name());
                 if a.fault_in.len() > 1 {
-                    name.push_str(&format!("/{}", format!("{fault_in:?}").to_lowercase()));
+                    name.push_str(&format!("/{fault_in}"));
                 }
                 v.push(Cell {
                     name,
@@ -328,8 +382,6 @@ fn child_args(spec: &CampaignSpec, job: &Job, json: &Path) -> Vec<String> {
     let mut v: Vec<String> = [
         "run",
         "--quiet",
-        "--guest",
-        &spec.guest,
         "--mem",
         &spec.mem.to_string(),
         "--backing",
@@ -337,15 +389,11 @@ fn child_args(spec: &CampaignSpec, job: &Job, json: &Path) -> Vec<String> {
         "--policy",
         job.cell.policy.name(),
         "--fault-in",
-        &format!("{:?}", job.cell.fault_in).to_lowercase(),
+        &job.cell.fault_in.to_string(),
         "--noise",
         &spec.noise.to_string(),
         "--prefill",
         &spec.prefill.to_string(),
-        "--fault-cpu",
-        &spec.fault_cpu.to_string(),
-        "--pin-cpu",
-        &spec.pin_cpu.to_string(),
         "--timeout",
         &spec.timeout.to_string(),
         "--json",
@@ -354,6 +402,25 @@ fn child_args(spec: &CampaignSpec, job: &Job, json: &Path) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     v.push(json.display().to_string());
+    if spec.cpus == "free" {
+        v.extend(["--cpus".into(), "free".into()]);
+    } else {
+        v.extend([
+            "--fault-cpu".into(),
+            spec.fault_cpu.to_string(),
+            "--pin-cpu".into(),
+            spec.pin_cpu.to_string(),
+        ]);
+    }
+    if let Some(k) = &spec.kernel {
+        v.extend(["--kernel".into(), k.display().to_string()]);
+        if let Some(i) = &spec.initrd {
+            v.extend(["--initrd".into(), i.display().to_string()]);
+        }
+        v.extend(["--cmdline".into(), spec.cmdline.clone()]);
+    } else {
+        v.extend(["--guest".into(), spec.guest.clone()]);
+    }
     if spec.vm_type != "normal" {
         v.push("--vm-type".into());
         v.push(spec.vm_type.clone());
@@ -376,6 +443,24 @@ fn run_child(exe: &Path, tmp: &Path, spec: &CampaignSpec, job: &Job) -> RunRecor
     let json = tmp.join(format!("{file}.json"));
     let errlog = tmp.join(format!("{file}.stderr"));
     let _ = std::fs::remove_file(&json);
+    if let Some(cmd) = &spec.before_run {
+        match Command::new("sh").args(["-c", cmd]).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                let note = format!(
+                    "--before-run failed ({}): {}{}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stdout).trim(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                return record_of(&key, job, spec, -1, None, Some(note), Duration::ZERO);
+            }
+            Err(e) => {
+                let note = format!("--before-run: cannot run sh: {e}");
+                return record_of(&key, job, spec, -1, None, Some(note), Duration::ZERO);
+            }
+        }
+    }
     let t = Instant::now();
     let stderr = std::fs::File::create(&errlog)
         .map(Stdio::from)
@@ -464,7 +549,7 @@ fn record_of(
         run: job.run,
         policy: job.cell.policy.name().to_owned(),
         backing: job.cell.backing.to_string(),
-        fault_in: format!("{:?}", job.cell.fault_in).to_lowercase(),
+        fault_in: job.cell.fault_in.to_string(),
         noise: spec.noise,
         prefill: spec.prefill,
         outcome,
@@ -499,6 +584,14 @@ fn record_of(
         fault_to_pin_max_us: f(&res["fault_to_pin_latency"]["max_us"]),
         kernel_pin_failed: rep["kernel_trace"]["pin_failed"].as_u64(),
         kernel_pin_migrations: rep["kernel_trace"]["pin_migrations"].as_u64(),
+        git_commit: rep["build"]["git_commit"].as_str().map(str::to_owned),
+        git_dirty: rep["build"]["git_dirty"].as_bool(),
+        vm_type: spec.vm_type.clone(),
+        model: rep["model"].as_str().map(str::to_owned),
+        loader_tail_pending_on_lru: rep["loader"]["tail"]["pending_on_lru"].as_u64(),
+        loader_tail_off_lru: rep["loader"]["tail"]["off_lru"].as_u64(),
+        protected_efaults: rep["protected"]["efaults"].as_u64(),
+        result_line_ms: rep["linux"]["result_line_ms"].as_f64(),
     }
 }
 
@@ -533,6 +626,9 @@ fn failure_notes(rep: &Value) -> Vec<FailureNote> {
 pub struct CampaignSummary {
     pub pinvmm_version: String,
     pub git_commit: String,
+    /// Whether the binary's tree had uncommitted changes (None: unknown, or an older summary).
+    #[serde(default)]
+    pub git_dirty: Option<bool>,
     pub host: Value,
     pub spec: CampaignSpec,
     pub runs_per_cell: u64,
@@ -667,17 +763,25 @@ pub fn run(a: &CampaignArgs) -> Result<ExitCode, CampaignError> {
 
     let cells_sum = summary::summarize(&records);
     let comps = summary::compare(&cells_sum);
+    let guest = match &spec.kernel {
+        Some(k) => format!("Linux {}", k.display()),
+        None => spec.guest.clone(),
+    };
     let header = format!(
-        "pinvmm campaign: {} runs per cell, {} on {}",
+        "pinvmm campaign: {} runs per cell, {guest} ({} VMs, CPUs {}) on {}; pinvmm {}",
         a.runs,
-        spec.guest,
-        HostFacts::probe().kernel_release
+        spec.vm_type,
+        spec.cpus,
+        HostFacts::probe().kernel_release,
+        vmm::provenance::BUILD.describe()
     );
     let (ktap, met) = summary::ktap(&cells_sum, &expect, &header);
+    let expected = !expect.is_empty();
     let complete = records.len() as u64 >= total;
     let sum = CampaignSummary {
         pinvmm_version: env!("CARGO_PKG_VERSION").into(),
-        git_commit: env!("PINVMM_GIT_COMMIT").into(),
+        git_commit: vmm::provenance::BUILD.git_commit.into(),
+        git_dirty: vmm::provenance::BUILD.git_dirty,
         host: serde_json::to_value(HostFacts::probe()).unwrap_or(Value::Null),
         spec,
         runs_per_cell: a.runs,
@@ -706,7 +810,8 @@ pub fn run(a: &CampaignArgs) -> Result<ExitCode, CampaignError> {
         );
         return Ok(ExitCode::Interrupted);
     }
-    Ok(if met {
+    // KTAP marks a cell with problems `not ok` either way; the exit code is about --expect.
+    Ok(if met || !expected {
         ExitCode::Ok
     } else {
         ExitCode::ExpectationFailed
@@ -752,6 +857,11 @@ mod tests {
             fault_in: vec![FaultIn::Touch],
             runs: 3,
             guest: "memtouch".into(),
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+            cpus: "pinned".into(),
+            before_run: None,
             mem: "8M".into(),
             noise: "lru:4".into(),
             prefill: 0,

@@ -50,7 +50,7 @@ pub fn csv(cells: &[CellSummary]) -> String {
             c.completed,
             c.terminated,
             c.terminated_injected,
-            c.guest_failed + c.vmm_error + c.timeout + c.crashed,
+            c.guest_failed + c.vmm_error + c.timeout + c.crashed + c.terminated_other,
             c.rate,
             c.rate_lo,
             c.rate_hi,

@@ -18,6 +18,10 @@ pub struct CellSummary {
     pub policy: String,
     pub backing: String,
     pub fault_in: String,
+    /// The model the runs came from (`pkvm-exact`, `stress:...`; "mixed" if they differ;
+    /// empty for journals older than the field).
+    #[serde(default)]
+    pub model: String,
     pub runs: u64,
     pub completed: u64,
     pub terminated: u64,
@@ -46,6 +50,20 @@ pub struct CellSummary {
     pub vmstat_delta: BTreeMap<String, i64>,
     /// Natural (not injected) terminations the kernel did not count as a failed migration.
     pub unmatched_terminations: u64,
+    /// Terminations that are not the seed's failure: a normal VM's pin that failed with
+    /// another errno than ENOMEM, a protected VM's EFAULT without a failed migration, or
+    /// another errno from KVM_RUN. Not in `terminated` (nor the rate); they fail the cell's
+    /// KTAP test.
+    #[serde(default)]
+    pub terminated_other: u64,
+    /// errno name (or "EFAULT without pgmigrate_fail") -> count, of `terminated_other`.
+    #[serde(default)]
+    pub other_terminations: BTreeMap<String, u64>,
+    /// Why the cell cannot be trusted, if it cannot: any VM that crashed, timed out, hit a
+    /// VMM error or failed its guest check, a termination that is not the seed's failure,
+    /// or one the kernel did not count as a failed migration. Empty = clean.
+    #[serde(default)]
+    pub problems: Vec<String>,
     pub wall_s: f64,
     /// Failed pins by signature (docs/FAILURES.md) over the cell's VMs, terminated and
     /// retried alike.
@@ -101,7 +119,7 @@ pub fn summarize(records: &[RunRecord]) -> Vec<CellSummary> {
     cells.sort_by_key(|c| {
         (
             rank(&["shmem", "anon"], &c.backing),
-            rank(&["touch", "pin"], &c.fault_in),
+            rank(&["pin", "touch"], &c.fault_in),
             rank(
                 &["none", "lru-add-drain", "mlock-drain", "retry"],
                 &c.policy,
@@ -112,10 +130,40 @@ pub fn summarize(records: &[RunRecord]) -> Vec<CellSummary> {
     cells
 }
 
+/// Whether a terminated run counts as the seed's failure (a long-term pin that failed because
+/// a migration failed). Normal VMs: pinvmm's own pin failed with ENOMEM, what GUP returns
+/// when a folio could not be migrated (or the failure was injected). Protected VMs: pKVM
+/// turns every failed pin into KVM_RUN = EFAULT (`pkvm_mem_abort()`: `ret != 1` → -EFAULT),
+/// and KVM_RUN also returns EFAULT for faults that are not pins at all, so the errno alone
+/// proves nothing: an EFAULT counts only when the VM's own /proc/vmstat delta shows a failed
+/// migration (`pgmigrate_fail` > 0; keep `--jobs 1`). Returns Err(reason) for a termination
+/// that is not the seed's failure.
+pub fn counted_termination(r: &RunRecord) -> Result<(), String> {
+    if r.injected_at.is_some() {
+        return Ok(());
+    }
+    let errno = r.termination_errno.as_deref().unwrap_or("no errno");
+    let migration_failed = r.vmstat_delta.get("pgmigrate_fail").copied().unwrap_or(0) > 0;
+    match (r.vm_type.as_str(), errno) {
+        ("protected", "EFAULT") if migration_failed => Ok(()),
+        ("protected", "EFAULT") => Err("EFAULT without pgmigrate_fail".into()),
+        ("protected", e) => Err(e.to_owned()),
+        (_, "ENOMEM") => Ok(()),
+        (_, e) => Err(e.to_owned()),
+    }
+}
+
 fn cell_summary(cell: &str, rs: &[&RunRecord]) -> CellSummary {
     let count = |o: &str| rs.iter().filter(|r| r.outcome == o).count() as u64;
     let runs = rs.len() as u64;
-    let terminated = count("terminated");
+    let mut other_terminations: BTreeMap<String, u64> = BTreeMap::new();
+    for r in rs.iter().filter(|r| r.outcome == "terminated") {
+        if let Err(why) = counted_termination(r) {
+            *other_terminations.entry(why).or_default() += 1;
+        }
+    }
+    let terminated_other: u64 = other_terminations.values().sum();
+    let terminated = count("terminated") - terminated_other;
     let (rate_lo, rate_hi) = wilson(terminated, runs, Z95);
     let mut vmstat: BTreeMap<String, i64> = BTreeMap::new();
     for r in rs {
@@ -126,14 +174,42 @@ fn cell_summary(cell: &str, rs: &[&RunRecord]) -> CellSummary {
     let unmatched = rs
         .iter()
         .filter(|r| r.outcome == "terminated" && r.injected_at.is_none())
+        .filter(|r| counted_termination(r).is_ok())
         .filter(|r| r.vmstat_delta.get("pgmigrate_fail").copied().unwrap_or(0) <= 0)
         .count() as u64;
+    let mut problems = Vec::new();
+    for (what, n) in [
+        ("crashed", count("crashed")),
+        ("timed out", count("timeout")),
+        ("hit a VMM error", count("vmm-error")),
+        ("failed the guest check", count("guest-failed")),
+    ] {
+        if n > 0 {
+            problems.push(format!("{n} VMs {what}"));
+        }
+    }
+    for (why, n) in &other_terminations {
+        problems.push(format!(
+            "{n} terminations that are not the seed's failure ({why})"
+        ));
+    }
+    if unmatched > 0 {
+        problems.push(format!(
+            "{unmatched} terminations without a pgmigrate_fail in the VM's /proc/vmstat delta"
+        ));
+    }
     let first = rs[0];
+    let model = match &first.model {
+        Some(m) if rs.iter().all(|r| r.model.as_ref() == Some(m)) => m.clone(),
+        Some(_) => "mixed".into(),
+        None => String::new(),
+    };
     CellSummary {
         cell: cell.to_owned(),
         policy: first.policy.clone(),
         backing: first.backing.clone(),
         fault_in: first.fault_in.clone(),
+        model,
         runs,
         completed: count("completed"),
         terminated,
@@ -165,6 +241,9 @@ fn cell_summary(cell: &str, rs: &[&RunRecord]) -> CellSummary {
         drain_ms: rs.iter().map(|r| r.drain_ms).sum(),
         vmstat_delta: vmstat,
         unmatched_terminations: unmatched,
+        terminated_other,
+        other_terminations,
+        problems,
         wall_s: rs.iter().map(|r| r.wall_ms).sum::<f64>() / 1e3,
         signatures: rs
             .iter()
@@ -289,16 +368,25 @@ pub fn ktap(cells: &[CellSummary], expect: &[Expectation], header: &str) -> (Str
     let mut all_ok = true;
     for (i, c) in cells.iter().enumerate() {
         let mine: Vec<&Expectation> = expect.iter().filter(|e| e.policy == c.policy).collect();
-        let failed: Vec<String> = mine
+        let mut failed: Vec<String> = mine
             .iter()
             .filter(|e| !e.holds(c.rate))
             .map(|e| format!("expected rate {}{}", e.op, e.value))
             .collect();
+        // A rate is only as good as its runs: a cell with a VM that crashed, timed out, hit a
+        // VMM error, failed its check or was terminated for another reason is not ok,
+        // whatever its rate.
+        failed.extend(c.problems.iter().cloned());
         let ok = failed.is_empty();
         all_ok &= ok;
         let mut detail = format!(
-            "terminated {}/{} rate {:.4} [{:.4}, {:.4}]",
-            c.terminated, c.runs, c.rate, c.rate_lo, c.rate_hi
+            "terminated {}/{} rate {:.4} [{:.4}, {:.4}] model {}",
+            c.terminated,
+            c.runs,
+            c.rate,
+            c.rate_lo,
+            c.rate_hi,
+            if c.model.is_empty() { "?" } else { &c.model }
         );
         if !c.signatures.is_empty() {
             let sigs: Vec<String> = c
@@ -392,7 +480,7 @@ pub fn table(cells: &[CellSummary], comps: &[Comparison]) -> String {
         "drain ms"
     );
     for c in cells {
-        let other = c.guest_failed + c.vmm_error + c.timeout + c.crashed;
+        let other = c.guest_failed + c.vmm_error + c.timeout + c.crashed + c.terminated_other;
         let _ = writeln!(
             s,
             "{:<28} {:>5} {:>6} {:>5} {:>11.4} {:>17} {:>9} {:>9} {:>7.1}µ {:>9.1}",
@@ -407,12 +495,8 @@ pub fn table(cells: &[CellSummary], comps: &[Comparison]) -> String {
             c.fault_p50_us,
             c.drain_ms
         );
-        if c.unmatched_terminations > 0 {
-            let _ = writeln!(
-                s,
-                "  !! {} terminations without a pgmigrate_fail in /proc/vmstat: check the measurement",
-                c.unmatched_terminations
-            );
+        for p in &c.problems {
+            let _ = writeln!(s, "  !! {p}: check the measurement");
         }
     }
     if let Some(n) = cells.iter().map(|c| c.runs).min().filter(|&n| n > 0) {
@@ -470,6 +554,51 @@ mod tests {
     }
 
     #[test]
+    fn only_the_seeds_failure_counts_and_bad_runs_fail_the_cell() {
+        let mut rs = Vec::new();
+        let mut t = |cell: &str, run, vm: &str, errno: &str, fail: i64| {
+            let mut r = record(cell, run, "terminated");
+            r.vm_type = vm.into();
+            r.termination_errno = Some(errno.into());
+            r.vmstat_delta.insert("pgmigrate_fail".into(), fail);
+            rs.push(r);
+        };
+        t("shmem/none", 0, "normal", "ENOMEM", 1);
+        t("shmem/none", 1, "normal", "EFAULT", 0);
+        t("shmem/none", 2, "normal", "ENOMEM", 0);
+        t("prot/none", 0, "protected", "EFAULT", 1);
+        t("prot/none", 1, "protected", "EFAULT", 0);
+        t("prot/none", 2, "protected", "ENOMEM", 0);
+        rs.push(record("shmem/mlock-drain", 0, "completed"));
+        rs.push(record("shmem/mlock-drain", 1, "timeout"));
+        let cells = summarize(&rs);
+        let by = |n: &str| cells.iter().find(|c| c.cell == n).unwrap();
+        let n = by("shmem/none");
+        assert_eq!((n.terminated, n.terminated_other), (2, 1));
+        assert_eq!(n.other_terminations.get("EFAULT"), Some(&1));
+        assert_eq!(n.unmatched_terminations, 1, "ENOMEM without pgmigrate_fail");
+        let p = by("prot/none");
+        assert_eq!(
+            (p.terminated, p.terminated_other, p.unmatched_terminations),
+            (1, 2, 0)
+        );
+        assert_eq!(
+            p.other_terminations.get("EFAULT without pgmigrate_fail"),
+            Some(&1)
+        );
+        let d = by("shmem/mlock-drain");
+        assert_eq!((d.terminated, d.timeout), (0, 1));
+        // The rate meets `==0`, but a VM timed out: not ok.
+        let e = Expectation::parse_list("mlock-drain==0,none>0").unwrap();
+        let (k, ok) = ktap(&cells, &e, "t");
+        assert!(!ok);
+        assert!(k.contains("not ok") && k.contains("1 VMs timed out"), "{k}");
+        let clean = summarize(&[record("shmem/mlock-drain", 0, "completed")]);
+        assert!(clean[0].problems.is_empty());
+        assert!(ktap(&clean, &e[..1], "t").1);
+    }
+
+    #[test]
     fn expectations_and_ktap() {
         let e = Expectation::parse_list("none>0, mlock-drain==0,retry=>0.5").unwrap();
         assert_eq!(
@@ -487,6 +616,9 @@ mod tests {
             record("shmem/none", 0, "terminated"),
             record("shmem/mlock-drain", 0, "terminated"),
         ];
+        for r in &mut rs {
+            r.vmstat_delta.insert("pgmigrate_fail".into(), 1);
+        }
         rs.push(record("shmem/none", 1, "completed"));
         let cells = summarize(&rs);
         let (k, ok) = ktap(&cells, &e, "test");

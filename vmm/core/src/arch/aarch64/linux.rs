@@ -1,35 +1,51 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! Booting an arm64 Linux `Image` (Documentation/arch/arm64/booting.rst).
+//! Booting an arm64 Linux `Image` (Documentation/arch/arm64/booting.rst), loaded the way
+//! crosvm loads it (google/crosvm `aarch64/src/lib.rs` `build_vm`, `kernel_loader`,
+//! `arch::load_image`).
 //!
-//! Guest RAM, bottom to top:
+//! Guest RAM, bottom to top (crosvm's layout, FDT at the end):
 //!
 //! ```text
 //! RAM_START (2 MiB aligned) + text_offset   kernel Image, then its BSS (header's image_size)
+//! next 16 MiB boundary after the kernel     initrd
 //! ...                                       free
-//! below the device tree, page aligned       initrd
 //! last 2 MiB of RAM                         device tree (fdt::load_addr)
 //! ```
 //!
-//! The header is checked here first (so a wrong file gets a message that says what it is:
-//! gzip, ELF vmlinux, x86 bzImage, EFI zboot), then linux-loader's `PE` loader copies the Image
-//! through the loader view. The vCPU starts at the Image's first instruction with x0 = the
-//! device tree, EL1h, DAIF masked, MMU off (KVM's reset state); secondary vCPUs start powered
-//! off and are brought up by the guest's PSCI CPU_ON, which KVM handles itself.
+//! Which system calls write which pages, in crosvm's order, on the calling (loader) thread:
+//!
+//! 1. `load_elf`: `pread(16 bytes @ 0)` of the ELF ident into a stack buffer (not ELF);
+//! 2. `load_arm64_kernel_lz4`: `read(4 bytes @ 0)` of the LZ4 frame magic (not LZ4);
+//! 3. `load_arm64_kernel`: `pread(64 @ 0)` of the header, the file's length (`fstat`), then one
+//!    `pread(file length @ 0)` (looping on short reads) straight into guest memory at
+//!    RAM_START + text_offset: the kernel copies the file's page cache into the mapping, one
+//!    write fault per guest page;
+//! 4. `arch::load_image` of the initrd: `fstat`, `pread(length @ 0)` straight into guest
+//!    memory at the 16 MiB boundary after the kernel's end (file or image_size, the larger);
+//! 5. `create_fdt`: the device tree is built on the heap and copied (`write_at_addr`) into the
+//!    last 2 MiB.
+//!
+//! pinvmm adds one read before step 1: `pread(4 KiB @ 0)` into a stack buffer, to check the
+//! header and the PE/COFF section table (so a wrong file gets a message that says what it is:
+//! gzip, ELF vmlinux, x86 bzImage, EFI zboot). Which mapping "guest memory" is —
+//! the mlocked pin view (pKVM-exact) or the not-mlocked loader view (stress models) — is the
+//! caller's choice ([`crate::memory::LoadVia`]).
+//!
+//! The vCPU starts at the Image's first instruction with x0 = the device tree, EL1h, DAIF
+//! masked, MMU off (KVM's reset state); secondary vCPUs start powered off and are brought up
+//! by the guest's PSCI CPU_ON, which KVM handles itself.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 
 use kvm_bindings::{KVM_ARM_VCPU_POWER_OFF, kvm_vcpu_init};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use linux_loader::loader::{KernelLoader, PE};
-use vm_memory::{Bytes, GuestAddress};
 
 use super::fdt::{self, FDT_MAX, FdtConfig};
 use super::layout::RAM_START;
 use super::regs;
 use crate::arch::{ArchError, BootFile, GpaRange, LinuxBoot, LinuxLoadError};
 use crate::memory::GuestMemory;
-use crate::sys::PAGE_SIZE;
+use crate::sys;
 
 /// GSI of the UART's interrupt: SPI 1 (INTID 33), as the device tree says. KVM's default
 /// arm64 routing maps GSI n to SPI n.
@@ -51,6 +67,9 @@ const HEAD_READ: usize = 4096;
 const LEGACY_TEXT_OFFSET: u64 = 0x8_0000;
 /// The Image goes at a 2 MiB-aligned base.
 const KERNEL_ALIGN: u64 = 2 << 20;
+/// crosvm's `AARCH64_INITRD_ALIGN`: the initrd starts at the next 16 MiB boundary after the
+/// kernel.
+pub const INITRD_ALIGN: u64 = 16 << 20;
 
 /// What the Image header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,15 +185,16 @@ pub fn parse_image(head: &[u8], file_len: u64) -> Result<ImageInfo, LinuxLoadErr
 /// Where everything goes in a guest of `mem_size` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
-    /// The 2 MiB-aligned base linux-loader is given (the Image lands at base + text_offset).
+    /// The 2 MiB-aligned base the Image is loaded relative to (it lands at base + text_offset).
     pub base: u64,
     pub kernel: GpaRange,
     pub initrd: Option<GpaRange>,
     pub fdt: u64,
 }
 
-/// Places the kernel at the start of RAM, the device tree in the last 2 MiB and the initrd
-/// right below it; refuses what does not fit.
+/// Places the kernel at the start of RAM, the initrd at the next 16 MiB boundary after the
+/// kernel (file or image_size, the larger) and the device tree in the last 2 MiB, as crosvm
+/// does; refuses what does not fit.
 pub fn place(
     mem_size: u64,
     image: &ImageInfo,
@@ -197,25 +217,22 @@ pub fn place(
         });
     }
     let fdt = fdt::load_addr(mem_size);
-    let page = PAGE_SIZE as u64;
     let initrd = match initrd_len {
         None => None,
         Some(len) => {
-            let start = fdt.checked_sub(len.next_multiple_of(page));
-            match start.filter(|&s| s >= kernel.end().next_multiple_of(page)) {
-                Some(start) => Some(GpaRange { start, len }),
-                None => {
-                    return Err(LinuxLoadError::TooLarge {
-                        file: BootFile::Initrd,
-                        what: format!(
-                            "the kernel ({} bytes with its BSS), the initrd ({len} bytes) and the 2 MiB device tree",
-                            image.footprint
-                        ),
-                        need: kernel_need + len.next_multiple_of(page),
-                        room: mem_size,
-                    });
-                }
+            let start = kernel.end().next_multiple_of(INITRD_ALIGN);
+            if start + len > fdt {
+                return Err(LinuxLoadError::TooLarge {
+                    file: BootFile::Initrd,
+                    what: format!(
+                        "the kernel ({} bytes with its BSS), the initrd ({len} bytes, at the next 16 MiB boundary) and the 2 MiB device tree",
+                        image.footprint
+                    ),
+                    need: start - RAM_START + len + FDT_MAX,
+                    room: mem_size,
+                });
             }
+            Some(GpaRange { start, len })
         }
     };
     Ok(Placement {
@@ -226,20 +243,13 @@ pub fn place(
     })
 }
 
-fn read_head(f: &mut File, file: BootFile) -> Result<(Vec<u8>, u64), LinuxLoadError> {
-    let read = |err| LinuxLoadError::Read { file, err };
-    let len = f.seek(SeekFrom::End(0)).map_err(read)?;
-    f.rewind().map_err(read)?;
-    let mut head = Vec::with_capacity(HEAD_READ);
-    f.take(HEAD_READ as u64)
-        .read_to_end(&mut head)
-        .map_err(read)?;
-    f.rewind().map_err(read)?;
-    Ok((head, len))
+fn read_err(file: BootFile) -> impl Fn(std::io::Error) -> LinuxLoadError {
+    move |err| LinuxLoadError::Read { file, err }
 }
 
-/// Loads the Image (and initrd) through the loader view and writes the device tree.
-/// `cmdline` is complete (vmm::linux has put [`LINUX_CMDLINE_BASE`] in front).
+/// Loads the Image (and initrd) and writes the device tree through `mem.loader()`, with
+/// crosvm's system calls in crosvm's order (module docs). `cmdline` is complete (vmm::linux
+/// has put [`LINUX_CMDLINE_BASE`] in front).
 pub fn load_linux(
     mem: &GuestMemory,
     vcpus: u8,
@@ -247,36 +257,34 @@ pub fn load_linux(
     initrd: Option<&mut File>,
     cmdline: &str,
 ) -> Result<LinuxBoot, LinuxLoadError> {
-    let (head, len) = read_head(kernel, BootFile::Kernel)?;
-    let image = parse_image(&head, len)?;
+    let k = BootFile::Kernel;
+    // pinvmm's own check first: header and PE/COFF table (a stack buffer, page cache only).
+    let len = kernel.metadata().map_err(read_err(k))?.len();
+    let mut head = [0u8; HEAD_READ];
+    let n = sys::pread_buf(kernel, 0, &mut head).map_err(read_err(k))?;
+    let image = parse_image(&head[..n], len)?;
+    // 1.-3. crosvm: load_elf's ident, the LZ4 magic, the arm64 header (stack buffers).
+    let mut ident = [0u8; 16];
+    sys::pread_buf(kernel, 0, &mut ident).map_err(read_err(k))?;
+    let mut lz4_magic = [0u8; 4];
+    sys::pread_buf(kernel, 0, &mut lz4_magic).map_err(read_err(k))?;
+    let mut header = [0u8; HEADER_LEN as usize];
+    sys::pread_buf(kernel, 0, &mut header).map_err(read_err(k))?;
+    let file_len = kernel.metadata().map_err(read_err(k))?.len();
     let initrd_len = match &initrd {
-        Some(f) => Some(
-            f.metadata()
-                .map_err(|err| LinuxLoadError::Read {
-                    file: BootFile::Initrd,
-                    err,
-                })?
-                .len(),
-        ),
+        Some(f) => Some(f.metadata().map_err(read_err(BootFile::Initrd))?.len()),
         None => None,
     };
     let at = place(mem.size(), &image, initrd_len)?;
-    let loaded = PE::load(mem.loader(), Some(GuestAddress(at.base)), kernel, None).map_err(
-        LinuxLoadError::setup("linux-loader could not load the Image"),
-    )?;
-    debug_assert_eq!(loaded.kernel_load.0, at.kernel.start);
+    // The whole file straight into guest memory.
+    sys::pread_into_guest(mem.loader(), at.kernel.start, kernel, 0, file_len as usize)
+        .map_err(read_err(k))?;
+    // 4. The initrd, the same way.
     if let (Some(f), Some(r)) = (initrd, at.initrd) {
-        f.rewind().map_err(|err| LinuxLoadError::Read {
-            file: BootFile::Initrd,
-            err,
-        })?;
-        mem.loader()
-            .read_exact_volatile_from(GuestAddress(r.start), f, r.len as usize)
-            .map_err(|e| LinuxLoadError::Read {
-                file: BootFile::Initrd,
-                err: std::io::Error::other(e.to_string()),
-            })?;
+        sys::pread_into_guest(mem.loader(), r.start, f, 0, r.len as usize)
+            .map_err(read_err(BootFile::Initrd))?;
     }
+    // 5. The device tree, built on the heap, then copied in.
     let blob = fdt::create(&FdtConfig {
         mem_size: mem.size(),
         vcpus: vcpus.into(),
@@ -420,7 +428,8 @@ mod tests {
         assert_eq!(p.base % KERNEL_ALIGN, 0);
         assert_eq!(p.kernel.start, RAM_START);
         let i = p.initrd.unwrap();
-        assert_eq!(i.start % 4096, 0);
+        // crosvm's placement: the next 16 MiB boundary after the kernel's 37 MiB.
+        assert_eq!(i.start, RAM_START + (48 << 20));
         assert!(i.start >= p.kernel.end());
         assert!(i.end() <= p.fdt);
         assert_eq!(p.fdt, RAM_START + mem - FDT_MAX);

@@ -20,10 +20,11 @@ use std::mem::offset_of;
 
 use guest::PayloadArgs;
 use kvm_bindings::{
-    KVM_ARM_VCPU_PSCI_0_2, KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_SIZE_U64, PSR_A_BIT, PSR_D_BIT,
-    PSR_F_BIT, PSR_I_BIT, PSR_MODE_EL1h, kvm_regs, kvm_vcpu_init, user_pt_regs,
+    KVM_ARM_VCPU_PSCI_0_2, KVM_ARM_VCPU_PTRAUTH_ADDRESS, KVM_ARM_VCPU_PTRAUTH_GENERIC,
+    KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_SIZE_U64, PSR_A_BIT, PSR_D_BIT, PSR_F_BIT, PSR_I_BIT,
+    PSR_MODE_EL1h, kvm_regs, kvm_vcpu_init, user_pt_regs,
 };
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::{Cap, VcpuFd, VmFd};
 
 use crate::arch::ArchError;
 
@@ -86,7 +87,11 @@ pub fn linux_boot_registers(entry: u64, fdt: u64) -> [RegWrite; 6] {
     ]
 }
 
-/// The `KVM_ARM_VCPU_INIT` argument: the host's preferred target with PSCI 0.2.
+/// The `KVM_ARM_VCPU_INIT` argument: the host's preferred target with PSCI 0.2, and pointer
+/// authentication (address and generic keys) where KVM offers both, as crosvm asks
+/// (`hypervisor/src/kvm/aarch64.rs`). Without it a 7.3 pKVM protected VM still sees PAuth in
+/// its ID registers but traps the key registers: a Linux guest's first context switch is an
+/// undefined instruction (`ptrauth_keys_install_user`, measured on the board).
 ///
 /// Bare payloads: no vCPU gets `KVM_ARM_VCPU_POWER_OFF` (they have no PSCI `CPU_ON` caller,
 /// so every vCPU starts at the entry point, each on its own share of memory). Linux guests
@@ -99,6 +104,10 @@ pub fn vcpu_init(vm: &VmFd) -> Result<kvm_vcpu_init, ArchError> {
             err,
         })?;
     kvi.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
+    if vm.check_extension(Cap::ArmPtrAuthAddress) && vm.check_extension(Cap::ArmPtrAuthGeneric) {
+        kvi.features[0] |=
+            (1 << KVM_ARM_VCPU_PTRAUTH_ADDRESS) | (1 << KVM_ARM_VCPU_PTRAUTH_GENERIC);
+    }
     Ok(kvi)
 }
 
