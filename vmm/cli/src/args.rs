@@ -52,6 +52,10 @@ pub enum Command {
     /// Check (KTAP, no KVM needed) whether this kernel's long-term pins of mlocked shmem fail
     /// under the seed's conditions: exit 0 when every case passes or is skipped, 1 otherwise.
     GupCheck(lab::gupcheck::GupCheckArgs),
+    /// Background LRU traffic from this process at a set rate on a set CPU (anonymous faults,
+    /// page-cache reads or shmem writes), until SIGTERM: what other processes do to the
+    /// loader CPU's per-CPU batches (docs/PKVM.md).
+    LruTraffic(lab::traffic::TrafficArgs),
     /// Show what this host can do: KVM backend, userfaultfd, io_uring, drains, movable memory.
     Probe {
         /// Also write the findings as JSON to FILE ("-" for stdout).

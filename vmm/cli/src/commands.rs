@@ -23,6 +23,7 @@ pub fn dispatch(cmd: Command) -> std::process::ExitCode {
         Command::GupCheck(a) => return lab::gupcheck::main(&a).into(),
         Command::Bench(a) => lab::bench::main(&a),
         Command::Stress(a) => lab::stress::main(&a),
+        Command::LruTraffic(a) => lab::traffic::main(&a),
         Command::Probe { json } => probe(json),
     };
     code.into()
