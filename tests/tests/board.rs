@@ -15,7 +15,11 @@
 //! PINVMM_SKIP_BOARD_LINUX=1 skips it on purpose (loudly). The trials run one after the
 //! other (one board at a time).
 //!
-//! The explain trial boots the unfixed 6.12.43 and checks that every failed pin is explained
+//! The explain trial boots the unfixed 6.12.43 and is the suite's check of the unfixed kernel:
+//! a short campaign (stress model `--fault-in touch`, `hello`, 8 VMs a policy) with
+//! `--expect none>0,lru-add-drain==0,mlock-drain==0,retry==0` must terminate VMs under `none`,
+//! none under the drains or retry, every cell clean (no crash, timeout, VMM error, termination
+//! without its pgmigrate_fail). It also checks that every failed pin is explained
 //! (docs/FAILURES.md): `gup-check --states` reproduces the flag rules (each failed pin of the
 //! cross-CPU case has the pending-mlock-batch signature, of the noise case a mlock-batch
 //! signature), and a small `campaign --trace` gives every terminated VM's failure its PFN,
@@ -279,8 +283,12 @@ fn explain(bin: &Path) -> Result<(), Failed> {
             serde_json::from_str(line).map_err(|e| format!("runs.jsonl: {e}"))?;
         let cell = r["cell"].as_str().unwrap_or("?");
         if r["outcome"] != "terminated" {
+            // Only `retry` survives a failed pin: each of its failures says `retried`.
             ensure(
-                r["failures"].as_array().is_none_or(|f| f.is_empty()),
+                r["failures"].as_array().is_none_or(|f| {
+                    f.iter()
+                        .all(|x| cell == "shmem/retry" && x["outcome"] == "retried")
+                }),
                 || format!("{cell}: a VM that was not terminated has failures: {r}"),
             )?;
             continue;
