@@ -23,8 +23,10 @@ pub enum VcpuOutcome {
     Crashed { reason: String },
     /// Stopped by the VMM (pin failure elsewhere, timeout).
     Stopped,
-    /// KVM_RUN failed with an errno the VMM does not handle.
+    /// KVM_RUN failed (a VMM error; for a protected VM's failed pin the VM is terminated).
     RunFailed { errno: i32, errno_name: String },
+    /// KVM_RUN returned an exit pinvmm does not handle (a VMM error).
+    Unhandled { exit: String },
 }
 
 /// A VM ended by a failed long-term pin, as pKVM ends it.

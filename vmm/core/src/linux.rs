@@ -481,6 +481,9 @@ pub fn end_reason(first: Option<&VcpuOutcome>) -> String {
         Some(VcpuOutcome::RunFailed { errno_name, .. }) => {
             format!("a failed KVM_RUN ({errno_name})")
         }
+        Some(VcpuOutcome::Unhandled { exit }) => {
+            format!("a KVM exit pinvmm does not handle ({exit})")
+        }
         Some(VcpuOutcome::Stopped) | None => "the VMM (pin failure, timeout or error)".into(),
     }
 }

@@ -49,7 +49,12 @@ impl Outcome {
     /// or KVM_RUN), the timeout; then the guest's own result (a Linux guest's result line;
     /// a payload's status, checksum and errors, the host's page check, `hello`'s line).
     pub fn judge(r: &RunResult) -> Outcome {
-        let run_failed = |v: &VcpuResult| matches!(v.outcome, VcpuOutcome::RunFailed { .. });
+        let run_failed = |v: &VcpuResult| {
+            matches!(
+                v.outcome,
+                VcpuOutcome::RunFailed { .. } | VcpuOutcome::Unhandled { .. }
+            )
+        };
         if r.termination.is_some() {
             Outcome::Terminated
         } else if r.error.is_some() {

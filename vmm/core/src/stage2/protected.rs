@@ -35,12 +35,10 @@ use crate::names::named_enum;
 use crate::stage2::drain::{DrainPolicy, DrainStats};
 use crate::stage2::efault::ProtectedExplain;
 use crate::sys::errno_name;
-use crate::vcpu::{self, Action, Buses, ExitCounts};
+use crate::vcpu::{self, Action, Buses, ExitCounts, VmKind};
 
 /// `KVM_VM_TYPE_ARM_PROTECTED` (arch/arm64/include/uapi/asm/kvm.h, Linux 7.x).
 pub const KVM_VM_TYPE_ARM_PROTECTED: u64 = 1 << 31;
-/// `KVM_EXIT_MEMORY_FAULT`: the exit reason KVM sets when it can name the faulting IPA.
-const KVM_EXIT_MEMORY_FAULT: u32 = 39;
 /// Consecutive EFAULTs (no guest exit in between) a retrying VMM accepts before giving up.
 pub const MAX_CONSECUTIVE_RETRIES: u64 = 8;
 
@@ -128,19 +126,10 @@ pub fn on_efault(policy: DrainPolicy, consecutive: u64) -> OnEfault {
     }
 }
 
-/// The faulting IPA of the last exit, when KVM reported one (`KVM_EXIT_MEMORY_FAULT`).
-fn memory_fault_gpa(fd: &mut VcpuFd) -> Option<u64> {
-    let run = fd.get_kvm_run();
-    if run.exit_reason != KVM_EXIT_MEMORY_FAULT {
-        return None;
-    }
-    // SAFETY: exit_reason says the memory_fault member of the union is the valid one.
-    Some(unsafe { run.__bindgen_anon_1.memory_fault.gpa })
-}
-
-/// The protected VM's vCPU loop: [`vcpu::handle_exit`] for every exit, except that an EFAULT
-/// from KVM_RUN (pKVM could not pin the faulting page) terminates the VM — reported to the main
-/// thread as a [`VmEvent::PinFailed`] — or, under `--policy retry`, is run again.
+/// The protected VM's vCPU loop: [`vcpu::handle_exit`] classifies every exit as for a
+/// protected VM, where KVM_RUN = EFAULT, or a `KVM_EXIT_MEMORY_FAULT` exit with its IPA, is
+/// pKVM's failed pin: the VM is terminated — reported to the main thread as a
+/// [`VmEvent::PinFailed`] — or, under `--policy retry`, run again.
 pub fn run_loop(
     id: u8,
     mut fd: VcpuFd,
@@ -161,40 +150,39 @@ pub fn run_loop(
         if std::mem::take(&mut first) {
             ctl.note_first_exit();
         }
-        if matches!(&r, Err(e) if e.errno() == libc::EFAULT) {
-            drop(r);
-            consecutive += 1;
-            let gpa = memory_fault_gpa(&mut fd);
-            counters.efaults.fetch_add(1, Ordering::Relaxed);
-            let _ = counters.first_gpa.compare_exchange(
-                0,
-                gpa.unwrap_or(0),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            let retry = on_efault(policy, consecutive) == OnEfault::Retry;
-            if let Some(x) = &explain {
-                // At once: the failed folio's state changes as the CPUs' batches drain.
-                x.efault(
-                    id,
-                    gpa,
-                    returned,
-                    if retry { "retried" } else { "terminated" },
-                );
-            }
-            if retry {
-                counters.retries.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            ctl.send(VmEvent::PinFailed(termination(gpa, consecutive, policy)));
-            break VcpuOutcome::RunFailed {
-                errno: libc::EFAULT,
-                errno_name: errno_name(libc::EFAULT),
-            };
-        }
-        match vcpu::handle_exit(r, &buses, &mut counts) {
+        match vcpu::handle_exit(r, VmKind::Protected, &buses, &mut counts) {
             Action::Continue => consecutive = 0,
             Action::Stop(o) => break o,
+            Action::RunFailed(f) => break vcpu::report_run_failure(id, f, false, &ctl),
+            Action::PinFailed { errno, gpa } => {
+                consecutive += 1;
+                counters.efaults.fetch_add(1, Ordering::Relaxed);
+                let _ = counters.first_gpa.compare_exchange(
+                    0,
+                    gpa.unwrap_or(0),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                let retry = on_efault(policy, consecutive) == OnEfault::Retry;
+                if let Some(x) = &explain {
+                    // At once: the failed folio's state changes as the CPUs' batches drain.
+                    x.efault(
+                        id,
+                        gpa,
+                        returned,
+                        if retry { "retried" } else { "terminated" },
+                    );
+                }
+                if retry {
+                    counters.retries.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                ctl.send(VmEvent::PinFailed(termination(gpa, consecutive, policy)));
+                break VcpuOutcome::RunFailed {
+                    errno,
+                    errno_name: errno_name(errno),
+                };
+            }
         }
     };
     ctl.send(VmEvent::VcpuDone { id, outcome });
