@@ -396,6 +396,7 @@ fn create_vcpus(
         ..Default::default()
     };
     let per_vcpu = arch::split_touch_range(cfg.mem_size, cfg.vcpus, base);
+    let protected = cfg.vm_type == VmType::Protected;
     let mut fds = Vec::with_capacity(per_vcpu.len());
     for (id, args) in per_vcpu.iter().enumerate() {
         let id = id as u8;
@@ -403,8 +404,8 @@ fn create_vcpus(
             .create_vcpu(id.into())
             .map_err(|err| BuildError::CreateVcpu { id, err })?;
         match boot {
-            Boot::Linux(b) => arch::configure_vcpu_linux(kvm, vm, &fd, id, b)?,
-            Boot::Payload { entry } => arch::configure_vcpu(kvm, vm, &fd, *entry, args)?,
+            Boot::Linux(b) => arch::configure_vcpu_linux(kvm, vm, &fd, protected, id, b)?,
+            Boot::Payload { entry } => arch::configure_vcpu(kvm, vm, &fd, protected, *entry, args)?,
         }
         fds.push(fd);
     }

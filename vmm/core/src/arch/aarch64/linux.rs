@@ -322,10 +322,11 @@ pub fn configure_vcpu_linux(
     _kvm: &Kvm,
     vm: &VmFd,
     vcpu: &VcpuFd,
+    protected: bool,
     id: u8,
     boot: &LinuxBoot,
 ) -> Result<(), ArchError> {
-    let kvi = linux_vcpu_init(regs::vcpu_init(vm)?, id);
+    let kvi = linux_vcpu_init(regs::vcpu_init(vm, protected)?, id);
     vcpu.vcpu_init(&kvi).map_err(|err| ArchError::Set {
         what: "features (KVM_ARM_VCPU_INIT with PSCI 0.2)",
         err,

@@ -80,10 +80,11 @@ pub fn configure_vcpu(
     _kvm: &Kvm,
     vm: &VmFd,
     vcpu: &VcpuFd,
+    protected: bool,
     entry: u64,
     args: &PayloadArgs,
 ) -> Result<(), ArchError> {
-    regs::init_and_load(vm, vcpu, entry, args)
+    regs::init_and_load(vm, vcpu, protected, entry, args)
 }
 
 #[cfg(test)]

@@ -87,16 +87,21 @@ pub fn linux_boot_registers(entry: u64, fdt: u64) -> [RegWrite; 6] {
     ]
 }
 
-/// The `KVM_ARM_VCPU_INIT` argument: the host's preferred target with PSCI 0.2, and pointer
-/// authentication (address and generic keys) where KVM offers both, as crosvm asks
-/// (`hypervisor/src/kvm/aarch64.rs`). Without it a 7.3 pKVM protected VM still sees PAuth in
-/// its ID registers but traps the key registers: a Linux guest's first context switch is an
-/// undefined instruction (`ptrauth_keys_install_user`, measured on the board).
+/// The `KVM_ARM_VCPU_INIT` argument: the host's preferred target with PSCI 0.2, and, for a
+/// protected VM only, pointer authentication (address and generic keys) where KVM offers both,
+/// as crosvm asks (`hypervisor/src/kvm/aarch64.rs`).
+///
+/// Why only protected VMs (both measured on the emulated board): without PAuth a 7.3 pKVM
+/// protected VM still sees PAuth in its ID registers but traps the key registers (a Linux
+/// guest's first context switch is an undefined instruction, `ptrauth_keys_install_user`);
+/// with PAuth a normal VM on 6.12.118 in protected (hVHE) mode traps `msr apiakeylo_el1` in
+/// `start_kernel` instead, so the Linux guest dies before its console is up. Normal VMs keep
+/// the init every kernel here boots (KVM then hides PAuth from the guest).
 ///
 /// Bare payloads: no vCPU gets `KVM_ARM_VCPU_POWER_OFF` (they have no PSCI `CPU_ON` caller,
 /// so every vCPU starts at the entry point, each on its own share of memory). Linux guests
 /// add it for secondary vCPUs (`linux::linux_vcpu_init`).
-pub fn vcpu_init(vm: &VmFd) -> Result<kvm_vcpu_init, ArchError> {
+pub fn vcpu_init(vm: &VmFd, protected: bool) -> Result<kvm_vcpu_init, ArchError> {
     let mut kvi = kvm_vcpu_init::default();
     vm.get_preferred_target(&mut kvi)
         .map_err(|err| ArchError::Get {
@@ -104,7 +109,10 @@ pub fn vcpu_init(vm: &VmFd) -> Result<kvm_vcpu_init, ArchError> {
             err,
         })?;
     kvi.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
-    if vm.check_extension(Cap::ArmPtrAuthAddress) && vm.check_extension(Cap::ArmPtrAuthGeneric) {
+    if protected
+        && vm.check_extension(Cap::ArmPtrAuthAddress)
+        && vm.check_extension(Cap::ArmPtrAuthGeneric)
+    {
         kvi.features[0] |=
             (1 << KVM_ARM_VCPU_PTRAUTH_ADDRESS) | (1 << KVM_ARM_VCPU_PTRAUTH_GENERIC);
     }
@@ -115,10 +123,11 @@ pub fn vcpu_init(vm: &VmFd) -> Result<kvm_vcpu_init, ArchError> {
 pub fn init_and_load(
     vm: &VmFd,
     vcpu: &VcpuFd,
+    protected: bool,
     entry: u64,
     args: &PayloadArgs,
 ) -> Result<(), ArchError> {
-    let kvi = vcpu_init(vm)?;
+    let kvi = vcpu_init(vm, protected)?;
     vcpu.vcpu_init(&kvi).map_err(|err| ArchError::Set {
         what: "features (KVM_ARM_VCPU_INIT with PSCI 0.2)",
         err,

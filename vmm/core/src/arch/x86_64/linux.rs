@@ -604,6 +604,7 @@ pub fn configure_vcpu_linux(
     kvm: &Kvm,
     _vm: &VmFd,
     vcpu: &VcpuFd,
+    _protected: bool,
     id: u8,
     boot: &LinuxBoot,
 ) -> Result<(), ArchError> {

@@ -130,6 +130,7 @@ pub fn configure_vcpu(
     kvm: &Kvm,
     _vm: &VmFd,
     vcpu: &VcpuFd,
+    _protected: bool,
     entry: u64,
     args: &PayloadArgs,
 ) -> Result<(), ArchError> {
