@@ -167,7 +167,8 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// The VM of a case: memtouch on 8 MiB, with a long timeout (the test checks it ends soon).
+/// The VM of a case: memtouch on 8 MiB, with a long timeout (the test checks it ends long
+/// before it).
 fn config(c: &Case) -> Result<VmConfig, Failed> {
     let host = HostLimits::probe();
     let mut cfg = VmConfig::new(Payload::Memtouch, 8 << 20, host.default_placement());
@@ -179,7 +180,7 @@ fn config(c: &Case) -> Result<VmConfig, Failed> {
     if c.same_cpu {
         cfg.cpus.pin_cpu = cfg.cpus.fault_cpu;
     }
-    cfg.timeout = Duration::from_secs(120);
+    cfg.timeout = TIMEOUT;
     cfg.inject = c
         .specs
         .iter()
@@ -190,8 +191,10 @@ fn config(c: &Case) -> Result<VmConfig, Failed> {
 }
 
 /// A VM that hit an injected failure must end long before its timeout: no vCPU may be left
-/// waiting on a fault nobody resolves.
-const PROMPT: Duration = Duration::from_secs(10);
+/// waiting on a fault nobody resolves. It ends in well under a second; a quarter of the
+/// timeout is a hang guard only (a loaded CI host may be slow, never 150 s slow).
+const TIMEOUT: Duration = Duration::from_secs(600);
+const PROMPT: Duration = Duration::from_secs(150);
 
 /// Runs one case in this process and checks what the report says.
 fn run_case(c: &Case) -> Result<(), Failed> {
@@ -201,7 +204,10 @@ fn run_case(c: &Case) -> Result<(), Failed> {
     let took = t.elapsed();
     tally::add(&tally::VMS, 1);
     ensure(took < PROMPT, || {
-        format!("{}: the VM took {took:?} to end (timeout 120 s)", c.name)
+        format!(
+            "{}: the VM took {took:?} to end (timeout {TIMEOUT:?})",
+            c.name
+        )
     })?;
     let name = c.name;
     let r = match r {
@@ -315,7 +321,7 @@ fn every_site_ends_the_vm_and_leaks_nothing() -> Result<(), Failed> {
 fn cli_cases() -> Vec<Trial> {
     let cli = |name: &str, args: &'static [&'static str], code: i32, site: &'static str| {
         kvm_test(&format!("cli::{name}"), move || {
-            let mut a = vec!["run", "--mem", "8M", "--timeout", "120"];
+            let mut a = vec!["run", "--mem", "8M", "--timeout", "600"];
             a.extend_from_slice(args);
             let t = Instant::now();
             let r = pinvmm(&a)?;
