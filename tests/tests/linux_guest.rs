@@ -83,7 +83,7 @@ fn qemu_ready(arch: &'static str) -> impl FnOnce() -> Result<(), String> + Send 
 /// Boots the initramfs under QEMU with a 64 MiB fill and checks qemu-check's verdict.
 fn boot_under_qemu(arch: &str) -> Result<(), Failed> {
     let out = Command::new(root().join("guest/linux/qemu-check"))
-        .args(["--arch", arch, "--mem", "256", "--timeout", "180"])
+        .args(["--arch", arch, "--mem", "256", "--timeout", "900"])
         .args(["--append", "pinvmm.fill=64M pinvmm.seed=42"])
         .current_dir(root())
         .output()
