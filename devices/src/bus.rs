@@ -14,6 +14,20 @@ pub enum StopRequest {
     /// The guest reset the machine (x86: the keyboard controller's reset line); a Linux
     /// guest's `reboot` ends the VM this way.
     GuestReset,
+    /// The guest took an exception its payload does not handle: the exception vectors the VMM
+    /// installed reported it (the test device's EXCEPTION register).
+    GuestException(GuestException),
+}
+
+/// An exception the guest took, as its exception vectors reported it (the meaning of each
+/// field is the architecture's: see the test device's register table, `crate::testdev`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestException {
+    /// arm64: the vector table entry (0-15: 4 x {sync, IRQ, FIQ, SError}); x86: the vector.
+    pub kind: u32,
+    pub syndrome: u64,
+    pub pc: u64,
+    pub addr: u64,
 }
 
 /// A device on the bus. Reads are zero-filled by the bus before dispatch.

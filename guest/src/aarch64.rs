@@ -5,8 +5,15 @@
 //!
 //! Registers on entry: x0 = start, x1 = pages, x2 = stride, x3 = passes, x4 = seed,
 //! x5 = test device base (MMIO), x6 = serial data register (MMIO, byte wide), x7 = first GPA
-//! past RAM, x8 = a GPA far from RAM that nothing backs (0: none). (memtouch and hello use x7
-//! and x8 as scratch: they never read them before writing them.)
+//! past RAM, x8 = a GPA far from RAM that nothing backs (0: none), x9 = the vCPU's number.
+//! (memtouch and hello use x7 and x8, memtouch and garbage x9 and up, as scratch: they never
+//! read them before writing them.)
+//!
+//! Exceptions: the vCPU starts in the [`vectors`] boot stub, which points VBAR_EL1 at the vector
+//! table and TPIDR_EL1 at the test device (x5) and branches to the payload (x10). An exception
+//! then lands in the table, whose handler writes ESR_EL1, ELR_EL1, FAR_EL1 and the entry's
+//! number to the test device (arm64 KVM does not exit on a guest exception: without a table
+//! the vCPU would loop through an unset VBAR until the VMM's timeout).
 //!
 //! Every MMIO access is a single `str`/`strb` with an immediate offset and no writeback, so the
 //! data abort carries a valid syndrome (ISV=1) and KVM can hand it to the VMM as an MMIO exit.
@@ -69,6 +76,7 @@ global_asm!(
     ".balign 4",
     ".global pinvmm_a64_hello_start",
     "pinvmm_a64_hello_start:",
+    "    cbnz x9, pinvmm_a64_hello_done", // only vCPU 0 prints: the line never interleaves
     "    adr x7, pinvmm_a64_hello_msg",
     "pinvmm_a64_hello_loop:",
     "    ldrb w8, [x7], #1", // RAM: post-index is fine here
@@ -92,8 +100,7 @@ global_asm!(
     ".global pinvmm_a64_spin_end",
     "pinvmm_a64_spin_end:",
     // ---- crash ----
-    // No vector table is installed: the exception goes to VBAR_EL1 (reset: UNKNOWN, outside
-    // RAM), so the vCPU keeps taking aborts and never reaches the test device's EXIT.
+    // The undefined instruction traps to the vector table the boot stub installed (EC 0).
     ".balign 4",
     ".global pinvmm_a64_crash_start",
     "pinvmm_a64_crash_start:",
@@ -217,6 +224,7 @@ global_asm!(
     ".balign 4",
     ".global pinvmm_a64_flood_start",
     "pinvmm_a64_flood_start:",
+    "    cbnz x9, pinvmm_a64_fl_done", // only vCPU 0 floods
     "    mov x9, #0",
     "    movz x11, #0x4, lsl #16", // FLOOD_BYTES
     "    mov w12, #0x0a",
@@ -229,11 +237,44 @@ global_asm!(
     "    add x9, x9, #1",
     "    cmp x9, x11",
     "    b.lo pinvmm_a64_fl_loop",
+    "pinvmm_a64_fl_done:",
     "    str wzr, [x5, #0x0c]",
     "pinvmm_a64_fl_stuck:",
     "    b pinvmm_a64_fl_stuck",
     ".global pinvmm_a64_flood_end",
     "pinvmm_a64_flood_end:",
+    // ---- exception vectors: 16 entries of 0x80 bytes (current EL with SP0, with SPx, lower
+    //      EL AArch64, AArch32; each sync, IRQ, FIQ, SError), each `mov x0, #entry` and a branch
+    //      to the handler; then the boot stub. MMIO stores: single register, immediate offset.
+    ".balign 2048",
+    ".global pinvmm_a64_vectors_start",
+    "pinvmm_a64_vectors_start:",
+    ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+    ".balign 128",
+    "    mov x0, #\\n",
+    "    b pinvmm_a64_vec_common",
+    ".endr",
+    ".balign 128",
+    "pinvmm_a64_vec_common:",
+    "    mrs x1, esr_el1",
+    "    mrs x2, elr_el1",
+    "    mrs x3, far_el1",
+    "    mrs x4, tpidr_el1",   // the test device (the boot stub put it there)
+    "    str x1, [x4, #0x20]", // EXC_SYNDROME
+    "    str x2, [x4, #0x28]", // EXC_PC
+    "    str x3, [x4, #0x30]", // EXC_ADDR
+    "    str w0, [x4, #0x38]", // EXCEPTION: ends the vCPU's run
+    "pinvmm_a64_vec_stuck:",
+    "    b pinvmm_a64_vec_stuck",
+    ".global pinvmm_a64_vec_boot",
+    "pinvmm_a64_vec_boot:",
+    "    adr x11, pinvmm_a64_vectors_start",
+    "    msr vbar_el1, x11",
+    "    msr tpidr_el1, x5",
+    "    isb",
+    "    br x10",
+    ".global pinvmm_a64_vectors_end",
+    "pinvmm_a64_vectors_end:",
     ".popsection",
 );
 
@@ -252,6 +293,17 @@ unsafe extern "C" {
     static pinvmm_a64_garbage_end: u8;
     static pinvmm_a64_flood_start: u8;
     static pinvmm_a64_flood_end: u8;
+    static pinvmm_a64_vectors_start: u8;
+    static pinvmm_a64_vec_boot: u8;
+    static pinvmm_a64_vectors_end: u8;
+}
+
+pub(crate) fn vectors() -> crate::Vectors {
+    let start = &raw const pinvmm_a64_vectors_start;
+    crate::Vectors {
+        code: bytes(start, &raw const pinvmm_a64_vectors_end),
+        entry: &raw const pinvmm_a64_vec_boot as usize - start as usize,
+    }
 }
 
 pub(crate) fn code(p: Payload) -> &'static [u8] {
@@ -312,6 +364,23 @@ mod tests {
     fn spin_branches_to_itself_and_crash_is_udf() {
         assert_eq!(words(code(Payload::Spin)), vec![0x1400_0000]); // b .
         assert_eq!(words(code(Payload::Crash))[0], 0x0000_0000); // udf #0
+    }
+
+    /// The table is 2 KiB aligned with an entry every 0x80 bytes (`mov x0, #n`), the boot stub
+    /// after it; hello and flood start by letting every vCPU but 0 exit.
+    #[test]
+    fn vector_table_layout_and_vcpu_0_output() {
+        let v = vectors();
+        assert_eq!(v.code.as_ptr() as usize % 2048, 0);
+        let w = words(v.code);
+        for n in 0..16u32 {
+            assert_eq!(w[(n * 0x20) as usize], 0xd280_0000 | (n << 5), "entry {n}"); // mov x0, #n
+        }
+        assert!(v.entry >= 0x800 && v.entry.is_multiple_of(4));
+        assert_eq!(w[v.entry / 4 + 4], 0xd61f_0140); // br x10
+        for p in [Payload::Hello, Payload::Flood] {
+            assert_eq!(words(code(p))[0] & 0xff00_001f, 0xb500_0009, "{}", p.name()); // cbnz x9
+        }
     }
 
     #[test]

@@ -5,6 +5,16 @@
 //!
 //! Payloads report through the test device (devices::testdev) and end by writing its EXIT
 //! register; they never rely on HLT (on x86 they run at CPL3, where HLT faults).
+//!
+//! Under every payload the VMM installs the exception [`vectors`] of this crate (arm64: a vector
+//! table behind VBAR_EL1; x86: the stubs an IDT points at), which report an exception the
+//! payload takes through the test device's EXC_* and EXCEPTION registers at once: a crashing
+//! guest ends as a crash within a second instead of looping (arm64 KVM does not exit on a guest
+//! exception) or triple-faulting without saying what happened (x86).
+//!
+//! With several vCPUs every vCPU runs the same payload with its own arguments (memtouch: its
+//! share of the range; every payload: its vCPU number). Output must not depend on how the
+//! vCPUs interleave: `hello` and `flood` print on vCPU 0 only, the others exit 0 at once.
 
 use serde::Serialize;
 
@@ -113,6 +123,8 @@ pub struct PayloadArgs {
     /// A guest-physical address far from RAM that nothing backs, reachable by the payload
     /// (x86: inside its page tables); 0 when there is none.
     pub far: u64,
+    /// This vCPU's number (0 for the first): output only vCPU 0 makes.
+    pub vcpu: u64,
 }
 
 /// Bytes the `flood` payload writes to the serial port.
@@ -134,6 +146,28 @@ impl PayloadArgs {
         self.memtouch_addrs()
             .fold(0u64, |s, a| s.wrapping_add(self.memtouch_value(a)))
     }
+}
+
+/// The exception vectors the VMM installs under every bare payload.
+#[derive(Debug, Clone, Copy)]
+pub struct Vectors {
+    /// The bytes to place in guest memory (arm64: at a 2 KiB-aligned address).
+    pub code: &'static [u8],
+    /// arm64: offset of the boot stub the vCPU starts at (it sets VBAR_EL1 to the table and
+    /// TPIDR_EL1 to the test device from x5, then branches to the payload's entry in x10).
+    /// x86: offset of vector 0's stub; vector v's is `VECTOR_STUB_SIZE * v` further on. The
+    /// first 8 bytes of `code` hold the test device's port, which the VMM writes.
+    pub entry: usize,
+}
+
+/// Bytes between two x86 vector stubs.
+pub const VECTOR_STUB_SIZE: usize = 16;
+/// x86 vectors that have a stub (the architecture's exceptions).
+pub const X86_VECTORS: usize = 32;
+
+/// This architecture's exception vectors.
+pub fn vectors() -> Vectors {
+    arch::vectors()
 }
 
 /// The bytes between two symbols emitted by an arch module's `global_asm!`.
@@ -158,6 +192,8 @@ mod tests {
             assert!(!p.code().is_empty(), "{} has no code", p.name());
             assert!(p.code().len() < 4096, "{} does not fit in a page", p.name());
         }
+        let v = vectors();
+        assert!(v.entry < v.code.len() && v.code.len() <= 4096);
         assert_eq!(Payload::from_name("nope"), None);
     }
 

@@ -5,7 +5,13 @@
 //!
 //! Registers on entry: rsi = start, r9 = pages, r10 = stride, r11 = passes, r12 = seed,
 //! r13 = test device port base, r14 = serial data port, r15 = first GPA past RAM, rbp = a GPA far
-//! from RAM that the page tables map but nothing backs (0: none).
+//! from RAM that the page tables map but nothing backs (0: none), rdi = the vCPU's number.
+//! (memtouch uses rdi as scratch: it never reads it before writing it.)
+//!
+//! Exceptions: the VMM points an IDT at the [`vectors`] stubs, each an interrupt gate to the
+//! payload's own DPL3 code segment with IST1, so the handler runs at CPL3 too (natively on
+//! PVM, no privilege change) on a stack of its own (the TSS's IST1: a bad RSP cannot make it
+//! double-fault). It writes the error code, the RIP and the vector to the test device.
 
 use std::arch::global_asm;
 
@@ -80,6 +86,8 @@ global_asm!(
     // ---- hello ----
     ".global pinvmm_x86_hello_start",
     "pinvmm_x86_hello_start:",
+    "    test rdi, rdi", // only vCPU 0 prints: the line never interleaves
+    "    jnz pinvmm_x86_hello_done",
     "    lea rsi, [rip + pinvmm_x86_hello_msg]",
     "    mov rdx, r14",
     "pinvmm_x86_hello_loop:",
@@ -258,6 +266,8 @@ global_asm!(
     // ---- flood: 256 KiB on the serial port (lines of 63 characters), then EXIT 0 ----
     ".global pinvmm_x86_flood_start",
     "pinvmm_x86_flood_start:",
+    "    test rdi, rdi", // only vCPU 0 floods
+    "    jnz pinvmm_x86_fl_done",
     "    mov rdx, r14",
     "    mov ecx, 0x40000", // FLOOD_BYTES
     "    xor ebx, ebx",
@@ -273,6 +283,7 @@ global_asm!(
     "    inc ebx",
     "    dec ecx",
     "    jnz pinvmm_x86_fl_loop",
+    "pinvmm_x86_fl_done:",
     "    lea rdx, [r13 + 0xc]",
     "    xor eax, eax",
     "    out dx, eax",
@@ -280,6 +291,53 @@ global_asm!(
     "    jmp pinvmm_x86_fl_stuck",
     ".global pinvmm_x86_flood_end",
     "pinvmm_x86_flood_end:",
+    // ---- exception vectors: 8 bytes for the test device's port, then one 16-byte stub per
+    //      vector 0-31 (push a 0 error code where the CPU pushes none, push the vector), then
+    //      the common handler. Frame: [rsp] vector, +8 error code, +16 RIP, +24 CS, ...
+    ".balign 16",
+    ".global pinvmm_x86_vectors_start",
+    "pinvmm_x86_vectors_start:",
+    "pinvmm_x86_vec_port:",
+    "    .quad 0",
+    ".balign 16",
+    ".global pinvmm_x86_vec_stubs",
+    "pinvmm_x86_vec_stubs:",
+    ".irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+    ".balign 16",
+    ".if (\\v == 8) || ((\\v >= 10) && (\\v <= 14)) || (\\v == 17) || (\\v == 21) || (\\v == 29) || (\\v == 30)",
+    "    push \\v",
+    ".else",
+    "    push 0",
+    "    push \\v",
+    ".endif",
+    "    jmp pinvmm_x86_vec_common",
+    ".endr",
+    ".balign 16",
+    "pinvmm_x86_vec_common:",
+    "    mov rdx, [rip + pinvmm_x86_vec_port]",
+    "    add edx, 0x20", // EXC_SYNDROME: the error code
+    "    mov rbx, [rsp + 8]",
+    "    mov eax, ebx",
+    "    out dx, eax",
+    "    add edx, 4",
+    "    mov rax, rbx",
+    "    shr rax, 32",
+    "    out dx, eax",
+    "    add edx, 4", // EXC_PC: the RIP
+    "    mov rbx, [rsp + 16]",
+    "    mov eax, ebx",
+    "    out dx, eax",
+    "    add edx, 4",
+    "    mov rax, rbx",
+    "    shr rax, 32",
+    "    out dx, eax",
+    "    add edx, 12", // EXCEPTION: the vector; ends the vCPU's run
+    "    mov rax, [rsp]",
+    "    out dx, eax",
+    "pinvmm_x86_vec_stuck:",
+    "    jmp pinvmm_x86_vec_stuck",
+    ".global pinvmm_x86_vectors_end",
+    "pinvmm_x86_vectors_end:",
     ".popsection",
 );
 
@@ -298,6 +356,17 @@ unsafe extern "C" {
     static pinvmm_x86_garbage_end: u8;
     static pinvmm_x86_flood_start: u8;
     static pinvmm_x86_flood_end: u8;
+    static pinvmm_x86_vectors_start: u8;
+    static pinvmm_x86_vec_stubs: u8;
+    static pinvmm_x86_vectors_end: u8;
+}
+
+pub(crate) fn vectors() -> crate::Vectors {
+    let start = &raw const pinvmm_x86_vectors_start;
+    crate::Vectors {
+        code: bytes(start, &raw const pinvmm_x86_vectors_end),
+        entry: &raw const pinvmm_x86_vec_stubs as usize - start as usize,
+    }
 }
 
 pub(crate) fn code(p: Payload) -> &'static [u8] {
@@ -330,5 +399,43 @@ pub(crate) fn code(p: Payload) -> &'static [u8] {
             &raw const pinvmm_x86_flood_start,
             &raw const pinvmm_x86_flood_end,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{VECTOR_STUB_SIZE, X86_VECTORS};
+
+    /// Every stub starts with `push imm8` (0x6a): the vector (error-code exceptions) or the 0
+    /// error code, 16 bytes apart; the port slot comes first.
+    #[test]
+    fn vector_stubs_are_evenly_spaced_pushes() {
+        let v = vectors();
+        assert_eq!(v.entry % VECTOR_STUB_SIZE, 0);
+        assert_eq!(&v.code[..8], &[0; 8]);
+        for n in 0..X86_VECTORS {
+            let stub = &v.code[v.entry + n * VECTOR_STUB_SIZE..];
+            assert_eq!(stub[0], 0x6a, "vector {n}");
+            let has_code = matches!(n, 8 | 10..=14 | 17 | 21 | 29 | 30);
+            // push <vector> first for error-code vectors, push 0 then push <vector> otherwise.
+            if has_code {
+                assert_eq!(stub[1] as usize, n, "vector {n}");
+            } else {
+                assert_eq!(
+                    (stub[1], stub[2], stub[3] as usize),
+                    (0, 0x6a, n),
+                    "vector {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hello_and_flood_print_on_vcpu_0_only() {
+        // test rdi, rdi (48 85 ff) first: the other vCPUs skip to the exit.
+        for p in [Payload::Hello, Payload::Flood] {
+            assert_eq!(&code(p)[..3], &[0x48, 0x85, 0xff], "{}", p.name());
+        }
     }
 }

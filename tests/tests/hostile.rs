@@ -96,7 +96,12 @@ fn check(p: Payload, r: &Report, took: Duration) -> Result<(), Failed> {
         }
         Payload::Crash => {
             ensure(r.outcome == Outcome::GuestFailed && r.exit_code == 4, ctx)?;
-            ensure(matches!(v.outcome, VcpuOutcome::Crashed { .. }), ctx)
+            ensure(matches!(v.outcome, VcpuOutcome::Crashed { .. }), ctx)?;
+            // Reported by the exception vectors, long before the timeout.
+            ensure(
+                v.exception.is_some() && r.summary.contains("guest exception"),
+                ctx,
+            )
         }
         Payload::Spin => {
             ensure(r.outcome == Outcome::Timeout && r.exit_code == 6, ctx)?;
@@ -186,7 +191,7 @@ fn cli_cases() -> Vec<Trial> {
     vec![
         cli("oob", 0, &["OK", "no device answers", "write to GPA"]),
         cli("garbage", 0, &["OK", "undefined test-device registers"]),
-        cli("crash", 4, &["GUEST FAILED", "Crashed"]),
+        cli("crash", 4, &["GUEST FAILED", "Crashed", "guest exception"]),
         cli("spin", 6, &["TIMEOUT", "did not finish within 1 s"]),
     ]
 }

@@ -262,7 +262,10 @@ fn write_guest(
     }
     let code = cfg.payload.code();
     let entry = arch::load_boot_image(mem, code)?;
-    order.range(mem, entry, code.len() as u64);
+    // The payload and, on arm64, the exception vectors with their boot stub.
+    for (gpa, bytes) in arch::boot_segments(code)? {
+        order.range(mem, gpa, bytes.len() as u64);
+    }
     let prefilled = mem.prefill(cfg.prefill_pct, |page| {
         let skip = page < boot_pages;
         if !skip {

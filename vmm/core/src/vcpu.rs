@@ -105,6 +105,12 @@ fn account(a: Access, counts: &mut ExitCounts, at: UnmappedAccess) -> Action {
         Access::Handled(Some(StopRequest::GuestReset)) => Action::Stop(VcpuOutcome::Crashed {
             reason: "guest asked for a reset (keyboard controller)".into(),
         }),
+        // The payload's exception vectors reported an exception it took: a crash, said at once.
+        Access::Handled(Some(StopRequest::GuestException(e))) => {
+            Action::Stop(VcpuOutcome::Crashed {
+                reason: crate::arch::exceptions::describe(&e).to_string(),
+            })
+        }
         Access::Handled(None) => Action::Continue,
         Access::Unmapped => {
             counts.unmapped += 1;

@@ -259,6 +259,8 @@ pub struct VcpuResult {
     pub first_touch_ms: Option<f64>,
     /// What the scheduler did to the vCPU thread (run time, run-queue wait, switches).
     pub sched: Option<ThreadSched>,
+    /// The exception the guest took, as its exception vectors reported it (bare payloads).
+    pub exception: Option<crate::arch::exceptions::ExceptionReport>,
 }
 
 /// /proc/self/status values (KiB) around the run.
@@ -603,6 +605,7 @@ fn join_vcpus(
             bad_device_writes: rep.bad_writes,
             first_touch_ms,
             sched,
+            exception: rep.exception.as_ref().map(arch::exceptions::describe),
         });
     }
     vcpus

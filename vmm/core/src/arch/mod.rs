@@ -179,13 +179,14 @@ impl LinuxLoadError {
     }
 }
 
+pub mod exceptions;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::{
     DATA_START, LINUX_CMDLINE_BASE, MAX_MEM, MIN_MEM, RAM_START, RESET_DEVICE, RTC_DEVICE, SERIAL,
-    SERIAL_IRQ, TESTDEV, configure_vcpu, configure_vcpu_linux, far_unmapped_gpa, finish_vcpus,
-    load_boot_image, load_linux, setup_linux_vm, setup_vm,
+    SERIAL_IRQ, TESTDEV, boot_segments, configure_vcpu, configure_vcpu_linux, far_unmapped_gpa,
+    finish_vcpus, load_boot_image, load_linux, setup_linux_vm, setup_vm,
 };
 
 #[cfg(target_arch = "aarch64")]
@@ -193,8 +194,8 @@ pub mod aarch64;
 #[cfg(target_arch = "aarch64")]
 pub use aarch64::{
     DATA_START, LINUX_CMDLINE_BASE, MAX_MEM, MIN_MEM, RAM_START, RESET_DEVICE, RTC_DEVICE, SERIAL,
-    SERIAL_IRQ, TESTDEV, configure_vcpu, configure_vcpu_linux, far_unmapped_gpa, finish_vcpus,
-    load_boot_image, load_linux, setup_linux_vm, setup_vm,
+    SERIAL_IRQ, TESTDEV, boot_segments, configure_vcpu, configure_vcpu_linux, far_unmapped_gpa,
+    finish_vcpus, load_boot_image, load_linux, setup_linux_vm, setup_vm,
 };
 
 /// Guest pages memtouch may use: from DATA_START to the end of RAM.
@@ -216,6 +217,7 @@ pub fn split_touch_range(mem_size: u64, vcpus: u8, base: PayloadArgs) -> Vec<Pay
             PayloadArgs {
                 start: DATA_START + first * stride_pages * page,
                 pages: last - first,
+                vcpu: v,
                 ..base
             }
         })

@@ -6,7 +6,8 @@
 //! 0x080a_0000  GICv3 redistributors         128 KiB per vCPU, up to 0x0900_0000 (123 vCPUs)
 //! 0x0900_0000  16550 UART (byte registers)  4 KiB window, 8 registers
 //! 0x0900_1000  test device                  4 KiB window, 0x20 bytes of registers
-//! 0x8000_0000  RAM: payload slot (64 KiB)
+//! 0x8000_0000  RAM: payload slot (4 KiB)
+//! 0x8000_1000  RAM: exception vectors and the boot stub (guest::vectors, 4 KiB)
 //! 0x8010_0000  RAM: memtouch's data range, to the end of RAM
 //! ```
 //!
@@ -23,10 +24,13 @@ pub const MIN_MEM: u64 = 2 << 20;
 /// Largest guest (well inside the 40-bit IPA space; the board has 2 GiB anyway).
 pub const MAX_MEM: u64 = 64 << 30;
 
-/// The payload is copied to the start of RAM and entered there.
+/// The payload is copied to the start of RAM and entered there (from the boot stub).
 pub const PAYLOAD: u64 = RAM_START;
 /// Bytes the payload slot holds.
-pub const PAYLOAD_MAX: u64 = 0x1_0000;
+pub const PAYLOAD_MAX: u64 = 0x1000;
+/// The exception vector table (2 KiB aligned) and the boot stub every vCPU starts in.
+pub const VECTORS: u64 = PAYLOAD + PAYLOAD_MAX;
+pub const VECTORS_MAX: u64 = 0x1000;
 
 /// GICv3 distributor (GICD) frame.
 pub const GIC_DIST: u64 = 0x0800_0000;
@@ -73,6 +77,7 @@ mod tests {
             ("serial", (SERIAL_BASE, DEVICE_WINDOW)),
             ("testdev", (TESTDEV_BASE, DEVICE_WINDOW)),
             ("payload", (PAYLOAD, PAYLOAD_MAX)),
+            ("vectors", (VECTORS, VECTORS_MAX)),
             ("data", (DATA_START, MAX_MEM - (DATA_START - RAM_START))),
         ];
         for (i, (na, a)) in regions.iter().enumerate() {
@@ -103,7 +108,8 @@ mod tests {
     #[test]
     fn payload_slot_ends_before_data() {
         const {
-            assert!(PAYLOAD + PAYLOAD_MAX <= DATA_START);
+            assert!(VECTORS + VECTORS_MAX <= DATA_START);
+            assert!(VECTORS.is_multiple_of(2048));
             assert!(MIN_MEM >= DATA_START - RAM_START + 4096);
             assert!(DATA_START.is_multiple_of(4096));
         };

@@ -61,16 +61,36 @@ pub fn far_unmapped_gpa(mem_size: u64) -> u64 {
     RAM_START + mem_size + (1 << 30)
 }
 
-/// Copies the payload to its slot at the start of RAM; returns the entry point.
+/// Copies the payload to its slot at the start of RAM and the exception vectors after it;
+/// returns the payload's entry point.
 pub fn load_boot_image(mem: &GuestMemory, code: &[u8]) -> Result<u64, ArchError> {
+    for (gpa, bytes) in boot_segments(code)? {
+        mem.load(gpa, &bytes)?;
+    }
+    Ok(layout::PAYLOAD)
+}
+
+/// What a bare payload's boot image holds, and where: the payload, then the exception
+/// vectors with the boot stub (guest::vectors). `crate::loader` records them as the pages
+/// it wrote (a protected VM's loader writes them through the mlocked view).
+pub fn boot_segments(code: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, ArchError> {
     if code.len() as u64 > layout::PAYLOAD_MAX {
         return Err(ArchError::PayloadTooLarge {
             len: code.len(),
             max: layout::PAYLOAD_MAX,
         });
     }
-    mem.load(layout::PAYLOAD, code)?;
-    Ok(layout::PAYLOAD)
+    let v = guest::vectors();
+    if v.code.len() as u64 > layout::VECTORS_MAX {
+        return Err(ArchError::PayloadTooLarge {
+            len: v.code.len(),
+            max: layout::VECTORS_MAX,
+        });
+    }
+    Ok(vec![
+        (layout::PAYLOAD, code.to_vec()),
+        (layout::VECTORS, v.code.to_vec()),
+    ])
 }
 
 /// Initialises the vCPU (preferred target, PSCI 0.2, running: no POWER_OFF on any vCPU) and
@@ -98,7 +118,15 @@ mod tests {
         let entry = load_boot_image(&mem, &[0x1f, 0x20, 0x03, 0xd5]).unwrap(); // nop
         assert_eq!(entry, RAM_START);
         assert_eq!(mem.read_u64(entry).unwrap() & 0xffff_ffff, 0xd503_201f);
-        assert!(load_boot_image(&mem, &vec![0; 0x1_0001]).is_err());
+        assert!(load_boot_image(&mem, &vec![0; 0x1001]).is_err());
+    }
+
+    #[test]
+    fn the_vectors_follow_the_payload() {
+        let s = boot_segments(&[0; 4]).unwrap();
+        assert_eq!(s[1].0, layout::VECTORS);
+        assert_eq!(s[1].1, guest::vectors().code);
+        assert_eq!(layout::VECTORS % 2048, 0);
     }
 
     #[test]

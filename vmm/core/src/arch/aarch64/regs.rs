@@ -15,6 +15,11 @@
 //! | x6  | serial data register (MMIO)                |
 //! | x7  | first GPA past RAM (hostile payloads)      |
 //! | x8  | a GPA far from RAM nothing backs (or 0)    |
+//! | x9  | the vCPU's number                          |
+//! | x10 | the payload's entry                        |
+//!
+//! PC is the boot stub of the exception vectors (guest::vectors): it sets VBAR_EL1 and
+//! TPIDR_EL1 (the test device, from x5), then branches to x10.
 
 use std::mem::offset_of;
 
@@ -55,8 +60,10 @@ pub struct RegWrite {
     pub name: &'static str,
 }
 
-/// The register writes that start a payload at `entry` (pure: unit-tested without KVM).
-pub fn boot_registers(entry: u64, args: &PayloadArgs) -> [RegWrite; 11] {
+/// The register writes that start a payload at `entry` through the boot stub (pure:
+/// unit-tested without KVM).
+pub fn boot_registers(entry: u64, args: &PayloadArgs) -> [RegWrite; 13] {
+    let stub = super::layout::VECTORS + guest::vectors().entry as u64;
     let w = |id, value, name| RegWrite { id, value, name };
     [
         w(xreg(0), args.start, "x0 (start)"),
@@ -68,8 +75,10 @@ pub fn boot_registers(entry: u64, args: &PayloadArgs) -> [RegWrite; 11] {
         w(xreg(6), args.serial, "x6 (serial)"),
         w(xreg(7), args.ram_end, "x7 (end of RAM)"),
         w(xreg(8), args.far, "x8 (far unmapped address)"),
+        w(xreg(9), args.vcpu, "x9 (vCPU number)"),
+        w(xreg(10), entry, "x10 (payload entry)"),
         w(PSTATE, PSTATE_EL1H_DAIF, "PSTATE"),
-        w(PC, entry, "PC"),
+        w(PC, stub, "PC (the vectors' boot stub)"),
     ]
 }
 
@@ -175,20 +184,15 @@ mod tests {
             serial: 7,
             ram_end: 8,
             far: 9,
+            vcpu: 10,
         };
         let regs = boot_registers(0x8000_0000, &a);
-        let xs: Vec<u64> = regs[..9].iter().map(|r| r.value).collect();
-        assert_eq!(xs, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
-        for (n, r) in regs[..9].iter().enumerate() {
+        let xs: Vec<u64> = regs[..11].iter().map(|r| r.value).collect();
+        assert_eq!(xs, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0x8000_0000]);
+        for (n, r) in regs[..11].iter().enumerate() {
             assert_eq!(r.id, xreg(n));
         }
-        assert_eq!(
-            regs[10],
-            RegWrite {
-                id: PC,
-                value: 0x8000_0000,
-                name: "PC"
-            }
-        );
+        let stub = super::super::layout::VECTORS + guest::vectors().entry as u64;
+        assert_eq!((regs[12].id, regs[12].value), (PC, stub));
     }
 }

@@ -34,6 +34,17 @@ const PML4: u64 = 0x2000;
 const PDPT: u64 = 0x3000;
 const PD: u64 = 0x4000;
 const MAX_PDS: u64 = 16;
+/// The exception vectors (guest::vectors): IDT, TSS, stubs, and the stack their handler
+/// runs on (IST1), right after the last page directory.
+const IDT: u64 = PD + MAX_PDS * 0x1000;
+const VECTORS: u64 = IDT + 0x1000;
+const IST_TOP: u64 = VECTORS + 0x2000;
+const TSS: u64 = IST_TOP;
+/// Selectors: null, code, data, then the 16-byte TSS descriptor.
+const TSS_SELECTOR: u16 = 0x18;
+/// The TSS and its I/O permission bitmap (every port, then the all-ones end byte).
+const IOPB_OFFSET: usize = 104;
+const TSS_LIMIT: u32 = (IOPB_OFFSET + 0x1_0000 / 8) as u32;
 const PAYLOAD: u64 = 0x20000;
 const PAYLOAD_MAX: u64 = 0x10000;
 const STACK_TOP: u64 = 0x40000;
@@ -89,10 +100,18 @@ pub fn load_boot_image(mem: &GuestMemory, code: &[u8]) -> Result<u64, ArchError>
             max: PAYLOAD_MAX,
         });
     }
-    // null, 64-bit code DPL3, data DPL3.
-    let gdt: [u64; 3] = [0, 0x00af_fb00_0000_ffff, 0x00cf_f300_0000_ffff];
+    // null, 64-bit code DPL3, data DPL3, the TSS (a 16-byte system descriptor: busy 64-bit TSS).
+    let (tss_lo, tss_hi) = tss_descriptor(TSS, TSS_LIMIT);
+    let gdt: [u64; 5] = [
+        0,
+        0x00af_fb00_0000_ffff,
+        0x00cf_f300_0000_ffff,
+        tss_lo,
+        tss_hi,
+    ];
     let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|e| e.to_le_bytes()).collect();
     mem.load(GDT, &gdt_bytes)?;
+    load_vectors(mem)?;
 
     let user = PTE_P | PTE_RW | PTE_US;
     let pds = mapped_gib(mem.size());
@@ -107,6 +126,61 @@ pub fn load_boot_image(mem: &GuestMemory, code: &[u8]) -> Result<u64, ArchError>
     }
     mem.load(PAYLOAD, code)?;
     Ok(PAYLOAD)
+}
+
+/// The two halves of a 64-bit busy-TSS descriptor for `base`/`limit`.
+fn tss_descriptor(base: u64, limit: u32) -> (u64, u64) {
+    let lo = u64::from(limit & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0x8b << 40) // present, DPL0, type 11: busy 64-bit TSS
+        | (u64::from((limit >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    (lo, base >> 32)
+}
+
+/// An interrupt gate to `handler` in the payload's own DPL3 code segment, on IST1: an
+/// exception at CPL3 stays at CPL3 (natively run on PVM) and switches to the IST1 stack.
+fn idt_gate(handler: u64) -> [u8; 16] {
+    let mut g = [0u8; 16];
+    g[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    g[2..4].copy_from_slice(&0x0bu16.to_le_bytes()); // code selector 0x08, RPL 3
+    g[4] = 1; // IST1
+    g[5] = 0xee; // present, DPL3, 64-bit interrupt gate
+    g[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
+    g[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
+    g
+}
+
+/// The exception vectors: the stubs (with the test device's port in their first 8 bytes), an
+/// IDT whose 32 gates point at them, and a TSS whose IST1 (and RSP0) is their stack and whose
+/// I/O permission bitmap allows every port. The bitmap matters on PVM, measured: it clears IOPL
+/// when it delivers an exception (RFLAGS read 0x2 in the handler), so without a bitmap the
+/// handler's `out` to the test device raises #GP and loops through vector 13; and it checks
+/// the bitmap for every `in`/`out` at CPL3 even with IOPL=3 (a bitmap of ports 0-0x3ff only made
+/// `garbage`'s 4-byte `out` to port 0x3f8 fault), so it must allow all 65536 ports the payloads
+/// may touch. (VMX/SVM keep IOPL and skip the bitmap at IOPL=3.)
+fn load_vectors(mem: &GuestMemory) -> Result<(), ArchError> {
+    let v = guest::vectors();
+    mem.load(VECTORS, v.code)?;
+    mem.load(VECTORS, &TESTDEV.addr().to_le_bytes())?;
+    let idt: Vec<u8> = (0..guest::X86_VECTORS)
+        .flat_map(|n| idt_gate(VECTORS + (v.entry + n * guest::VECTOR_STUB_SIZE) as u64))
+        .collect();
+    mem.load(IDT, &idt)?;
+    let mut tss = vec![0u8; TSS_LIMIT as usize + 1];
+    tss[4..12].copy_from_slice(&IST_TOP.to_le_bytes()); // RSP0
+    tss[36..44].copy_from_slice(&IST_TOP.to_le_bytes()); // IST1
+    tss[102..104].copy_from_slice(&(IOPB_OFFSET as u16).to_le_bytes());
+    // Every port allowed (clear bits); the byte after the bitmap must be 0xff.
+    tss[TSS_LIMIT as usize] = 0xff;
+    mem.load(TSS, &tss)?;
+    Ok(())
+}
+
+/// The payload's segment, as `crate::loader` records what it wrote. Protected VMs are
+/// arm64-only (config validation refuses them here): the payload alone.
+pub fn boot_segments(code: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, ArchError> {
+    Ok(vec![(PAYLOAD, code.to_vec())])
 }
 
 fn segment(selector: u16, code: bool) -> kvm_segment {
@@ -148,7 +222,17 @@ pub fn configure_vcpu(
         err,
     })?;
     sregs.gdt.base = GDT;
-    sregs.gdt.limit = 3 * 8 - 1;
+    sregs.gdt.limit = 5 * 8 - 1;
+    sregs.idt.base = IDT;
+    sregs.idt.limit = (guest::X86_VECTORS * 16 - 1) as u16;
+    sregs.tr = kvm_segment {
+        base: TSS,
+        limit: TSS_LIMIT,
+        selector: TSS_SELECTOR,
+        type_: 11,
+        present: 1,
+        ..Default::default()
+    };
     sregs.cs = segment(0x8, true);
     let data = segment(0x10, false);
     (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
@@ -174,6 +258,7 @@ pub fn configure_vcpu(
         r14: args.serial,
         r15: args.ram_end,
         rbp: args.far,
+        rdi: args.vcpu,
         ..Default::default()
     };
     vcpu.set_regs(&regs).map_err(|err| ArchError::Set {
@@ -186,6 +271,34 @@ pub fn configure_vcpu(
 mod tests {
     use super::*;
     use crate::memory::Backing;
+
+    /// The IDT's gates point at the stubs, on IST1, reachable from CPL3; the TSS holds the
+    /// stack; the stubs know the test device's port.
+    #[test]
+    fn exception_vectors_are_installed() {
+        let mem = GuestMemory::new(Backing::Shmem, 0, 4 << 20).unwrap();
+        load_boot_image(&mem, &[0x90; 16]).unwrap();
+        let v = guest::vectors();
+        assert_eq!(mem.read_u64(VECTORS).unwrap(), TESTDEV.addr());
+        for n in [0u64, 6, 13, 14, 31] {
+            let lo = mem.read_u64(IDT + n * 16).unwrap();
+            let hi = mem.read_u64(IDT + n * 16 + 8).unwrap();
+            let target = (lo & 0xffff) | ((lo >> 32) & 0xffff_0000) | (hi << 32);
+            assert_eq!(target, VECTORS + v.entry as u64 + n * 16, "vector {n}");
+            assert_eq!((lo >> 16) & 0xffff, 0x0b, "selector");
+            assert_eq!((lo >> 32) & 0xff, 1, "IST1");
+            assert_eq!((lo >> 40) & 0xff, 0xee, "present DPL3 interrupt gate");
+        }
+        assert_eq!(mem.read_u64(TSS + 36).unwrap(), IST_TOP);
+        // The I/O bitmap allows the test device's ports and ends with an all-ones byte.
+        let byte = |gpa: u64| mem.read_u64(gpa).unwrap() & 0xff;
+        assert_eq!(mem.read_u64(TSS + 96).unwrap() >> 48, IOPB_OFFSET as u64);
+        assert_eq!(byte(TSS + IOPB_OFFSET as u64 + TESTDEV.addr() / 8), 0);
+        assert_eq!(byte(TSS + u64::from(TSS_LIMIT)), 0xff);
+        assert!(VECTORS + v.code.len() as u64 <= IST_TOP - 0x1000);
+        assert!(TSS + u64::from(TSS_LIMIT) < PAYLOAD);
+        assert_eq!(tss_descriptor(0x1234_5678, 103).0 >> 40 & 0xff, 0x8b);
+    }
 
     #[test]
     fn identity_map_is_user_accessible_2m_pages() {
