@@ -80,7 +80,7 @@ impl BuildError {
             self,
             BuildError::KvmOpen(_)
                 | BuildError::KvmCap(_)
-                | BuildError::Resolver(ResolverError::Create(_))
+                | BuildError::Resolver(ResolverError::Create(_) | ResolverError::NotPermitted(_))
                 | BuildError::Memory(MemoryError::HugePagesShort { .. })
         )
     }

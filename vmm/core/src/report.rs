@@ -147,6 +147,32 @@ pub struct Report {
     pub kernel_trace: Option<KernelTrace>,
     /// What the failure explanation could not see on this host (not root, no tracefs).
     pub explain_notes: Vec<String>,
+    /// What this run could not measure or may misread for lack of a privilege (an
+    /// unprivileged user: no CAP_SYS_ADMIN for page frames, no CAP_IPC_LOCK for pins).
+    pub notes: Vec<String>,
+}
+
+/// The privilege notes of a run ([`Report::notes`]).
+fn privilege_notes(r: &RunResult) -> Vec<String> {
+    let mut n = Vec::new();
+    if r.granule.granule_bytes > crate::sys::PAGE_SIZE as u64
+        && r.granule.huge_folio_granules.is_none()
+        && !crate::sys::has_cap_sys_admin()
+    {
+        n.push("which granules sat in 2 MiB folios is not measured: /proc/kpageflags and page frame numbers need CAP_SYS_ADMIN".into());
+    }
+    if let (Some(t), Some(limit), false) = (
+        &r.termination,
+        crate::sys::memlock_limit(),
+        crate::sys::has_cap_ipc_lock(),
+    ) && t.errno == libc::ENOMEM
+    {
+        n.push(format!(
+            "this process lacks CAP_IPC_LOCK: its long-term pins are charged to RLIMIT_MEMLOCK ({} KiB) across all of this user's processes, so this ENOMEM may be that limit rather than a failed migration",
+            limit >> 10
+        ));
+    }
+    n
 }
 
 impl From<RunResult> for Report {
@@ -158,6 +184,7 @@ impl From<RunResult> for Report {
         let console_truncated = r.console_bytes > r.console_keep as u64;
         let summary = summarize(outcome, &r, touched)
             + &hostile_notes(&r.vcpus, r.console_bytes, console_truncated, r.console_keep);
+        let notes = privilege_notes(&r);
         Report {
             pinvmm_version: env!("CARGO_PKG_VERSION"),
             build: BUILD,
@@ -191,6 +218,7 @@ impl From<RunResult> for Report {
             failed_pins: r.failed_pins,
             kernel_trace: r.kernel_trace,
             explain_notes: r.explain_notes,
+            notes,
         }
     }
 }
@@ -467,6 +495,9 @@ impl Report {
                 s,
                 "  note: no ZONE_MOVABLE or CMA on this host: pins never need to migrate, so natural pin failures cannot happen here"
             );
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "  note: {n}");
         }
         if let Some(e) = &self.error {
             let _ = writeln!(s, "  error: {e}");

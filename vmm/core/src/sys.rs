@@ -475,13 +475,23 @@ const CAP_IPC_LOCK: u64 = 14; // include/uapi/linux/capability.h
 
 /// Whether the process holds CAP_IPC_LOCK (then mlock and pins ignore RLIMIT_MEMLOCK).
 pub fn has_cap_ipc_lock() -> bool {
+    has_cap(CAP_IPC_LOCK as u32)
+}
+
+/// Whether this process may read page frame numbers (/proc/self/pagemap, /proc/kpageflags).
+pub fn has_cap_sys_admin() -> bool {
+    has_cap(21) // CAP_SYS_ADMIN
+}
+
+/// Whether capability `cap` is in this process's effective set.
+fn has_cap(cap: u32) -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             let line = s.lines().find(|l| l.starts_with("CapEff:"))?.to_owned();
             u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
         })
-        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+        .is_some_and(|caps| caps & (1 << cap) != 0)
 }
 
 /// Number of open file descriptors of this process (leak checks).

@@ -109,6 +109,12 @@ pub enum ResolverError {
         "cannot create a userfaultfd that sees KVM's faults: {0} (needs root or vm.unprivileged_userfaultfd=1, and a kernel with MINOR_SHMEM for shmem)"
     )]
     Create(UffdError),
+    /// An unprivileged user without a grant for kernel-mode userfaultfds.
+    #[error(
+        "this user may not create a userfaultfd that sees KVM's faults ({0}): {grant}, or use --stage2 kernel (no userfaultfd, no pins)",
+        grant = uffd_grant()
+    )]
+    NotPermitted(UffdError),
     #[error("cannot register guest memory ({len} bytes at {addr:#x}) with userfaultfd: {err}")]
     Register {
         addr: u64,
@@ -123,6 +129,15 @@ pub enum ResolverError {
     Noise(io::Error),
     #[error(transparent)]
     Drain(#[from] DrainError),
+}
+
+/// How to allow an unprivileged user kernel-mode userfaultfds on this host.
+fn uffd_grant() -> &'static str {
+    if std::path::Path::new("/dev/userfaultfd").exists() {
+        "give it read-write access to /dev/userfaultfd (e.g. `chgrp kvm /dev/userfaultfd && chmod 0660 /dev/userfaultfd` for members of group kvm), or `sysctl vm.unprivileged_userfaultfd=1`, or run as root"
+    } else {
+        "`sysctl vm.unprivileged_userfaultfd=1` allows it (this kernel has no /dev/userfaultfd), or run as root"
+    }
 }
 
 /// How the resolver is asked to work.
@@ -1009,7 +1024,10 @@ pub fn arm(mem: &GuestMemory) -> Result<Arc<Uffd>, ResolverError> {
         ),
         Backing::Anon => (0, RegisterMode::MISSING),
     };
-    let uffd = Uffd::new(u64::from(features), true).map_err(ResolverError::Create)?;
+    let uffd = Uffd::new(u64::from(features), true).map_err(|e| match e.errno {
+        libc::EPERM | libc::EACCES => ResolverError::NotPermitted(e),
+        _ => ResolverError::Create(e),
+    })?;
     let view = mem.guest_view();
     uffd.register(view.as_ptr().cast(), view.len(), mode)
         .map_err(|err| ResolverError::Register {

@@ -282,6 +282,8 @@ pub fn spec_of(a: &CampaignArgs, host: &HostLimits) -> Result<CampaignSpec, Stri
             return Err(format!("{what} {}: not a readable file", p.display()));
         }
     }
+    // --jobs VMs at a time: their mlock and pins all count against RLIMIT_MEMLOCK.
+    vmm::config::check_memlock(host, mem, a.jobs as u64).map_err(|e| e.to_string())?;
     if let Some(e) = &a.expect {
         let exps = Expectation::parse_list(e)?;
         if let Some(x) = exps
