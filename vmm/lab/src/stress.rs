@@ -6,6 +6,13 @@
 //! In-process on purpose: the VMs share the process-wide state a leak would grow (pins,
 //! locked pages, descriptors, allocator) and its signal handling, so what one VM leaves
 //! behind is what the next ones and the final check see.
+//!
+//! `--payloads` and `--vcpus` make it the multi-vCPU correctness matrix: every payload under
+//! every policy at each vCPU count, each run judged against what that payload must do
+//! ([`expect`]: memtouch, hello, oob, garbage and flood complete, crash reports its exception
+//! on every vCPU, spin times out). `--runs N` runs exactly N VMs per cell, however long that
+//! takes (a loaded host gets the same coverage, only later), instead of starting VMs for
+//! `--duration`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +54,18 @@ pub struct StressArgs {
     /// Backings to cycle through.
     #[arg(long, value_parser = named::<Backing>(), value_delimiter = ',', default_value = "shmem,anon")]
     pub backings: Vec<Backing>,
+    /// Payloads to cycle through (`all`: every one), each judged by what it must do: memtouch,
+    /// hello, oob, garbage and flood complete (hello and flood print exactly once, on vCPU 0),
+    /// crash reports its exception on every vCPU, spin times out (after 0.5 s).
+    #[arg(long, value_parser = parse_payload, value_delimiter = ',', default_value = "memtouch")]
+    pub payloads: Vec<Vec<Payload>>,
+    /// vCPU counts to cycle through (e.g. 1,2,4).
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u8).range(1..=64))]
+    pub vcpus: Vec<u8>,
+    /// Run exactly N VMs of every cell (policy x backing x payload x vCPUs), however long it
+    /// takes, instead of starting VMs for --duration.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub runs: Option<u64>,
     /// Seconds one VM may take before it counts as a failure (timeout).
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub vm_timeout: u64,
@@ -56,6 +75,50 @@ pub struct StressArgs {
     /// No progress bar and no table (errors and, with --json -, the JSON only).
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// A payload name, or `all`.
+fn parse_payload(s: &str) -> Result<Vec<Payload>, String> {
+    if s == "all" {
+        return Ok(Payload::ALL.to_vec());
+    }
+    Payload::from_name(s).map(|p| vec![p]).ok_or_else(|| {
+        let names: Vec<_> = Payload::ALL.iter().map(|p| p.name()).collect();
+        format!(
+            "unknown payload '{s}' (choose from: all, {})",
+            names.join(", ")
+        )
+    })
+}
+
+/// How long a `spin` VM runs before its (expected) timeout.
+const SPIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What a run of `cell` must have done; `Err` says what it did instead. A VM terminated by a
+/// failed pin is counted apart, not judged here.
+pub fn expect(cell: &Cell, r: &Report) -> Result<(), String> {
+    let all_exceptions =
+        r.vcpus.len() == usize::from(cell.vcpus) && r.vcpus.iter().all(|v| v.exception.is_some());
+    let ok = match cell.payload {
+        Payload::Spin => r.outcome == Outcome::Timeout,
+        Payload::Crash => r.outcome == Outcome::GuestFailed && all_exceptions,
+        // The judge checks each vCPU's status and checksum, and hello's one line.
+        Payload::Flood => r.outcome == Outcome::Completed && r.console_bytes == guest::FLOOD_BYTES,
+        Payload::Memtouch | Payload::Hello | Payload::Oob | Payload::Garbage => {
+            r.outcome == Outcome::Completed
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} on {} vCPUs: {:?}: {}",
+            cell.payload.name(),
+            cell.vcpus,
+            r.outcome,
+            r.summary
+        ))
+    }
 }
 
 /// Parses `60s`, `5m`, `1h`, `90` (seconds).
@@ -79,11 +142,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// One policy x backing cell.
+/// One cell of the run: what every VM of it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cell {
+    pub policy: DrainPolicy,
+    pub backing: Backing,
+    pub payload: Payload,
+    pub vcpus: u8,
+}
+
+/// One policy x backing (x payload x vCPUs) cell.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CellResult {
     pub policy: String,
     pub backing: String,
+    pub payload: String,
+    pub vcpus: u8,
     pub vms: u64,
     pub completed: u64,
     /// Ended by a failed long-term pin: the subject of pinvmm, not a stress failure (it happens
@@ -94,11 +168,13 @@ pub struct CellResult {
     pub mean_guest_s: f64,
 }
 
-/// A VM that did not complete (nor terminate by a failed pin).
+/// A VM that did not do what its payload must (nor terminate by a failed pin).
 #[derive(Debug, Clone, Serialize)]
 pub struct Failure {
     pub policy: String,
     pub backing: String,
+    pub payload: String,
+    pub vcpus: u8,
     pub outcome: String,
     pub summary: String,
 }
@@ -136,6 +212,8 @@ pub struct StressSummary {
     pub online_cpus: usize,
     pub kvm_backend: String,
     pub duration_s: f64,
+    /// `--runs`: VMs per cell (then `duration_s` is not used).
+    pub runs_per_cell: Option<u64>,
     pub wall_s: f64,
     pub parallel: u16,
     pub mem_bytes: u64,
@@ -183,7 +261,9 @@ extern "C" fn on_interrupt(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 }
 
 struct Shared {
-    cells: Vec<(DrainPolicy, Backing)>,
+    cells: Vec<Cell>,
+    /// `--runs`: stop starting VMs after this many.
+    total: Option<u64>,
     next: AtomicU64,
     running: AtomicU64,
     max_running: AtomicU64,
@@ -236,23 +316,48 @@ pub fn main(a: &StressArgs) -> ExitCode {
         .parallel
         .unwrap_or((2 * host.allowed_cpus.len()).clamp(1, 256) as u16);
     // Validate one VM of each cell before starting anything.
-    let cells: Vec<(DrainPolicy, Backing)> = a
-        .policies
-        .iter()
-        .flat_map(|&p| a.backings.iter().map(move |&b| (p, b)))
-        .collect();
+    let payloads: Vec<Payload> = a.payloads.iter().flatten().copied().collect();
+    let mut cells = Vec::new();
+    for &payload in &payloads {
+        for &vcpus in &a.vcpus {
+            for &policy in &a.policies {
+                for &backing in &a.backings {
+                    cells.push(Cell {
+                        policy,
+                        backing,
+                        payload,
+                        vcpus,
+                    });
+                }
+            }
+        }
+    }
     if cells.is_empty() {
-        eprintln!("pinvmm: bad input: --policies and --backings must not be empty");
+        eprintln!(
+            "pinvmm: bad input: --policies, --backings, --payloads and --vcpus must not be empty"
+        );
         return ExitCode::BadInput;
     }
-    let config = |(policy, backing): (DrainPolicy, Backing)| {
-        let mut c = VmConfig::new(Payload::Memtouch, a.mem, host.default_placement());
-        (c.policy, c.backing) = (policy, backing);
-        c.timeout = Duration::from_secs(a.vm_timeout.max(1));
+    let config = |cell: Cell| {
+        let mut c = VmConfig::new(cell.payload, a.mem, host.default_placement());
+        (c.policy, c.backing, c.vcpus) = (cell.policy, cell.backing, cell.vcpus);
+        c.timeout = if cell.payload == Payload::Spin {
+            SPIN_TIMEOUT
+        } else {
+            Duration::from_secs(a.vm_timeout.max(1))
+        };
         c
     };
-    if let Err(e) = config(cells[0]).validate(&host) {
-        eprintln!("pinvmm: bad input: {e}");
+    for &cell in &cells {
+        if let Err(e) = config(cell).validate(&host) {
+            eprintln!("pinvmm: bad input: {e}");
+            return ExitCode::BadInput;
+        }
+    }
+    // Every running VM's mlock and pins count against RLIMIT_MEMLOCK (this process's, and the
+    // user's): refuse a run that cannot fit rather than fail its VMs one by one.
+    if let Err(e) = vmm::config::check_memlock(&host, a.mem, u64::from(parallel)) {
+        eprintln!("pinvmm: bad input: {e} (or lower --parallel)");
         return ExitCode::BadInput;
     }
     let need = a.mem * u64::from(parallel);
@@ -271,7 +376,11 @@ pub fn main(a: &StressArgs) -> ExitCode {
         let _ = vmm_sys_util::signal::register_signal_handler(sig, on_interrupt);
     }
     // Warm-up VM: one-time allocations (signal handlers, thread-locals) are not leaks.
-    let mut warm = config(cells[0]);
+    let mut warm = config(Cell {
+        payload: Payload::Memtouch,
+        vcpus: 1,
+        ..cells[0]
+    });
     warm.mem_size = vmm::arch::MIN_MEM.max(4 << 20);
     if let Err(e) = vmm::build(&warm).map(|vm| vm.run()) {
         eprintln!("pinvmm: the warm-up VM failed: {e}");
@@ -283,6 +392,7 @@ pub fn main(a: &StressArgs) -> ExitCode {
 
     let shared = Arc::new(Shared {
         cells: cells.clone(),
+        total: a.runs.map(|n| n * cells.len() as u64),
         next: AtomicU64::new(0),
         running: AtomicU64::new(0),
         max_running: AtomicU64::new(0),
@@ -291,7 +401,11 @@ pub fn main(a: &StressArgs) -> ExitCode {
         results: Mutex::new(Results::default()),
     });
     let t0 = Instant::now();
-    let deadline = t0 + a.duration;
+    // With --runs the count ends the run, not the clock.
+    let deadline = match a.runs {
+        Some(_) => t0 + Duration::from_secs(86_400 * 365),
+        None => t0 + a.duration,
+    };
     let workers: Vec<_> = (0..parallel)
         .map(|_| {
             let (s, cfgs) = (
@@ -302,21 +416,26 @@ pub fn main(a: &StressArgs) -> ExitCode {
         })
         .collect();
 
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(a.duration.as_secs().max(1))
+    let bar = match (a.quiet, shared.total) {
+        (true, _) => ProgressBar::hidden(),
+        (false, Some(n)) => ProgressBar::new(n),
+        (false, None) => ProgressBar::new(a.duration.as_secs().max(1)),
     };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {elapsed}/{len}s | {msg}").expect("valid template"),
-    );
+    let template = match shared.total {
+        Some(_) => "{bar:30} {pos}/{len} VMs {elapsed} | {msg}",
+        None => "{bar:30} {elapsed}/{len}s | {msg}",
+    };
+    bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
     let mut avail_min = host_before[0];
     let meminfo_only = || host::meminfo_kb("MemAvailable").unwrap_or(0);
     while workers.iter().any(|w| !w.is_finished()) {
         std::thread::sleep(Duration::from_millis(250));
         let avail = meminfo_only();
         avail_min = avail_min.min(avail);
-        bar.set_position(t0.elapsed().as_secs().min(a.duration.as_secs()));
+        match shared.total {
+            Some(_) => bar.set_position(shared.done.load(Ordering::Relaxed)),
+            None => bar.set_position(t0.elapsed().as_secs().min(a.duration.as_secs())),
+        }
         bar.set_message(format!(
             "VMs done {} failed {} running {} | MemAvailable {:.1} GiB{}",
             shared.done.load(Ordering::Relaxed),
@@ -357,6 +476,7 @@ pub fn main(a: &StressArgs) -> ExitCode {
         online_cpus: host.allowed_cpus.len(),
         kvm_backend: host::kvm_backend(),
         duration_s: a.duration.as_secs_f64(),
+        runs_per_cell: a.runs,
         wall_s: wall.as_secs_f64(),
         parallel,
         mem_bytes: a.mem,
@@ -424,23 +544,37 @@ pub fn main(a: &StressArgs) -> ExitCode {
 
 fn worker(s: &Shared, cfgs: &[VmConfig], deadline: Instant) {
     while Instant::now() < deadline && !INTERRUPTED.load(Ordering::SeqCst) {
-        let i = s.next.fetch_add(1, Ordering::Relaxed) as usize % cfgs.len();
+        let k = s.next.fetch_add(1, Ordering::Relaxed);
+        if s.total.is_some_and(|n| k >= n) {
+            break;
+        }
+        let i = k as usize % cfgs.len();
         let c = &cfgs[i];
         let n = s.running.fetch_add(1, Ordering::Relaxed) + 1;
         s.max_running.fetch_max(n, Ordering::Relaxed);
         let r = vmm::build(c).map(|vm| Report::from(vm.run()));
         s.running.fetch_sub(1, Ordering::Relaxed);
         s.done.fetch_add(1, Ordering::Relaxed);
-        let (outcome, summary, guest_s) = match &r {
-            Ok(r) => (r.outcome, r.summary.clone(), r.timing.guest_ms / 1e3),
-            Err(e) => (Outcome::VmmError, e.to_string(), 0.0),
+        let want = s.cells[i];
+        // Terminated by a failed pin: counted apart. Otherwise the payload's own expectation.
+        let (verdict, outcome, summary, guest_s) = match &r {
+            Ok(r) if r.outcome == Outcome::Terminated => {
+                (Some(Outcome::Terminated), r.outcome, r.summary.clone(), 0.0)
+            }
+            Ok(r) => {
+                let v = expect(&want, r).map(|()| Outcome::Completed);
+                let summary = v.clone().err().unwrap_or_default();
+                (v.ok(), r.outcome, summary, r.timing.guest_ms / 1e3)
+            }
+            Err(e) => (None, Outcome::VmmError, e.to_string(), 0.0),
         };
         let mut res = s.results.lock().unwrap_or_else(|p| p.into_inner());
         let (cell, total_s) = res.cells.entry(i).or_insert_with(|| {
-            let (p, b) = s.cells[i];
             let cell = CellResult {
-                policy: p.name().into(),
-                backing: b.to_string(),
+                policy: want.policy.name().into(),
+                backing: want.backing.to_string(),
+                payload: want.payload.name().into(),
+                vcpus: want.vcpus,
                 ..Default::default()
             };
             (cell, 0.0)
@@ -448,15 +582,17 @@ fn worker(s: &Shared, cfgs: &[VmConfig], deadline: Instant) {
         cell.vms += 1;
         *total_s += guest_s;
         cell.mean_guest_s = *total_s / cell.vms as f64;
-        match outcome {
-            Outcome::Completed => cell.completed += 1,
-            Outcome::Terminated => cell.terminated += 1,
-            _ => {
+        match verdict {
+            Some(Outcome::Terminated) => cell.terminated += 1,
+            Some(_) => cell.completed += 1,
+            None => {
                 cell.failed += 1;
                 s.failed.fetch_add(1, Ordering::Relaxed);
                 let f = Failure {
                     policy: cell.policy.clone(),
                     backing: cell.backing.clone(),
+                    payload: cell.payload.clone(),
+                    vcpus: cell.vcpus,
                     outcome: format!("{outcome:?}"),
                     summary,
                 };
@@ -584,14 +720,17 @@ impl StressSummary {
     pub fn human(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
+        let starts = match self.runs_per_cell {
+            Some(n) => format!("{n} VMs per cell"),
+            None => format!("{:.0} s of starts", self.duration_s),
+        };
         let _ = writeln!(
             s,
-            "pinvmm stress: {} VMs of {} MiB, {} at a time (max seen {}), {:.0} s of starts, {:.0} s wall | {} | {} CPUs | {}",
+            "pinvmm stress: {} VMs of {} MiB, {} at a time (max seen {}), {starts}, {:.0} s wall | {} | {} CPUs | {}",
             self.vms,
             self.mem_bytes >> 20,
             self.parallel,
             self.max_running,
-            self.duration_s,
             self.wall_s,
             self.kernel_release,
             self.online_cpus,
@@ -599,21 +738,29 @@ impl StressSummary {
         );
         let _ = writeln!(
             s,
-            "| policy | backing | VMs | completed | terminated | failed | mean guest s |"
+            "| payload | vCPUs | policy | backing | VMs | as expected | terminated | failed | mean guest s |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
         for c in &self.cells {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {:.2} |",
-                c.policy, c.backing, c.vms, c.completed, c.terminated, c.failed, c.mean_guest_s
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                c.payload,
+                c.vcpus,
+                c.policy,
+                c.backing,
+                c.vms,
+                c.completed,
+                c.terminated,
+                c.failed,
+                c.mean_guest_s
             );
         }
         for f in &self.failures {
             let _ = writeln!(
                 s,
-                "  FAILED {}/{}: {}: {}",
-                f.policy, f.backing, f.outcome, f.summary
+                "  FAILED {}/{}/{}/{} vCPUs: {}: {}",
+                f.payload, f.policy, f.backing, f.vcpus, f.outcome, f.summary
             );
         }
         let d = |v: BeforeAfter| format!("{} -> {}", v.before, v.after);
