@@ -2,7 +2,9 @@
 //! The arm64 board smoke test: cross-builds the static aarch64 pinvmm, boots the emulated arm64
 //! board (QEMU virt, EL2, real KVM) in protected mode with a 512 MiB ZONE_MOVABLE on the fixed
 //! 6.12.118 kernel, and inside it runs memtouch under every drain policy, `probe` and
-//! `gup-check`. A few minutes; needs root, apt (QEMU, Debian's rustc-web) and the kernel .deb.
+//! `gup-check`, the `crash` guest on 1 and 2 vCPUs (reported by its exception vectors at once),
+//! `hello` on 2 vCPUs (its line exactly once) and the multi-vCPU matrix once a cell. A few
+//! minutes; needs root, apt (QEMU, Debian's rustc-web) and the kernel .deb.
 //!
 //! Another trial runs the aarch64 build's unit tests (Image loader, device tree, registers)
 //! under qemu-user, qemu-aarch64 (`ci/toolchain/test-aarch64`): the host's `cargo test` never
@@ -98,12 +100,38 @@ fn prepare() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
+/// `crash` on `vcpus` vCPUs: exit 4, every vCPU reporting EC 0 (undefined instruction) at the
+/// payload's first instruction, long before the timeout (a hang guard).
+fn check_crash(rep: &serde_json::Value, vcpus: usize, what: &str) -> Result<(), Failed> {
+    let v = rep["vcpus"].as_array().ok_or("no vcpus")?;
+    println!(
+        "  {what}: {} after {:.0} ms of guest time",
+        rep["summary"],
+        rep["timing"]["guest_ms"].as_f64().unwrap_or(0.0)
+    );
+    ensure(
+        rep["exit_code"] == 4
+            && v.len() == vcpus
+            && v.iter()
+                .all(|v| v["exception"]["class"] == 0 && v["exception"]["pc"] == 0x8000_0000u64)
+            && rep["timing"]["guest_ms"].as_f64() < Some(60_000.0),
+        || format!("{what}: not an undefined-instruction exception on every vCPU: {rep}"),
+    )
+}
+
+/// The multi-vCPU matrix inside the board: every fast payload, every policy, 1, 2 and 4 vCPUs.
+const MATRIX: &str = "pinvmm stress --payloads memtouch,hello,crash,oob,garbage,spin --vcpus 1,2,4 --runs 1 --mem 2M --backings shmem --parallel 2 --quiet --json matrix.json";
+
 fn smoke(bin: &Path) -> Result<(), Failed> {
     let r = root();
     let results = r.join("target/board-results/smoke");
     let script = format!(
         "for p in {}; do pinvmm run --mem 4M --policy $p --timeout 240 --quiet --json $p.json; echo \"$p $?\" >> codes.txt; done; \
-         pinvmm probe --json probe.json > probe.txt; pinvmm gup-check --pages 512 --rounds 1 > gup.ktap; echo \"gup $?\" >> codes.txt",
+         pinvmm probe --json probe.json > probe.txt; pinvmm gup-check --pages 512 --rounds 1 > gup.ktap; echo \"gup $?\" >> codes.txt; \
+         pinvmm run --guest crash --mem 4M --timeout 240 --quiet --json crash.json; echo \"crash $?\" >> codes.txt; \
+         pinvmm run --guest crash --vcpus 2 --mem 4M --timeout 240 --quiet --json crash2.json; echo \"crash2 $?\" >> codes.txt; \
+         pinvmm run --guest hello --vcpus 2 --mem 4M --timeout 240 --quiet --json hello2.json; echo \"hello2 $?\" >> codes.txt; \
+         {MATRIX}; echo \"matrix $?\" >> codes.txt",
         POLICIES.join(" ")
     );
     let st = Command::new(r.join("ci/board/run"))
@@ -115,7 +143,7 @@ fn smoke(bin: &Path) -> Result<(), Failed> {
             "--memory",
             "movable",
             "--timeout",
-            "900",
+            "1200",
             "--bin",
         ])
         .arg(bin)
@@ -174,6 +202,27 @@ fn smoke(bin: &Path) -> Result<(), Failed> {
         ktap.contains("\nok 1 ") && !ktap.contains("not ok") && !ktap.contains("SKIP"),
         || format!("gup-check on {KERNEL}:\n{ktap}"),
     )?;
+    let json = |f: &str| -> Result<serde_json::Value, Failed> {
+        Ok(serde_json::from_str(&read(f)?).map_err(|e| format!("{f}: {e}"))?)
+    };
+    // Guest exceptions are reported at once; hello on 2 vCPUs prints its line once.
+    check_crash(&json("crash.json")?, 1, "crash")?;
+    check_crash(&json("crash2.json")?, 2, "crash on 2 vCPUs")?;
+    let hello = json("hello2.json")?;
+    ensure(
+        hello["exit_code"] == 0 && hello["console"] == "Hello from the pinvmm guest!\n",
+        || format!("hello on 2 vCPUs: {}", hello["summary"]),
+    )?;
+    let m = json("matrix.json")?;
+    println!(
+        "  matrix: {} VMs, {} failed, {:.0} s",
+        m["vms"],
+        m["failed"],
+        m["wall_s"].as_f64().unwrap_or(0.0)
+    );
+    ensure(m["ok"] == true && m["vms"] == 6 * 4 * 3, || {
+        format!("multi-vCPU matrix on the board: {}", m["failures"])
+    })?;
     Ok(())
 }
 
