@@ -56,6 +56,103 @@ const BAD_INPUTS: &[(&[&str], &str)] = &[
     (&[], "Usage"),
 ];
 
+/// Options that cannot apply to the chosen mode (vmm::applies): refused with exit 2 and one
+/// line naming the option, the mode and why, instead of being silently ignored.
+const NOT_APPLICABLE: &[(&[&str], &str)] = &[
+    (
+        &["run", "--inject-pin-failure", "1", "--stage2", "kernel"],
+        "--inject pin-update cannot apply with --stage2 kernel",
+    ),
+    (
+        &["run", "--policy", "mlock-drain", "--stage2", "kernel"],
+        "--policy cannot apply with --stage2 kernel",
+    ),
+    (
+        &["run", "--policy", "retry", "--stage2", "uffd"],
+        "--policy cannot apply with --stage2 uffd",
+    ),
+    (
+        &["run", "--noise", "16", "--stage2", "eager"],
+        "--noise cannot apply with --stage2 eager",
+    ),
+    (
+        &["run", "--prefill", "50", "--stage2", "uffd"],
+        "--prefill cannot apply with --stage2 uffd",
+    ),
+    (
+        &["run", "--fault-in", "touch", "--stage2", "kernel"],
+        "--fault-in touch cannot apply",
+    ),
+    (
+        &["run", "--fault-ahead", "15", "--stage2", "eager"],
+        "--fault-ahead cannot apply",
+    ),
+    (
+        &["run", "--guest", "hello", "--stride", "2"],
+        "--stride cannot apply",
+    ),
+    (
+        &["run", "--guest", "crash", "--seed", "7"],
+        "--seed cannot apply",
+    ),
+    (
+        &["run", "--stage2", "kernel", "--pin-cpu", "same"],
+        "--pin-cpu cannot apply",
+    ),
+    (
+        &["run", "--stage2", "kernel", "--fault-cpu", "0"],
+        "--fault-cpu cannot apply",
+    ),
+    (
+        &["run", "--inject", "uffd-copy"],
+        "--inject uffd-copy cannot apply",
+    ),
+    (&["run", "--inject", "drain"], "--policy none never drains"),
+    (
+        &["run", "--backing", "anon", "--inject", "uffd-continue"],
+        "--inject uffd-continue cannot apply",
+    ),
+];
+
+fn not_applicable() -> Trial {
+    plain_test(
+        "bad_input::options_that_cannot_apply_are_refused_in_one_line",
+        || {
+            for (args, needle) in NOT_APPLICABLE {
+                let r = pinvmm(args)?;
+                tally::add(&tally::INPUTS, 1);
+                let err = r.stderr.trim_end();
+                ensure(r.code == 2 && r.stdout.is_empty(), || {
+                    format!("{args:?}: exit {} (want 2): {err}", r.code)
+                })?;
+                ensure(
+                    err.lines().count() == 1
+                        && err.contains(needle)
+                        && err.contains("leave it out"),
+                    || format!("{args:?}: want one line with {needle:?}: {err}"),
+                )?;
+            }
+            // The same options where they do apply are accepted (checked without a VM).
+            let r = pinvmm(&[
+                "run",
+                "--print-config",
+                "--policy",
+                "mlock-drain",
+                "--noise",
+                "16",
+            ])?;
+            ensure(r.code == 0, || {
+                format!("--policy with --stage2 pin: {}", r.stderr)
+            })?;
+            eprintln!(
+                "options that cannot apply: {} refused",
+                NOT_APPLICABLE.len()
+            );
+            Ok(())
+        },
+    )
+}
+
 /// Bad `--config FILE.json` contents and what the error must name: the field and its value.
 const BAD_CONFIGS: &[(&str, &[&str])] = &[
     (r#"{"vcpus": "two"}"#, &["\"vcpus\"", "two"]),
@@ -774,6 +871,7 @@ fn main() {
     common::announce();
     let mut t = vec![
         bad_inputs(),
+        not_applicable(),
         bad_linux_inputs(),
         config_file(),
         help(),

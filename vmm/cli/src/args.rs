@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use guest::Payload;
 use lab::args::named;
+use vmm::applies::Opt;
 use vmm::config::{SchedTuning, parse_size};
 use vmm::linux::LinuxConfig;
 use vmm::seccomp::SeccompMode;
@@ -300,6 +301,13 @@ pub fn build_config(a: &RunArgs, host: &HostLimits) -> Result<VmConfig, String> 
         SeccompMode::All
     };
     c.validate(host).map_err(|e| e.to_string())?;
+    // The CPU options' defaults are chosen here: only here is it known they were given.
+    let cpus = [
+        (a.fault_cpu.is_some(), Opt::FaultCpu),
+        (a.pin_cpu.is_some(), Opt::PinCpu),
+    ];
+    let given: Vec<Opt> = cpus.iter().filter(|(g, _)| *g).map(|(_, o)| *o).collect();
+    c.check_applies(&given).map_err(|e| e.to_string())?;
     Ok(c)
 }
 

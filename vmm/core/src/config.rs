@@ -6,6 +6,7 @@ use std::time::Duration;
 use guest::Payload;
 use serde::Serialize;
 
+use crate::applies::{self, GuestKind, Mode, Opt};
 use crate::arch;
 use crate::host::hugepages::{self, HUGE_PAGE_SIZE};
 use crate::host::{CpuPlacement, HostLimits};
@@ -211,6 +212,13 @@ pub enum ConfigError {
         "{0} cannot be combined with --vm-type protected: userfaultfd cannot be combined with protected VMs (KVM_RUN fails with EFAULT), and KVM takes the long-term pins itself"
     )]
     ProtectedConflict(&'static str),
+    /// An option that would be silently ignored in this mode (`crate::applies`).
+    #[error("{option} cannot apply with {mode}: {why}; leave it out")]
+    NotApplicable {
+        option: String,
+        mode: String,
+        why: &'static str,
+    },
 }
 
 /// Locked memory a VM needs beyond its guest memory (io_uring's own pages, measured at 8 KiB on
@@ -323,7 +331,49 @@ impl VmConfig {
         if self.vm_type == VmType::Protected {
             self.validate_protected()?;
         }
-        Ok(())
+        self.check_applies(&[])
+    }
+
+    /// The mode `crate::applies` judges options against.
+    pub fn mode(&self) -> Mode {
+        Mode {
+            stage2: self.stage2,
+            vm_type: self.vm_type,
+            guest: match (&self.linux, self.payload) {
+                (Some(_), _) => GuestKind::Linux,
+                (None, Payload::Memtouch) => GuestKind::Memtouch,
+                (None, _) => GuestKind::OtherPayload,
+            },
+            backing: self.backing,
+            fault_in: self.fault_in,
+            policy: self.policy,
+        }
+    }
+
+    /// Refuses every option with a value other than its default, and each of `also` (options
+    /// the caller knows were given, such as `--fault-cpu`), that cannot apply to this mode.
+    pub fn check_applies(&self, also: &[Opt]) -> Result<(), ConfigError> {
+        let d = TouchParams::default();
+        let t = self.touch;
+        let mut opts = applies::given(
+            self.policy,
+            self.fault_in,
+            self.trace,
+            self.noise_pages,
+            self.prefill_pct,
+            self.fault_ahead,
+            [
+                t.stride_pages != d.stride_pages,
+                t.passes != d.passes,
+                t.seed != d.seed,
+            ],
+            self.inject.iter().map(|i| i.site),
+        );
+        opts.extend_from_slice(also);
+        match applies::first_refused(&opts, &self.mode()) {
+            Some((option, mode, why)) => Err(ConfigError::NotApplicable { option, mode, why }),
+            None => Ok(()),
+        }
     }
 
     /// The huge page backings need the host's pool or THP setting (checked again, with the
@@ -588,5 +638,111 @@ mod tests {
         c.stage2 = Stage2::Pin;
         c.backing = Backing::Anon;
         assert_eq!(c.load_via(), LoadVia::PageCache, "anon stages its pages");
+    }
+
+    /// Every option against every mode (stage 2, VM type, guest vs kernel, backing, fault-in,
+    /// policy): `validate` accepts the option exactly where `applies::refusal` says it applies,
+    /// and otherwise refuses it with one line naming the option and the mode.
+    #[test]
+    fn every_option_against_every_mode() {
+        use crate::inject::InjectSpec;
+        let mut h = host();
+        h.cap_ipc_lock = true;
+        h.shmem_thp_mode = Some("advise".into());
+        h.hugetlb = Some(hugepages::HugetlbPool {
+            total: 64,
+            free: 64,
+            reserved: 0,
+        });
+        let (mut checked, mut refused) = (0, 0);
+        let vm_types: &[VmType] = if cfg!(target_arch = "aarch64") {
+            &VmType::ALL
+        } else {
+            &[VmType::Normal]
+        };
+        for &vm_type in vm_types {
+            for stage2 in Stage2::ALL {
+                for backing in Backing::ALL {
+                    for fault_in in FaultIn::ALL {
+                        for policy in DrainPolicy::ALL {
+                            for guest in [Payload::Memtouch, Payload::Hello, Payload::Spin] {
+                                for linux in [false, true] {
+                                    let mut c = cfg(64 << 20);
+                                    (c.vm_type, c.stage2, c.backing) = (vm_type, stage2, backing);
+                                    (c.fault_in, c.policy, c.payload) = (fault_in, policy, guest);
+                                    if linux {
+                                        c.linux = Some(LinuxConfig {
+                                            kernel: "Image".into(),
+                                            initrd: None,
+                                            cmdline: String::new(),
+                                        });
+                                    }
+                                    // Only modes that are valid on their own.
+                                    if c.validate(&h).is_err() {
+                                        continue;
+                                    }
+                                    for opt in Opt::all() {
+                                        if (opt == Opt::Policy && policy != DrainPolicy::None)
+                                            || (opt == Opt::FaultInTouch
+                                                && fault_in == FaultIn::Touch)
+                                        {
+                                            continue;
+                                        }
+                                        let mut d = c.clone();
+                                        let mut also = vec![];
+                                        match opt {
+                                            Opt::Policy => d.policy = DrainPolicy::MlockDrain,
+                                            Opt::FaultInTouch => d.fault_in = FaultIn::Touch,
+                                            Opt::Noise => d.noise_pages = 16,
+                                            Opt::Prefill => d.prefill_pct = 50,
+                                            Opt::FaultAhead => d.fault_ahead = 15,
+                                            Opt::Stride => d.touch.stride_pages = 2,
+                                            Opt::Passes => d.touch.passes = 2,
+                                            Opt::Seed => d.touch.seed = 7,
+                                            Opt::Trace => d.trace = true,
+                                            Opt::FaultCpu | Opt::PinCpu => also.push(opt),
+                                            Opt::Inject(site) => {
+                                                d.inject = vec![InjectSpec::new(site, 1, libc::EIO)]
+                                            }
+                                        }
+                                        let got =
+                                            d.validate(&h).and_then(|()| d.check_applies(&also));
+                                        let want = applies::refusal(opt, &d.mode());
+                                        // Protected VMs refuse their resolver options before
+                                        // the table, with a message of their own.
+                                        let protected_conflict =
+                                            matches!(got, Err(ConfigError::ProtectedConflict(_)));
+                                        checked += 1;
+                                        match (want, &got) {
+                                            (None, Ok(())) => {}
+                                            (Some(_), Err(_)) if protected_conflict => refused += 1,
+                                            (Some(why), Err(e)) => {
+                                                refused += 1;
+                                                let m = e.to_string();
+                                                assert!(
+                                                    m.contains(&opt.flag())
+                                                        && m.contains(why)
+                                                        && m.contains(&d.mode().describe(opt))
+                                                        && !m.contains('\n'),
+                                                    "{opt:?}: {m}"
+                                                );
+                                            }
+                                            _ => panic!(
+                                                "{opt:?} in {:?}: table says {want:?}, validate {got:?}",
+                                                d.mode()
+                                            ),
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            checked > 5000 && refused > 1000,
+            "{checked} checked, {refused} refused"
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! A run is three steps: [`build`] a [`VmConfig`] into a running [`Vm`], [`Vm::run`] it to
 //! its end ([`RunResult`]), and judge that into a [`Report`] (`Report::from`).
 
+pub mod applies;
 pub mod arch;
 pub mod builder;
 pub mod config;

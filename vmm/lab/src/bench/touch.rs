@@ -265,7 +265,13 @@ pub(super) fn vm_config(
     c.backing = spec.backing;
     c.stage2 = spec.stage2;
     c.policy = spec.policy;
-    c.fault_in = spec.fault_in;
+    // KVM's own fault path has no fault-in to model (the table refuses `--fault-in touch`
+    // there, vmm::applies): its rows run with the default.
+    c.fault_in = if spec.stage2 == Stage2::Kernel {
+        FaultIn::Pin
+    } else {
+        spec.fault_in
+    };
     c.fault_ahead = spec.fault_ahead;
     c.timeout = Duration::from_secs(120);
     c.validate(host)
