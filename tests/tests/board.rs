@@ -3,8 +3,10 @@
 //! board (QEMU virt, EL2, real KVM) in protected mode with a 512 MiB ZONE_MOVABLE on the fixed
 //! 6.12.118 kernel, and inside it runs memtouch under every drain policy, `probe` and
 //! `gup-check`, the `crash` guest on 1 and 2 vCPUs (reported by its exception vectors at once),
-//! `hello` on 2 vCPUs (its line exactly once) and the multi-vCPU matrix once a cell. A few
-//! minutes; needs root, apt (QEMU, Debian's rustc-web) and the kernel .deb.
+//! `hello` on 2 vCPUs (its line exactly once) and the multi-vCPU matrix once a cell — every VM
+//! with its threads under the aarch64 seccomp filters (probe shows a denied call failing with
+//! EPERM; one run with `--no-seccomp`). A few minutes; needs root, apt (QEMU, Debian's
+//! rustc-web) and the kernel .deb.
 //!
 //! Another trial runs the aarch64 build's unit tests (Image loader, device tree, registers)
 //! under qemu-user, qemu-aarch64 (`ci/toolchain/test-aarch64`): the host's `cargo test` never
@@ -131,6 +133,7 @@ fn smoke(bin: &Path) -> Result<(), Failed> {
          pinvmm run --guest crash --mem 4M --timeout 240 --quiet --json crash.json; echo \"crash $?\" >> codes.txt; \
          pinvmm run --guest crash --vcpus 2 --mem 4M --timeout 240 --quiet --json crash2.json; echo \"crash2 $?\" >> codes.txt; \
          pinvmm run --guest hello --vcpus 2 --mem 4M --timeout 240 --quiet --json hello2.json; echo \"hello2 $?\" >> codes.txt; \
+         pinvmm run --no-seccomp --mem 4M --timeout 240 --quiet --json noseccomp.json; echo \"noseccomp $?\" >> codes.txt; \
          {MATRIX}; echo \"matrix $?\" >> codes.txt",
         POLICIES.join(" ")
     );
@@ -205,6 +208,28 @@ fn smoke(bin: &Path) -> Result<(), Failed> {
     let json = |f: &str| -> Result<serde_json::Value, Failed> {
         Ok(serde_json::from_str(&read(f)?).map_err(|e| format!("{f}: {e}"))?)
     };
+    // The aarch64 seccomp filters: installed, a denied call gets EPERM; every VM above ran
+    // with them (the default), and --no-seccomp still runs one without.
+    let sc = probe["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "seccomp"))
+        .ok_or("probe has no seccomp check")?;
+    println!("  probe seccomp: {}", sc["detail"]);
+    ensure(
+        sc["ok"] == true && sc["detail"].as_str().is_some_and(|d| d.contains("EPERM")),
+        || format!("seccomp on the board: {sc}"),
+    )?;
+    for p in POLICIES {
+        ensure(
+            json(&format!("{p}.json"))?["config"]["seccomp"] == "all",
+            || format!("{p}: not filtered"),
+        )?;
+    }
+    let nosc = json("noseccomp.json")?;
+    ensure(
+        nosc["exit_code"] == 0 && nosc["config"]["seccomp"] == "off",
+        || format!("--no-seccomp: {}", nosc["summary"]),
+    )?;
     // Guest exceptions are reported at once; hello on 2 vCPUs prints its line once.
     check_crash(&json("crash.json")?, 1, "crash")?;
     check_crash(&json("crash2.json")?, 2, "crash on 2 vCPUs")?;

@@ -136,6 +136,20 @@ pub fn probe() -> Probe {
             )),
         },
     ));
+    checks.push(check(
+        "seccomp",
+        vmm::seccomp::self_test().and_then(|t| match t {
+            t if t.denied_errno == libc::EPERM && t.allowed_ok => Ok(format!(
+                "per-thread allow-lists ({}): a denied call (socket) fails with EPERM, allowed calls work",
+                std::env::consts::ARCH
+            )),
+            t => Err(format!(
+                "the vCPU filter did not behave: socket(2) gave errno {} (want EPERM), allowed calls {}",
+                t.denied_errno,
+                if t.allowed_ok { "worked" } else { "failed" }
+            )),
+        }),
+    ));
     for c in checks.iter_mut().skip(6) {
         c.optional = true;
     }
