@@ -446,7 +446,7 @@ fn start_vcpus(
         place(&mut buses, arch::TESTDEV, TestDevice::LEN, testdev.clone())?;
         let (c, vcpu_faults) = (s.ctl.clone(), s.faults.clone());
         let (policy, counters, vcpu_cpu) = (cfg.policy, s.counters.clone(), s.vcpu_cpu);
-        let filter = cfg.seccomp.threads() && !pkvm;
+        let filter = cfg.seccomp.threads();
         let trace = s.trace.cloned();
         let pkvm_explain = s.pkvm_explain.cloned();
         let short_slice = cfg.sched.short_slice;

@@ -17,10 +17,10 @@
 //!
 //! Filters are built for x86_64 and aarch64 (the same lists: the calls are the same, only the
 //! numbers differ; aarch64 has no `epoll_wait`, only `epoll_pwait`). On other architectures
-//! [`install`] does nothing. Protected VMs' vCPU threads are not filtered yet (their list was
-//! never run in a protected VM). The aarch64 lists are tested on the arm64 board: every policy
-//! and a Linux guest run filtered, and [`self_test`] (in `pinvmm probe`) shows a denied call
-//! failing with EPERM.
+//! [`install`] does nothing. Protected VMs' vCPU threads are filtered too (KVM takes their
+//! pins inside KVM_RUN). The aarch64 lists are tested on the arm64 board: every policy and a
+//! Linux guest run filtered, and [`self_test`] (in `pinvmm probe`) shows a denied call failing
+//! with EPERM.
 
 use std::sync::Arc;
 
