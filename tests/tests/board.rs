@@ -8,6 +8,11 @@
 //! EPERM; one run with `--no-seccomp`). A few minutes; needs root, apt (QEMU, Debian's
 //! rustc-web) and the kernel .deb.
 //!
+//! The protected-VM trial boots Debian's 7.3.4 (pKVM protected VMs, `--vm-type protected`): a
+//! memtouch guest with `--prefill 50` under every policy, `crash` and `hello` on 2 vCPUs, and
+//! probe's EPERM self-test, every VM with every thread under its seccomp filter (the vCPU
+//! threads, on which KVM takes the pins, included). ~15 s of board time.
+//!
 //! Another trial runs the aarch64 build's unit tests (Image loader, device tree, registers)
 //! under qemu-user, qemu-aarch64 (`ci/toolchain/test-aarch64`): the host's `cargo test` never
 //! compiles those modules.
@@ -121,12 +126,73 @@ fn check_crash(rep: &serde_json::Value, vcpus: usize, what: &str) -> Result<(), 
     )
 }
 
+/// Boots the arm64 board on `kernel` (protected mode, 512 MiB ZONE_MOVABLE) with the static
+/// pinvmm `bin`, runs `script` (sh) in it and returns its results directory.
+fn boot(
+    bin: &Path,
+    kernel: &str,
+    name: &str,
+    timeout_s: u32,
+    script: &str,
+) -> Result<PathBuf, Failed> {
+    let r = root();
+    let results = r.join(format!("target/board-results/{name}"));
+    let st = Command::new(r.join("ci/board/run"))
+        .args([
+            "--kernel",
+            kernel,
+            "--mode",
+            "protected",
+            "--memory",
+            "movable",
+        ])
+        .args(["--timeout", &timeout_s.to_string(), "--bin"])
+        .arg(bin)
+        .arg("--results")
+        .arg(&results)
+        .args(["--", "sh", "-c", script])
+        .current_dir(&r)
+        .status()
+        .map_err(|e| format!("ci/board/run: {e}"))?;
+    ensure(st.code() == Some(0), || {
+        format!(
+            "board run ({kernel}) exited with {st} (125 = the board itself failed; see {}/console.log)",
+            results.display()
+        )
+    })?;
+    Ok(results)
+}
+
+fn read_json(results: &Path, f: &str) -> Result<serde_json::Value, Failed> {
+    let t = std::fs::read_to_string(results.join(f)).map_err(|e| format!("{f}: {e}"))?;
+    Ok(serde_json::from_str(&t).map_err(|e| format!("{f}: {e}"))?)
+}
+
+/// Every thread of the VM ran under its seccomp filter: `config.seccomp` is `all` (`pinvmm
+/// run`'s default: vCPU, resolver and main threads) and every vCPU says its thread was
+/// filtered.
+fn check_filtered(rep: &serde_json::Value, what: &str) -> Result<(), Failed> {
+    ensure(
+        rep["config"]["seccomp"] == "all"
+            && rep["vcpus"]
+                .as_array()
+                .is_some_and(|v| !v.is_empty() && v.iter().all(|v| v["seccomp"] == true)),
+        || {
+            format!(
+                "{what}: not every thread filtered: config.seccomp {}, vcpus[].seccomp {:?}",
+                rep["config"]["seccomp"],
+                rep["vcpus"]
+                    .as_array()
+                    .map(|v| v.iter().map(|v| v["seccomp"].clone()).collect::<Vec<_>>())
+            )
+        },
+    )
+}
+
 /// The multi-vCPU matrix inside the board: every fast payload, every policy, 1, 2 and 4 vCPUs.
 const MATRIX: &str = "pinvmm stress --payloads memtouch,hello,crash,oob,garbage,spin --vcpus 1,2,4 --runs 1 --mem 2M --backings shmem --parallel 2 --quiet --json matrix.json";
 
 fn smoke(bin: &Path) -> Result<(), Failed> {
-    let r = root();
-    let results = r.join("target/board-results/smoke");
     let script = format!(
         "for p in {}; do pinvmm run --mem 4M --policy $p --timeout 240 --quiet --json $p.json; echo \"$p $?\" >> codes.txt; done; \
          pinvmm probe --json probe.json > probe.txt; pinvmm gup-check --pages 512 --rounds 1 > gup.ktap; echo \"gup $?\" >> codes.txt; \
@@ -137,31 +203,7 @@ fn smoke(bin: &Path) -> Result<(), Failed> {
          {MATRIX}; echo \"matrix $?\" >> codes.txt",
         POLICIES.join(" ")
     );
-    let st = Command::new(r.join("ci/board/run"))
-        .args([
-            "--kernel",
-            KERNEL,
-            "--mode",
-            "protected",
-            "--memory",
-            "movable",
-            "--timeout",
-            "1200",
-            "--bin",
-        ])
-        .arg(bin)
-        .arg("--results")
-        .arg(&results)
-        .args(["--", "sh", "-c", &script])
-        .current_dir(&r)
-        .status()
-        .map_err(|e| format!("ci/board/run: {e}"))?;
-    ensure(st.code() == Some(0), || {
-        format!(
-            "board run exited with {st} (125 = the board itself failed; see {}/console.log)",
-            results.display()
-        )
-    })?;
+    let results = boot(bin, KERNEL, "smoke", 1200, &script)?;
     let read = |f: &str| std::fs::read_to_string(results.join(f)).map_err(|e| format!("{f}: {e}"));
     let codes = read("codes.txt")?;
     println!("board ({KERNEL}, protected, movable) exit codes:\n{codes}");
@@ -220,10 +262,7 @@ fn smoke(bin: &Path) -> Result<(), Failed> {
         || format!("seccomp on the board: {sc}"),
     )?;
     for p in POLICIES {
-        ensure(
-            json(&format!("{p}.json"))?["config"]["seccomp"] == "all",
-            || format!("{p}: not filtered"),
-        )?;
+        check_filtered(&json(&format!("{p}.json"))?, p)?;
     }
     let nosc = json("noseccomp.json")?;
     ensure(
@@ -398,6 +437,87 @@ fn explain(bin: &Path) -> Result<(), Failed> {
 
 fn batch_sig(s: &str) -> bool {
     s.starts_with("mlock-batch-")
+}
+
+/// The kernel of the protected-VM trial: Debian's 7.3.4 (fixed; `ci/board/kernels 7.3`), the
+/// first board kernel with pKVM protected VMs (`--vm-type protected`).
+const KERNEL_PKVM: &str = "7.3";
+
+/// Real pKVM protected VMs, filtered: on Debian's 7.3 the loader writes a memtouch guest with
+/// `--prefill 50` through the mlocked mapping and KVM pins every page on the vCPU's thread —
+/// which now runs KVM_RUN under the vCPU filter — under every policy; `crash` and `hello` on 2
+/// vCPUs; probe's EPERM self-test on that kernel. Every VM must have every thread filtered.
+fn protected(bin: &Path) -> Result<(), Failed> {
+    let r = root();
+    sh(
+        Command::new(r.join("ci/board/setup"))
+            .arg(KERNEL_PKVM)
+            .current_dir(&r),
+        "board setup (7.3)",
+    )?;
+    let run = "pinvmm run --vm-type protected --mem 2M --timeout 240 --quiet";
+    let script = format!(
+        "pinvmm probe --json probe.json > probe.txt; echo \"probe $?\" >> codes.txt; \
+         for p in {}; do {run} --prefill 50 --policy $p --json $p.json; echo \"$p $?\" >> codes.txt; done; \
+         {run} --guest crash --vcpus 2 --json crash2.json; echo \"crash2 $?\" >> codes.txt; \
+         {run} --guest hello --vcpus 2 --json hello2.json; echo \"hello2 $?\" >> codes.txt",
+        POLICIES.join(" ")
+    );
+    let results = boot(bin, KERNEL_PKVM, "protected", 900, &script)?;
+    let codes = std::fs::read_to_string(results.join("codes.txt")).map_err(|e| e.to_string())?;
+    println!("board ({KERNEL_PKVM}, protected VMs) exit codes:\n{codes}");
+    let probe = read_json(&results, "probe.json")?;
+    let mode = probe["host"]["kvm_backend"].as_str().unwrap_or_default();
+    let sc = probe["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "seccomp"))
+        .ok_or("probe has no seccomp check")?;
+    println!(
+        "  probe on {KERNEL_PKVM}: KVM {mode}; seccomp: {}",
+        sc["detail"]
+    );
+    ensure(mode.contains("Protected"), || {
+        format!("probe does not report protected mode on {KERNEL_PKVM}: {mode}")
+    })?;
+    ensure(
+        sc["ok"] == true && sc["detail"].as_str().is_some_and(|d| d.contains("EPERM")),
+        || format!("seccomp on {KERNEL_PKVM}: {sc}"),
+    )?;
+    for p in POLICIES {
+        let rep = read_json(&results, &format!("{p}.json"))?;
+        let prot = &rep["protected"];
+        println!(
+            "  protected {p}: {} — loader pages {} (prefill {}), EFAULTs {}, guest {:.0} ms",
+            rep["summary"],
+            prot["loader_pages"],
+            prot["prefilled_pages"],
+            prot["efaults"],
+            rep["timing"]["guest_ms"].as_f64().unwrap_or(0.0)
+        );
+        ensure(
+            rep["exit_code"] == 0
+                && rep["outcome"] == "completed"
+                && rep["config"]["vm_type"] == "protected"
+                && prot["prefilled_pages"].as_u64() > Some(0)
+                && prot["efaults"] == 0,
+            || {
+                format!(
+                    "protected VM, {p}, on the fixed {KERNEL_PKVM}: {}",
+                    rep["summary"]
+                )
+            },
+        )?;
+        check_filtered(&rep, &format!("protected {p}"))?;
+    }
+    let crash = read_json(&results, "crash2.json")?;
+    check_crash(&crash, 2, "protected crash on 2 vCPUs")?;
+    check_filtered(&crash, "protected crash")?;
+    let hello = read_json(&results, "hello2.json")?;
+    ensure(
+        hello["exit_code"] == 0 && hello["console"] == "Hello from the pinvmm guest!\n",
+        || format!("protected hello on 2 vCPUs: {}", hello["summary"]),
+    )?;
+    check_filtered(&hello, "protected hello")
 }
 
 /// Policy, guest memory and workload of the Linux trial: small, so the nested boot (every
@@ -703,6 +823,10 @@ fn main() {
         format!("board::explain_{UNFIXED}_protected_movable_failed_pins"),
         explain,
     );
+    let protected = board_trial(
+        format!("board::protected_vms_{KERNEL_PKVM}_all_policies_filtered"),
+        protected,
+    );
     let x86_smoke = x86_board_trial(
         format!("board::x86_smoke_{X86_KERNEL}_svm_movable_all_policies"),
         x86_smoke,
@@ -712,6 +836,6 @@ fn main() {
     // x86_linux` (or `--include-ignored`) runs it; ci/board/linux-smoke --arch amd64 is the command.
     let x86_linux = format!("board::x86_linux_guest_{X86_KERNEL}_svm_movable_{X86_LINUX_POLICY}");
     let x86_linux = x86_board_trial(x86_linux, |_| x86_linux_guest()).with_ignored_flag(true);
-    let trials = vec![unit, smoke, explain, linux, x86_smoke, x86_linux];
+    let trials = vec![unit, smoke, protected, explain, linux, x86_smoke, x86_linux];
     libtest_mimic::run(&args, trials).exit();
 }

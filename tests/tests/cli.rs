@@ -793,8 +793,9 @@ fn bench_without_qemu() -> Trial {
     })
 }
 
-/// `pinvmm run` filters every thread by default and reports it; `--no-seccomp` turns it off;
-/// either way the VM completes (the filters allow everything a run needs).
+/// `pinvmm run` filters every thread by default and reports it (`config.seccomp`, and each
+/// vCPU's `seccomp`); `--no-seccomp` turns it off; either way the VM completes (the filters
+/// allow everything a run needs).
 fn seccomp() -> Trial {
     kvm_test("seccomp::default_all_and_no_seccomp_off", || {
         for (extra, want) in [(None, "all"), (Some("--no-seccomp"), "off")] {
@@ -808,6 +809,19 @@ fn seccomp() -> Trial {
             ensure(rep["config"]["seccomp"] == want, || {
                 format!("{args:?}: config.seccomp = {}", rep["config"]["seccomp"])
             })?;
+            // Each vCPU says whether its thread really ran under its filter.
+            let filtered = want == "all";
+            ensure(
+                rep["vcpus"]
+                    .as_array()
+                    .is_some_and(|v| !v.is_empty() && v.iter().all(|v| v["seccomp"] == filtered)),
+                || {
+                    format!(
+                        "{args:?}: vcpus[].seccomp should be {filtered}: {}",
+                        rep["vcpus"]
+                    )
+                },
+            )?;
         }
         Ok(())
     })

@@ -465,13 +465,13 @@ fn start_vcpus(
                     let _ = sched::request_short_slice(sched::SHORT_SLICE_NS);
                 }
                 let probe = SchedProbe::open(format!("vcpu{id}"));
-                seccomp::install_or_fail_vm(ThreadKind::Vcpu, filter, &c);
+                let filtered = seccomp::install_or_fail_vm(ThreadKind::Vcpu, filter, &c);
                 let counts = if pkvm {
                     protected::run_loop(id, fd, buses, c, policy, counters, pkvm_explain)
                 } else {
                     vcpu::run_loop(id, fd, buses, c, vcpu_faults)
                 };
-                (counts, probe.read())
+                (counts, probe.read(), filtered)
             })
             .map_err(BuildError::Thread)?;
         threads.push(VcpuThread {

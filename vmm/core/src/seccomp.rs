@@ -139,9 +139,14 @@ pub fn self_test() -> Result<SelfTest, String> {
 }
 
 /// Installs `kind`'s filter if `enabled`; a failure fails the VM (a `HostFailed` event,
-/// reported as a VMM error) rather than running it unfiltered unnoticed.
-pub fn install_or_fail_vm(kind: ThreadKind, enabled: bool, ctl: &Arc<VmControl>) {
-    if enabled && let Err(e) = install(kind) {
+/// reported as a VMM error) rather than running it unfiltered unnoticed. Returns whether the
+/// calling thread now runs under its filter (false when not `enabled`, on an architecture
+/// without filters, or when installing failed).
+pub fn install_or_fail_vm(kind: ThreadKind, enabled: bool, ctl: &Arc<VmControl>) -> bool {
+    if !enabled || !SUPPORTED {
+        return false;
+    }
+    if let Err(e) = install(kind) {
         let thread = match kind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Fault => "fault-in",
@@ -162,7 +167,9 @@ pub fn install_or_fail_vm(kind: ThreadKind, enabled: bool, ctl: &Arc<VmControl>)
             thread,
             e.to_string(),
         )));
+        return false;
     }
+    true
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]

@@ -69,7 +69,8 @@ impl Baseline {
 /// A vCPU thread, its test device and what its payload was asked to do.
 #[derive(Debug)]
 pub(crate) struct VcpuThread {
-    pub handle: JoinHandle<(ExitCounts, Option<ThreadSched>)>,
+    /// Its exits, what the scheduler did to it, and whether it ran under its seccomp filter.
+    pub handle: JoinHandle<(ExitCounts, Option<ThreadSched>, bool)>,
     pub testdev: Arc<Mutex<TestDevice>>,
     pub args: PayloadArgs,
 }
@@ -261,6 +262,10 @@ pub struct VcpuResult {
     pub sched: Option<ThreadSched>,
     /// The exception the guest took, as its exception vectors reported it (bare payloads).
     pub exception: Option<crate::arch::exceptions::ExceptionReport>,
+    /// Whether the vCPU's thread ran the guest under its seccomp filter (`seccomp.rs`): false
+    /// with `--no-seccomp`, on an architecture without filters, when the filter could not be
+    /// installed (the VM then ends as a VMM error), or for a thread left stuck in KVM_RUN.
+    pub seccomp: bool,
 }
 
 /// /proc/self/status values (KiB) around the run.
@@ -578,8 +583,8 @@ fn join_vcpus(
     let memtouch = is_memtouch(cfg);
     let mut vcpus = Vec::with_capacity(threads.len());
     for (id, t) in threads.into_iter().enumerate() {
-        let (exits, sched) = if stuck.contains(&id) {
-            (ExitCounts::default(), None)
+        let (exits, sched, seccomp) = if stuck.contains(&id) {
+            (ExitCounts::default(), None, false)
         } else {
             t.handle.join().unwrap_or_default()
         };
@@ -606,6 +611,7 @@ fn join_vcpus(
             first_touch_ms,
             sched,
             exception: rep.exception.as_ref().map(arch::exceptions::describe),
+            seccomp,
         });
     }
     vcpus

@@ -299,4 +299,55 @@ pub(crate) mod tests {
         assert_eq!(out[1].gpa, 0x4000_1000);
         assert_eq!(out[1].identified_by, "KVM (memory-fault exit)");
     }
+
+    /// A protected VM's vCPU explains its failed pin at once, inside the vCPU's seccomp
+    /// filter (KVM_RUN's EFAULT arrives there): the scan of the loader's pages, the folio
+    /// reads (pagemap, kpageflags: opened before the filter), the path and the verdict must
+    /// all work without a denied call. The boards we boot with protected VMs (Debian's 7.3)
+    /// never fail a pin, so this is where that path runs filtered.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn an_efault_is_explained_under_the_vcpu_filter() {
+        use crate::seccomp::{ThreadKind, install};
+        let mem = Arc::new(GuestMemory::new(Backing::Shmem, 0x4000_0000, 16 * 4096).unwrap());
+        mem.load(0x4000_0000, &[1u8; 3 * 4096]).unwrap();
+        // Map page 1 in the pin view, as KVM's pin would: its folio then reads as present.
+        let hva = mem.pin_view().addr() + 4096;
+        // SAFETY: `hva` lies inside the pin view (16 pages of shared memory), mapped and alive
+        // for `mem`'s life; a byte read through it has no other effect.
+        assert_eq!(unsafe { std::ptr::read_volatile(hva as *const u8) }, 1);
+        let x = explainer(&mem);
+        for p in 0..3 {
+            x.wrote(p, sys::current_cpu());
+        }
+        x.loaded();
+        let y = x.clone();
+        let r = std::thread::spawn(move || {
+            install(ThreadKind::Vcpu).map_err(|e| e.to_string())?;
+            y.efault(0, None, Instant::now(), "terminated");
+            y.efault(1, Some(0x4000_1000), Instant::now(), "retried");
+            // SAFETY: socket(2) takes no pointers; a returned fd (the failure case) is closed.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            let denied = std::io::Error::last_os_error().raw_os_error();
+            if fd >= 0 {
+                // SAFETY: `fd` was just returned by socket(2) and is owned here.
+                unsafe { libc::close(fd) };
+            }
+            Ok::<_, String>((fd, denied))
+        })
+        .join()
+        .expect("the filtered thread was not killed");
+        let (fd, denied) = r.expect("install");
+        assert_eq!((fd, denied), (-1, Some(libc::EPERM)), "the filter is on");
+        let out = x.out.lock().unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].gpa, 0x4000_1000);
+        assert_eq!(out[1].outcome, "retried");
+        assert!(!out[1].verdict.summary.is_empty());
+        // The folio read at once worked where the reader could open pagemap.
+        if x.folio.is_some() {
+            let after = out[1].after.as_ref().expect("the folio read at once");
+            assert_eq!(after.page, "present", "{after:?}");
+        }
+    }
 }
