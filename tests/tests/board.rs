@@ -568,7 +568,8 @@ fn linux_guest() -> Result<(), Failed> {
         pins["failed"] == 0 && pins["ok"].as_u64() > Some(10_000),
         || format!("pins on the fixed kernel: {pins}"),
     )?;
-    Ok(())
+    // The Linux guest ran with every thread under its seccomp filter (pinvmm run's default).
+    check_filtered(&rep, "linux guest")
 }
 
 /// A board trial: skipped loudly (or failed, with PINVMM_REQUIRE_BOARD=1) where the board's
