@@ -5,8 +5,14 @@
 #   uffd    the userfaultfd round trip, no pin
 #   exact   pin + mlock-drain, pKVM-exact (the default: the pin faults the page in on the vCPU's CPU)
 #   touch   pin + mlock-drain, stress model --fault-in touch (fault-in thread on CPU 0 first)
+#   huge    pin + mlock-drain, pKVM-exact, --backing hugetlb (2 MiB granules: one fault, pin and
+#           map per 2 MiB; the script reserves the hugetlb pages)
 # usage: linux-boot.sh ROUNDS [MEM] [FILL] [PATHS]
 rounds=$1 mem=${2:-256M} fill=${3:-64M} paths=${4:-kernel,uffd,exact,touch}
+case ",$paths," in *,huge,*)
+  echo $(( ${mem%M} / 2 + 8 )) > /proc/sys/vm/nr_hugepages
+  echo "hugetlb pool: $(cat /proc/sys/vm/nr_hugepages) pages" >> codes.txt ;;
+esac
 r=1
 while [ "$r" -le "$rounds" ]; do
   for p in $(echo "$paths" | tr , ' '); do
@@ -15,6 +21,7 @@ while [ "$r" -le "$rounds" ]; do
       uffd) set -- --stage2 uffd ;;
       exact) set -- --stage2 pin --policy mlock-drain --fault-in pin ;;
       touch) set -- --stage2 pin --policy mlock-drain --fault-in touch ;;
+      huge) set -- --stage2 pin --policy mlock-drain --fault-in pin --backing hugetlb ;;
       *) echo "linux-boot.sh: unknown path $p" >&2; exit 2 ;;
     esac
     pinvmm run --kernel /data/Image --initrd /data/initrd.gz --mem "$mem" \
