@@ -10,7 +10,9 @@
 # usage: linux-boot.sh ROUNDS [MEM] [FILL] [PATHS]
 rounds=$1 mem=${2:-256M} fill=${3:-64M} paths=${4:-kernel,uffd,exact,touch}
 case ",$paths," in *,huge,*)
-  echo $(( ${mem%M} / 2 + 8 )) > /proc/sys/vm/nr_hugepages
+  # a long-term pin migrates each huge page out of ZONE_MOVABLE into another free huge page: the
+  # pool needs room for both (HUGEPAGES overrides)
+  echo "${HUGEPAGES:-$(( ${mem%M} + 16 ))}" > /proc/sys/vm/nr_hugepages
   echo "hugetlb pool: $(cat /proc/sys/vm/nr_hugepages) pages" >> codes.txt ;;
 esac
 r=1
