@@ -161,7 +161,7 @@ pub struct RunArgs {
     /// Fresh not-mlocked shmem pages written on the fault CPU between fault-in and pin (LRU noise).
     #[arg(long, default_value_t = 0, value_name = "PAGES")]
     pub noise: u32,
-    /// Also fault in, pin and map up to K not-yet-touched pages after each faulting page, on the same event (0 = one pin per faulting page, as pKVM; K > 0 changes what the pin experiment measures).
+    /// Also fault in, pin and map up to K not-yet-touched pages after each faulting page, on the same event (0 = one pin per faulting page, as pKVM; K > 0 changes what the pin experiment measures: with --fault-in pin the report's model is `pkvm-placement+fault-aheadK`, not `pkvm-exact`).
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub fault_ahead: u32,
     /// Percent of guest memory the loader writes before boot (0-100): through the mlocked

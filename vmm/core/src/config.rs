@@ -448,10 +448,13 @@ impl VmConfig {
     }
 
     /// The model this run's numbers come from (docs/DESIGN.md, vocabulary): `pkvm-exact`, a
-    /// `stress:` model, or a `baseline:` without long-term pins per fault.
+    /// `stress:` model, or a `baseline:` without long-term pins per fault. With fault-ahead
+    /// the pKVM-exact placement is `pkvm-placement+fault-aheadK`, not `pkvm-exact`: it pins
+    /// pages the guest has not touched yet, which pKVM never does.
     pub fn model(&self) -> String {
         let mut m = match (self.vm_type, self.stage2, self.fault_in) {
             (VmType::Protected, _, _) => "pkvm-exact".to_owned(),
+            (_, Stage2::Pin, FaultIn::Pin) if self.fault_ahead > 0 => "pkvm-placement".to_owned(),
             (_, Stage2::Pin, FaultIn::Pin) => "pkvm-exact".to_owned(),
             (_, Stage2::Pin, f) => format!("stress:{f}"),
             (_, s, _) => format!("baseline:stage2-{s}"),
@@ -638,6 +641,27 @@ mod tests {
         c.stage2 = Stage2::Pin;
         c.backing = Backing::Anon;
         assert_eq!(c.load_via(), LoadVia::PageCache, "anon stages its pages");
+    }
+
+    /// Fault-ahead pins pages the guest has not touched yet (pKVM pins only the faulting
+    /// page): with the pKVM-exact placement it is named for what it is, never `pkvm-exact`.
+    #[test]
+    fn fault_ahead_is_never_called_pkvm_exact() {
+        let mut c = cfg(64 << 20);
+        c.fault_ahead = 15;
+        assert_eq!(
+            (c.model().as_str(), c.load_via()),
+            ("pkvm-placement+fault-ahead15", LoadVia::Mlocked)
+        );
+        assert!(!c.model().starts_with("pkvm-exact"));
+        c.fault_in = FaultIn::Touch;
+        assert_eq!(c.model(), "stress:touch+fault-ahead15");
+        c.fault_in = FaultIn::Pin;
+        c.stage2 = Stage2::Uffd;
+        assert_eq!(c.model(), "baseline:stage2-uffd+fault-ahead15");
+        c.stage2 = Stage2::Pin;
+        c.fault_ahead = 0;
+        assert_eq!(c.model(), "pkvm-exact");
     }
 
     /// Every option against every mode (stage 2, VM type, guest vs kernel, backing, fault-in,

@@ -18,9 +18,9 @@ use crate::inject::InjectionReport;
 use crate::linux::LinuxReport;
 use crate::loader::LoaderReport;
 use crate::provenance::{BUILD, Build};
-use crate::stage2::ResolverReport;
 use crate::stage2::explain::FailedPin;
 use crate::stage2::protected::{ProtectedReport, VmType};
+use crate::stage2::{ResolverReport, Stage2};
 use crate::vm::{GranuleFacts, MemAccounting, RunResult, Timing, VcpuResult};
 
 /// How the VM ended, from the user's point of view.
@@ -343,6 +343,13 @@ impl Report {
             },
             c.vcpus
         );
+        if c.fault_ahead > 0 && c.stage2 == Stage2::Pin {
+            let _ = writeln!(
+                s,
+                "  fault-ahead {}: each fault also pins and maps up to {} pages the guest has not touched yet (pKVM pins only the faulting page): not pKVM-exact",
+                c.fault_ahead, c.fault_ahead
+            );
+        }
         let l = &self.loader;
         let opt = |v: Option<usize>| v.map_or_else(|| "?".to_owned(), |c| c.to_string());
         let _ = writeln!(
