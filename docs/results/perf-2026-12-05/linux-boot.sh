@@ -7,7 +7,17 @@
 #   touch   pin + mlock-drain, stress model --fault-in touch (fault-in thread on CPU 0 first)
 #   huge    pin + mlock-drain, pKVM-exact, --backing hugetlb (2 MiB granules: one fault, pin and
 #           map per 2 MiB; the script reserves the hugetlb pages)
-# usage: linux-boot.sh ROUNDS [MEM] [FILL] [PATHS]
+#   ahead   exact plus --fault-ahead ${AHEAD:-15}: each fault also pins and maps up to AHEAD pages
+#           after it that no fault has reached, in chunks of 16: per chunk one mlock-drain on
+#           the fault CPU (the fault-in thread), one io_uring update (one pin per page) and one
+#           UFFDIO_CONTINUE on the pin CPU; the pins fault the pages in on the vCPU's CPU, as in
+#           exact. NOT pKVM-exact: pKVM pins only the faulting page (the report's model is
+#           pkvm-placement+fault-aheadK)
+#   ahead63 the same with --fault-ahead 63
+#   uffdahead  the userfaultfd round trip, no pin, --fault-ahead ${AHEAD:-15} (a baseline)
+# usage: [AHEAD=K] linux-boot.sh ROUNDS [MEM] [FILL] [PATHS]
+# Each boot leaves boot-PATH-ROUND.json (pinvmm's report) and .txt; codes.txt gets one line per
+# boot: time, path, round, pinvmm's exit code (0 = result line verified), load average.
 rounds=$1 mem=${2:-256M} fill=${3:-64M} paths=${4:-kernel,uffd,exact,touch}
 case ",$paths," in *,huge,*)
   # a long-term pin migrates each huge page out of ZONE_MOVABLE into another free huge page: the
@@ -24,12 +34,16 @@ while [ "$r" -le "$rounds" ]; do
       exact) set -- --stage2 pin --policy mlock-drain --fault-in pin ;;
       touch) set -- --stage2 pin --policy mlock-drain --fault-in touch ;;
       huge) set -- --stage2 pin --policy mlock-drain --fault-in pin --backing hugetlb ;;
+      ahead) set -- --stage2 pin --policy mlock-drain --fault-in pin --fault-ahead "${AHEAD:-15}" ;;
+      ahead63) set -- --stage2 pin --policy mlock-drain --fault-in pin --fault-ahead 63 ;;
+      uffdahead) set -- --stage2 uffd --fault-ahead "${AHEAD:-15}" ;;
       *) echo "linux-boot.sh: unknown path $p" >&2; exit 2 ;;
     esac
     pinvmm run --kernel /data/Image --initrd /data/initrd.gz --mem "$mem" \
       --cmdline "pinvmm.fill=$fill" "$@" --timeout 900 --json "boot-$p-$r.json" \
       > "boot-$p-$r.txt" 2>&1
-    echo "$(date -u +%T) $p round $r exit $? load $(cut -d' ' -f1-3 /proc/loadavg)" >> codes.txt
+    rc=$?
+    echo "$(date -u +%T) $p round $r exit $rc load $(cut -d' ' -f1-3 /proc/loadavg)" >> codes.txt
   done
   r=$((r + 1))
 done
