@@ -13,7 +13,7 @@
 #           UFFDIO_CONTINUE on the pin CPU; the pins fault the pages in on the vCPU's CPU, as in
 #           exact. NOT pKVM-exact: pKVM pins only the faulting page (the report's model is
 #           pkvm-placement+fault-aheadK)
-#   ahead63 the same with --fault-ahead 63
+#   ahead63 the same with --fault-ahead 63 (aheadN: --fault-ahead N, e.g. ahead255)
 #   uffdahead  the userfaultfd round trip, no pin, --fault-ahead ${AHEAD:-15} (a baseline)
 # usage: [AHEAD=K] linux-boot.sh ROUNDS [MEM] [FILL] [PATHS]
 # Each boot leaves boot-PATH-ROUND.json (pinvmm's report) and .txt; codes.txt gets one line per
@@ -35,7 +35,7 @@ while [ "$r" -le "$rounds" ]; do
       touch) set -- --stage2 pin --policy mlock-drain --fault-in touch ;;
       huge) set -- --stage2 pin --policy mlock-drain --fault-in pin --backing hugetlb ;;
       ahead) set -- --stage2 pin --policy mlock-drain --fault-in pin --fault-ahead "${AHEAD:-15}" ;;
-      ahead63) set -- --stage2 pin --policy mlock-drain --fault-in pin --fault-ahead 63 ;;
+      ahead[0-9]*) set -- --stage2 pin --policy mlock-drain --fault-in pin --fault-ahead "${p#ahead}" ;;
       uffdahead) set -- --stage2 uffd --fault-ahead "${AHEAD:-15}" ;;
       *) echo "linux-boot.sh: unknown path $p" >&2; exit 2 ;;
     esac

@@ -17,7 +17,15 @@ for f in glob.glob(os.path.join(d, "boot-*.json")):
     m = re.match(r"boot-(.+)-(\d+)\.json$", os.path.basename(f))
     rows.append((m.group(1), int(m.group(2)), json.load(open(f))))
 order = ["kernel", "uffd", "exact", "touch", "huge", "ahead", "ahead63", "uffdahead"]
-rows.sort(key=lambda r: (order.index(r[0]) if r[0] in order else 99, r[1]))
+def rank(p):
+    if p in order:
+        return (order.index(p), 0)
+    if re.fullmatch(r"ahead\d+", p):
+        return (order.index("ahead63"), int(p[5:]))
+    return (99, 0)
+
+
+rows.sort(key=lambda r: (rank(r[0]), r[1]))
 kernel_s = {
     rnd: rep["linux"]["result_line_ms"] / 1e3
     for p, rnd, rep in rows
