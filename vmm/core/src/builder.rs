@@ -465,6 +465,9 @@ fn start_vcpus(
                     let _ = sched::request_short_slice(sched::SHORT_SLICE_NS);
                 }
                 let probe = SchedProbe::open(format!("vcpu{id}"));
+                // Before the filter (it opens the thread's stat): the resolver's pollers
+                // count this thread as the VM's own.
+                c.own_threads().register_current(vcpu_cpu);
                 let filtered = seccomp::install_or_fail_vm(ThreadKind::Vcpu, filter, &c);
                 let counts = if pkvm {
                     protected::run_loop(id, fd, buses, c, policy, counters, pkvm_explain)

@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::inject::Site;
+use crate::sched::OwnThreads;
 use crate::sys::errno_name;
 
 /// How a vCPU's run ended.
@@ -138,6 +139,8 @@ pub struct VmControl {
     tx: Mutex<mpsc::Sender<VmEvent>>,
     /// When the first KVM_RUN of any vCPU returned (launch latency: the first guest exit).
     first_exit: OnceLock<Instant>,
+    /// The VM's threads (vCPUs, pin, fault-in), each registered as it starts.
+    own_threads: Arc<OwnThreads>,
 }
 
 impl VmControl {
@@ -148,6 +151,7 @@ impl VmControl {
                 stop: AtomicBool::new(false),
                 tx: Mutex::new(tx),
                 first_exit: OnceLock::new(),
+                own_threads: Arc::default(),
             }),
             rx,
         )
@@ -170,6 +174,11 @@ impl VmControl {
     /// When the first guest exit happened, if one did.
     pub fn first_exit(&self) -> Option<Instant> {
         self.first_exit.get().copied()
+    }
+
+    /// The VM's own threads (see [`OwnThreads`]).
+    pub fn own_threads(&self) -> &Arc<OwnThreads> {
+        &self.own_threads
     }
 
     /// Sends an event; a main thread that is gone is ignored (it is tearing down already).

@@ -11,6 +11,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use super::path::Stamp;
+use crate::sched::{OwnLook, OwnThreads, current_tid};
 
 /// Hand-offs in flight between the fault-in and the pin thread (one per waiting vCPU at most,
 /// without fault-ahead; the producer waits when full).
@@ -162,8 +163,9 @@ impl Handoff {
 /// a poller takes CPU time those tasks (or this VM's own vCPU) would have had, and a poller
 /// that is preempted waits for its next turn (up to a scheduler tick, several ms), while a
 /// sleeper's wake-up may preempt the running task. "Other tasks want a CPU": more runnable
-/// tasks than CPUs (`/proc/loadavg`, looked at every [`LOAD_CHECK`]), or a poll that found its
-/// thread preempted (a gap between two looks), which stops polling for a while.
+/// tasks than CPUs (`/proc/loadavg`, looked at every [`LOAD_CHECK`]) while a task outside
+/// the VM, or one of its own threads that may share the poller's CPU, is runnable
+/// ([`LoadProbe`]), or a poll that found its thread preempted (a gap between two looks), which stops polling for a while.
 #[derive(Debug)]
 pub(super) struct Poller {
     /// The most a poll may last (0: never poll).
@@ -181,10 +183,18 @@ pub(super) struct Poller {
 }
 
 impl Poller {
+    /// A poller that counts every runnable task as another (see [`Poller::for_vm`]).
+    #[cfg(test)]
     pub(super) fn new(spin: Duration) -> Self {
+        Self::for_vm(spin, None)
+    }
+
+    /// A poller that tells the VM's own threads, `own`, from other tasks when it asks
+    /// whether the host is crowded.
+    pub(super) fn for_vm(spin: Duration, own: Option<Arc<OwnThreads>>) -> Self {
         Self {
             spin,
-            load: LoadProbe::open(),
+            load: LoadProbe::open(own),
             hold: HOLD_MIN,
             no_poll_until: None,
             clean: 0,
@@ -243,22 +253,38 @@ impl Poller {
     }
 }
 
-/// How many tasks want a CPU: the running/runnable count of `/proc/loadavg` (its fourth field,
-/// `running/total`, counts this thread too) against the online CPUs. Without the file (or
-/// with a count it cannot read) nothing is crowded.
+/// Whether tasks other than the poller want its CPU.
+///
+/// The cheap look first: the running/runnable count of `/proc/loadavg` (its fourth field,
+/// `running/total`, counts this thread too) against the online CPUs. It counts the VM's own
+/// threads too, and on 2 CPUs a single-vCPU VM fills them by itself for a moment at every
+/// fault (the vCPU runs again while the pin thread that woke it returns to its wait, and the
+/// fault-in thread looks for its next fault): taken then, the count said "crowded" for most
+/// waits of a quiet host. So when the count exceeds the CPUs, the probe reads the state of
+/// each of the VM's own threads ([`OwnThreads`]) and looks at the count again, and decides
+/// with [`crowded`]. All of it is hand-written reads of descriptors opened before the
+/// thread's seccomp filter (which allows `pread64`, not `open`), without allocation: a
+/// library that walks /proc would open files, and the bench's load threads, which must count
+/// as other tasks, live in the same process as the VM. Without the file (or with a count it
+/// cannot read) nothing is crowded; without registered threads every task counts as another.
 #[derive(Debug)]
 struct LoadProbe {
     file: Option<std::fs::File>,
     cpus: usize,
+    own: Option<Arc<OwnThreads>>,
+    /// The polling thread's id (read at its first look: the probe may be made elsewhere).
+    me: Option<i32>,
     checked: Option<Instant>,
     crowded: bool,
 }
 
 impl LoadProbe {
-    fn open() -> Self {
+    fn open(own: Option<Arc<OwnThreads>>) -> Self {
         Self {
             file: std::fs::File::open("/proc/loadavg").ok(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            own,
+            me: None,
             checked: None,
             crowded: false,
         }
@@ -272,8 +298,27 @@ impl LoadProbe {
             return self.crowded;
         }
         self.checked = Some(now);
-        self.crowded = self.runnable().is_some_and(|n| n > self.cpus);
+        self.crowded = self.look();
         self.crowded
+    }
+
+    fn look(&mut self) -> bool {
+        let Some(n) = self.runnable() else {
+            return false;
+        };
+        let Some(own) = &self.own else {
+            return crowded(n, self.cpus, None);
+        };
+        // More runnable tasks than the VM has threads: some are others, no need to look.
+        if n <= self.cpus || n > own.registered() {
+            return crowded(n, self.cpus, None);
+        }
+        let me = *self.me.get_or_insert_with(current_tid);
+        let mine = own.look(me);
+        // A task runnable at both looks is likely still runnable; one of the VM's threads
+        // that went to sleep (or woke) between them is not counted twice.
+        let again = self.runnable().unwrap_or(n);
+        crowded(n.min(again), self.cpus, Some(mine))
     }
 
     fn runnable(&self) -> Option<usize> {
@@ -287,6 +332,23 @@ impl LoadProbe {
             .next()?
             .parse()
             .ok()
+    }
+}
+
+/// Whether a poller should sleep rather than poll: `runnable` tasks (the poller included) on
+/// `cpus` CPUs, of which the VM's own threads are `own` (None: not read). The CPUs are
+/// oversubscribed, and either a task outside the VM is runnable (it may be waiting for the
+/// poller's CPU), or one of the VM's own runnable threads may run where the poller runs (a
+/// vCPU left to the scheduler, say). The VM's threads placed on other CPUs (a single vCPU and
+/// its pin thread, seen from the fault-in thread) take nothing from the poller, nor it from
+/// them.
+fn crowded(runnable: usize, cpus: usize, own: Option<OwnLook>) -> bool {
+    if runnable <= cpus {
+        return false;
+    }
+    match own {
+        None => true,
+        Some(o) => runnable.saturating_sub(o.running) > 0 || o.rivals > 0,
     }
 }
 
@@ -389,12 +451,68 @@ mod tests {
 
     #[test]
     fn the_runnable_count_is_read_from_proc_loadavg() {
-        let mut l = LoadProbe::open();
+        let mut l = LoadProbe::open(None);
         let n = l.runnable().expect("/proc/loadavg");
         assert!(n >= 1, "this thread runs: {n}");
         // Crowded or not, the answer is cached for LOAD_CHECK.
         let now = Instant::now();
         let c = l.crowded(now);
         assert_eq!(l.crowded(now), c);
+    }
+
+    /// The decision table: oversubscribed CPUs, and someone who may want the poller's CPU.
+    #[test]
+    fn crowded_means_others_or_rivals_on_oversubscribed_cpus() {
+        let own = |running, rivals| {
+            Some(OwnLook {
+                registered: 3,
+                running,
+                rivals,
+            })
+        };
+        // Not oversubscribed: never crowded, whoever runs.
+        assert!(!crowded(1, 2, None));
+        assert!(!crowded(2, 2, None));
+        assert!(!crowded(2, 2, own(0, 0)));
+        // Oversubscribed, own threads not read: every task counts as another.
+        assert!(crowded(3, 2, None));
+        // A single vCPU and its pin thread on the other CPU, and the poller: only the VM.
+        assert!(!crowded(3, 2, own(3, 0)));
+        // The pin thread went to sleep between the looks: the lower count is taken, and it
+        // is not oversubscribed.
+        assert!(!crowded(2, 2, own(2, 0)));
+        // More of the VM's threads read runnable than the count (they woke between the
+        // looks): nobody else.
+        assert!(!crowded(3, 2, own(4, 0)));
+        // Two busy tasks outside the VM (`--load 2`) beside the poller and the vCPU.
+        assert!(crowded(4, 2, own(2, 0)));
+        // Another VM's vCPU (`campaign --jobs 2`).
+        assert!(crowded(3, 2, own(2, 0)));
+        // Only the VM, but a runnable vCPU of its own may run where the poller polls.
+        assert!(crowded(3, 2, own(3, 1)));
+    }
+
+    /// A busy thread outside the VM (not registered: the bench's load threads) makes the
+    /// probe call the host crowded even when the VM's threads are read. (That the VM's own
+    /// threads are counted out depends on what else the host runs: the decision table above.)
+    #[test]
+    fn a_busy_thread_outside_the_vm_crowds_the_host() {
+        use std::sync::atomic::AtomicBool;
+        let own = Arc::new(OwnThreads::default());
+        own.register_current(Some(0));
+        let mut l = LoadProbe::open(Some(own));
+        l.cpus = 1;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let busy = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(5));
+        let looks: Vec<bool> = (0..20).map(|_| l.look()).collect();
+        stop.store(true, Ordering::Relaxed);
+        busy.join().unwrap();
+        assert!(looks.iter().all(|&c| c), "{looks:?}");
     }
 }

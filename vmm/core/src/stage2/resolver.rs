@@ -1039,7 +1039,7 @@ pub fn arm(mem: &GuestMemory) -> Result<Arc<Uffd>, ResolverError> {
 }
 
 /// What every resolver thread does first: its CPU, its trace filter, its slice, its probe, its
-/// seccomp filter.
+/// place among the VM's threads (for the pollers' crowded check), its seccomp filter.
 fn start_thread(
     cfg: &ResolverConfig,
     cpu: usize,
@@ -1063,6 +1063,8 @@ fn start_thread(
         let _ = sched::request_short_slice(sched::SHORT_SLICE_NS);
     }
     let probe = SchedProbe::open(name);
+    ctl.own_threads()
+        .register_current(cfg.placed.then_some(cpu));
     seccomp::install_or_fail_vm(kind, cfg.seccomp, ctl);
     probe
 }
@@ -1151,6 +1153,7 @@ impl Resolver {
             failed: Vec::new(),
             failed_dropped: 0,
         };
+        let own = ctl.own_threads().clone();
         let reader = Reader {
             cfg,
             mem: mem.clone(),
@@ -1163,7 +1166,7 @@ impl Resolver {
             seen: vec![false; pages],
             staged,
             events: Some(EventBuffer::new(EVENTS_PER_READ)),
-            poller: Poller::new(cfg.spin),
+            poller: Poller::for_vm(cfg.spin, Some(own)),
             report: ResolverReport {
                 fault_cpu: cfg.fault_cpu,
                 pin_cpu: cfg.pin_cpu,
@@ -1290,7 +1293,8 @@ fn pin_loop(
 /// `back` then tells the pin thread).
 fn fault_loop(mut side: FaultSide, faults_in: &Handoff, back: Producer) -> FaultSide {
     // Before the filter: it opens /proc/loadavg.
-    let mut poller = Poller::new(side.cfg.spin);
+    let own = side.ctl.own_threads().clone();
+    let mut poller = Poller::for_vm(side.cfg.spin, Some(own));
     let probe = start_thread(
         &side.cfg,
         side.cfg.fault_cpu,
