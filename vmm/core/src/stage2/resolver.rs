@@ -238,7 +238,8 @@ pub struct ResolverReport {
     /// Polls that stopped because their thread was preempted (other tasks wanted the CPU).
     pub preempted_polls: u64,
     /// Waits that slept at once, without polling, because more tasks were runnable than
-    /// there are CPUs.
+    /// there are CPUs, one of them outside the VM or a thread of the VM that may share the
+    /// waiting thread's CPU (the VM's threads placed on other CPUs do not count).
     pub crowded_waits: u64,
     /// The polling limit, µs.
     pub spin_us: u64,

@@ -70,7 +70,8 @@ pub struct TouchSample {
     pub resolve_p50_us: f64,
     pub pin_p50_us: f64,
     pub drain_ns: u64,
-    /// Waits of the resolver threads that slept at once (more runnable tasks than CPUs).
+    /// Waits of the resolver threads that slept at once (more runnable tasks than CPUs, and
+    /// one of them outside the VM or sharing the waiting thread's CPU).
     pub crowded_waits: u64,
     /// Run-queue wait of the vCPU and resolver threads, µs per fault.
     pub runq_wait_us_per_fault: Option<f64>,
