@@ -328,7 +328,12 @@ mod tests {
         assert_eq!((l.registered, l.running, l.rivals), (3, 2, 1), "{l:?}");
         drop(tx);
         sleeper.join().unwrap();
-        // Ended threads read as not runnable.
+        // Ended threads read as not runnable (once they are gone: join returns while the
+        // kernel may still be running the thread's exit).
+        let t = std::time::Instant::now();
+        while own.look(me).running != 1 && t.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert_eq!(own.look(me).running, 1);
     }
 
