@@ -299,7 +299,7 @@ impl BenchReport {
         }
         let _ = writeln!(
             w,
-            "First touch under load: {} busy threads (CPU-bound, in the bench's process) beside each VM, on {} CPUs; the same guest, µs per 4 KiB page (median of {} interleaved runs; loaded/quiet: median of the per-round ratios)\n",
+            "First touch under load: {} busy threads (CPU-bound, in the bench's process, thread i on CPU i mod CPUs) beside each VM, on {} CPUs; the same guest, µs per 4 KiB page (median of {} interleaved runs; loaded/quiet: median of the per-round ratios)\n",
             self.load, self.host.online_cpus, self.reps
         );
         let _ = writeln!(
