@@ -261,6 +261,14 @@ mod tests {
     }
 
     #[test]
+    fn current_tid_is_this_threads() {
+        let main = current_tid();
+        let other = std::thread::spawn(current_tid).join().unwrap();
+        assert_ne!(main, other);
+        assert!(main > 0 && other > 0);
+    }
+
+    #[test]
     fn the_state_follows_the_last_parenthesis() {
         assert_eq!(stat_state(b"42 (pinvmm-fault) R 1 2 3"), Some(b'R'));
         assert_eq!(stat_state(b"42 (a b) S 1 2"), Some(b'S'));

@@ -115,10 +115,7 @@ impl Explainer {
             }
         };
         let trace = if trace {
-            match crate::host::trace::current_tid()
-                .ok_or_else(|| "no /proc/thread-self".to_owned())
-                .and_then(|tid| TraceSession::start(t0, tid).map_err(|e| e.to_string()))
-            {
+            match TraceSession::start(t0, crate::sched::current_tid()).map_err(|e| e.to_string()) {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
                     notes.push(format!("--trace: {e}"));

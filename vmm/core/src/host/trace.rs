@@ -97,16 +97,6 @@ pub fn tracefs_root() -> Option<PathBuf> {
         .find(|p| p.join("instances").is_dir())
 }
 
-/// The calling thread's id, from the `/proc/thread-self` link (`PID/task/TID`).
-pub fn current_tid() -> Option<i32> {
-    fs::read_link("/proc/thread-self")
-        .ok()?
-        .file_name()?
-        .to_str()?
-        .parse()
-        .ok()
-}
-
 /// Removes `pinvmm-PID-N` instances whose process is gone (a pinvmm killed before it could
 /// remove its own). Best effort.
 fn remove_stale(instances: &Path) {
@@ -177,13 +167,7 @@ impl TraceSession {
 
     /// Adds the calling thread to the filter.
     pub fn add_current_thread(&self) -> Result<(), TraceError> {
-        match current_tid() {
-            Some(tid) => self.add_thread(tid),
-            None => Err(TraceError::Read {
-                path: PathBuf::from("/proc/thread-self"),
-                err: io::Error::other("not a link to task/TID"),
-            }),
-        }
+        self.add_thread(crate::sched::current_tid())
     }
 
     /// Adds a thread (its tid, from `gettid()`) to the filter.
@@ -470,18 +454,10 @@ mod tests {
         assert_eq!(tid, 73);
     }
 
-    #[test]
-    fn current_tid_is_this_threads() {
-        let main = current_tid().unwrap();
-        let other = std::thread::spawn(current_tid).join().unwrap().unwrap();
-        assert_ne!(main, other);
-        assert!(main > 0 && other > 0);
-    }
-
     /// Live, where tracefs is mounted and we are root: a session starts, filters, and cleans up.
     #[test]
     fn session_starts_and_removes_its_instance() {
-        let tid = current_tid().unwrap();
+        let tid = crate::sched::current_tid();
         match TraceSession::start(Instant::now(), tid) {
             Ok(s) => {
                 let dir = s.dir().to_owned();
