@@ -51,6 +51,16 @@ fn many_vms() -> Result<(), Failed> {
                         (Err(_), Some(_)) if c.stage2 == Stage2::Eager => {}
                         (Err(e), _) => return Err(format!("run failed: {e}").into()),
                     }
+                    // Each report's own count: the VM closed every descriptor it opened.
+                    if let Ok(r) = &r {
+                        let m = &r.memory;
+                        ensure(m.open_fds_after == m.open_fds_before, || {
+                            format!(
+                                "the report counts {} open descriptors after the VM, {} before ({c:?})",
+                                m.open_fds_after, m.open_fds_before
+                            )
+                        })?;
+                    }
                 }
             }
         }

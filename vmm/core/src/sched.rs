@@ -131,6 +131,14 @@ impl OwnThreads {
         t.push(OwnThread { tid, cpu, stat });
     }
 
+    /// Forgets every registered thread and closes its stat file (the VM's threads have ended).
+    pub fn forget_all(&self) {
+        self.threads
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// How many threads are registered (no system call).
     pub fn registered(&self) -> usize {
         self.threads.read().unwrap_or_else(|p| p.into_inner()).len()

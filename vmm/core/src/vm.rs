@@ -274,6 +274,8 @@ pub struct MemAccounting {
     pub vm_lck_kb_before: u64,
     pub vm_lck_kb_running: u64,
     pub vm_lck_kb_after: u64,
+    /// Open descriptors of the process before the VM was built, and after it was torn down
+    /// (KVM, guest memory, userfaultfd, eventfds and trace files closed).
     pub open_fds_before: usize,
     pub open_fds_after: usize,
     /// The process's resident memory by kind while the VM ran (its guest memory is shmem for
@@ -455,11 +457,16 @@ impl Vm {
         // every report has read them.
         let host = HostFacts::probe();
         let vmstat_delta = host::vmstat_delta(&self.baseline.vmstat, &host::vmstat());
-        let memory = accounting(&self.baseline, &running);
+        let mut memory = accounting(&self.baseline, &running);
         let wall_ms = ms(self.t_start.elapsed());
         drop((self.kvm, self.shared, self.serial_irqfd));
         // Every VM thread has ended: the trace holds all of their events.
         let (failed_pins, kernel_trace, explain_notes) = self.explain.finish(resolver.as_mut());
+        // Counted once the VM's own descriptors are closed, so that a difference from
+        // `open_fds_before` is something the run left open.
+        drop(self.kvm_page_sizes);
+        self.ctl.own_threads().forget_all();
+        memory.open_fds_after = sys::open_fds();
         RunResult {
             config: cfg,
             host,
@@ -660,7 +667,8 @@ fn timing(vcpus: &[VcpuResult], r: &Running, setup_ms: f64, teardown_ms: f64) ->
     }
 }
 
-/// VmPin, VmLck and open descriptors before, while and after; RSS while the VM ran.
+/// VmPin, VmLck and open descriptors before, while and after (the caller counts the
+/// descriptors again once the VM's are closed); RSS while the VM ran.
 fn accounting(before: &Baseline, running: &Running) -> MemAccounting {
     let kb = |v: Option<u64>| v.unwrap_or(0);
     MemAccounting {
