@@ -36,6 +36,10 @@ pub enum Signature {
     NotMlocked,
     /// Outside ZONE_MOVABLE and CMA: the pin needed no migration.
     NotMovable,
+    /// The pin had to fault the page in itself and could not: the page is still absent. A
+    /// long-term pin's fault may only take memory outside ZONE_MOVABLE and CMA (for hugetlb:
+    /// a free huge page of the pool there, or a surplus one).
+    FaultInFailed,
     /// The flags and the path do not decide.
     Undecided,
     /// No folio flags could be read (not root).
@@ -47,12 +51,13 @@ pub enum Signature {
 }
 
 impl Signature {
-    pub const ALL: [Signature; 9] = [
+    pub const ALL: [Signature; 10] = [
         Signature::MlockBatchPending,
         Signature::MlockBatchAfterLruAdd,
         Signature::OffLru,
         Signature::NotMlocked,
         Signature::NotMovable,
+        Signature::FaultInFailed,
         Signature::Undecided,
         Signature::NoFolioState,
         Signature::PageUnknown,
@@ -66,6 +71,7 @@ impl Signature {
             Signature::OffLru => "off-lru",
             Signature::NotMlocked => "not-mlocked",
             Signature::NotMovable => "not-movable",
+            Signature::FaultInFailed => "fault-in-failed",
             Signature::Undecided => "undecided",
             Signature::NoFolioState => "no-folio-state",
             Signature::PageUnknown => "page-unknown",
@@ -171,6 +177,17 @@ pub fn explain(
         if let Some(s) = s {
             ev.push(format!("folio {when}: {}", s.describe()));
         }
+    }
+    // Nothing was migrated: the pin's own fault-in failed. Seen on the arm64 board with
+    // --backing hugetlb (docs/FAILURES.md): EFAULT once the pool had no free huge page left
+    // outside ZONE_MOVABLE, where a long-term pin's fault must allocate.
+    if path.fault_in.is_none() && after.is_some_and(|a| a.page == "absent") {
+        return v(
+            Signature::FaultInFailed,
+            "path",
+            "the pin had to fault the page in itself and could not (the page is still absent after the failure): a long-term pin's fault may only allocate outside ZONE_MOVABLE and CMA; with --backing hugetlb that takes a free huge page of the pool outside ZONE_MOVABLE, or a surplus one (vm.nr_overcommit_hugepages). Not the batches: nothing was migrated".into(),
+            ev,
+        );
     }
     let unpinnable = after
         .and_then(|s| s.unpinnable)
@@ -519,6 +536,25 @@ mod tests {
             Signature::NoFolioState
         );
         assert_eq!(explain(None, None, &p, true).signature, Signature::Injected);
+        // Seen on the board (--backing hugetlb, pKVM-exact): the pin faulted the page in
+        // itself, and it is still absent after the failure.
+        let mut absent = blind.clone();
+        absent.page = "absent".into();
+        let by_pin = PinPath {
+            fault_in: None,
+            ..p.clone()
+        };
+        let v = explain(None, Some(&absent), &by_pin, false);
+        assert_eq!(
+            (v.signature, v.decided_by.as_str()),
+            (Signature::FaultInFailed, "path")
+        );
+        assert!(!v.signature.is_mlock_batch());
+        // Faulted in by a thread before the pin: absent afterwards is not this (no flags).
+        assert_eq!(
+            explain(None, Some(&absent), &p, false).signature,
+            Signature::NoFolioState
+        );
         for s in Signature::ALL {
             assert_eq!(Signature::from_name(s.name()), Some(s));
             let j = serde_json::to_string(&s).unwrap();
